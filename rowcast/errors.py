@@ -1,0 +1,50 @@
+"""Errors users can catch by class, each with a message a person can act on.
+
+Split into retryable faults (the service may come back: retry with backoff) and fatal ones
+(configuration or data that will not fix itself). Dead-letter reasons name why an event was set
+aside instead of crashing the pipeline.
+"""
+
+from __future__ import annotations
+
+
+class RowcastError(Exception):
+    """Base class of every error rowcast raises on purpose."""
+
+
+class RetryableError(RowcastError):
+    """A fault that may pass (a service restarting, a network blip): retry with backoff."""
+
+
+class FatalError(RowcastError):
+    """A fault that will not fix itself: stop and tell the operator what to change."""
+
+
+class ConfigError(FatalError):
+    """Settings or a deployment definition that cannot work as given."""
+
+
+class SourceError(FatalError):
+    """The CDC source cannot capture changes (wal_level, rights, slots, table shape)."""
+
+
+class DevStackError(FatalError):
+    """The local development stack (Postgres, Kafka) could not be set up or started."""
+
+
+class DecodeError(RowcastError):
+    """Bytes from the server or an event from a topic that do not parse as expected."""
+
+
+class DeadLetter(RowcastError):
+    """An event set aside with its reason; the pipeline keeps going.
+
+    ``stage`` names where it failed (``source``, ``score``, ``learn``, ``sink``) and ``reason``
+    is a short machine-readable code next to the human message.
+    """
+
+    def __init__(self, stage: str, reason: str, message: str) -> None:
+        super().__init__(f"{stage}/{reason}: {message}")
+        self.stage = stage
+        self.reason = reason
+        self.message = message

@@ -1,0 +1,88 @@
+"""All of rowcast's settings, declared once: type, environment variable, default, meaning.
+
+Every process reads one :class:`Settings` from the environment (``ROWCAST_*``) and an optional
+env file, and passes it down; nothing else reads the environment. The defaults point at the dev
+stack that ``rowcast dev up`` starts, so the demo needs no configuration.
+
+>>> s = Settings(postgres_dsn="postgresql://app:s3cret@db/app")
+>>> "s3cret" in repr(s)
+False
+>>> s.source_topic("public", "customers")
+'rowcast.public.customers'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_POSTGRES_PORT = 54329
+DEV_KAFKA_PORT = 19092
+DEV_KAFKA_CONTROLLER_PORT = 19093
+
+
+class Settings(BaseSettings):
+    """Typed settings; environment variables are ``ROWCAST_<FIELD>`` in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROWCAST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    postgres_dsn: SecretStr = Field(
+        SecretStr(f"postgresql://postgres@127.0.0.1:{DEV_POSTGRES_PORT}/rowcast"),
+        description="libpq connection string of the database whose tables are watched.",
+    )
+    kafka_bootstrap: str = Field(
+        f"127.0.0.1:{DEV_KAFKA_PORT}", description="Kafka bootstrap servers, comma separated."
+    )
+    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_*.")
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    topic_prefix: str = Field("rowcast", description="Debezium topic.prefix: <prefix>.<schema>.<table>.")
+    topic_partitions: int = Field(4, ge=1, description="Partitions of topics rowcast creates.")
+    slot_name: str = Field("rowcast", description="Logical replication slot of the CDC source.")
+    publication_name: str = Field("rowcast", description="Publication the slot decodes.")
+    source_max_changes: int = Field(
+        5000, ge=1, description="Changes peeked per poll (checked at transaction boundaries)."
+    )
+    source_idle_backoff_max_s: float = Field(
+        0.2, gt=0, description="Longest wait between polls while the slot is idle."
+    )
+    score_batch_size: int = Field(500, ge=1, description="Events a scorer takes per batch.")
+    score_batch_within_s: float = Field(0.01, gt=0, description="Longest wait to fill a batch.")
+    sink_batch_size: int = Field(2000, ge=1, description="Predictions upserted per transaction.")
+    sink_poll_timeout_ms: int = Field(50, ge=1)
+    worker_web_port: int = Field(6066, description="Port of the faust worker's web server.")
+    bind_host: str = Field("127.0.0.1", description="Address network services listen on.")
+    state_dir: Path = Field(Path(".rowcast"), description="Dev stack data, logs and pid files.")
+    kafka_version: str = Field("3.9.1", description="Apache Kafka broker version of the dev stack.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "rowcast", description="Downloaded broker jars live here."
+    )
+
+    def source_topic(self, schema: str, table: str) -> str:
+        """Debezium's topic name for a table."""
+        return f"{self.topic_prefix}.{schema}.{table}"
+
+    def predictions_topic(self, deployment: str) -> str:
+        return f"{self.topic_prefix}.predictions.{deployment}"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}.dlq"
+
+    def kafka_client_config(self) -> dict[str, object]:
+        """Security settings passed through to every kafka-python client (None values dropped)."""
+        cfg: dict[str, object] = {
+            "bootstrap_servers": self.kafka_bootstrap.split(","),
+            "security_protocol": self.kafka_security_protocol,
+            "sasl_mechanism": self.kafka_sasl_mechanism,
+            "sasl_plain_username": self.kafka_sasl_username,
+            "sasl_plain_password": (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            ),
+        }
+        return {k: v for k, v in cfg.items() if v is not None}
