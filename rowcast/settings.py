@@ -86,3 +86,14 @@ class Settings(BaseSettings):
             ),
         }
         return {k: v for k, v in cfg.items() if v is not None}
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``ROWCAST_*`` variables, to hand to child processes."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"ROWCAST_{name.upper()}"] = str(value)
+        return env

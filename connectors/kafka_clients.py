@@ -1,0 +1,71 @@
+"""Every kafka-python client rowcast makes is built here, from the settings, in one way.
+
+So SASL/SSL settings reach every client, producer durability is decided once (idempotent,
+``acks=all``), and no other module touches client configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import TopicAlreadyExistsError
+
+from rowcast.settings import Settings
+
+
+def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    """A durable producer: idempotent, acks from all in-sync replicas, small linger to batch."""
+    config: dict[str, Any] = {
+        **settings.kafka_client_config(),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,
+        "batch_size": 256 * 1024,
+        "max_request_size": 4 * 1024 * 1024,
+        "retries": 2**31 - 1,
+        "client_id": "rowcast",
+    }
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> KafkaConsumer:
+    """A consumer that never commits on its own: callers commit after their writes are durable."""
+    config: dict[str, Any] = {
+        **settings.kafka_client_config(),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "client_id": "rowcast",
+        "metadata_max_age_ms": 5000,
+        "session_timeout_ms": 10000,
+        "heartbeat_interval_ms": 1000,
+    }
+    config.update(overrides)
+    return KafkaConsumer(**config)
+
+
+def make_admin(settings: Settings) -> KafkaAdminClient:
+    return KafkaAdminClient(**settings.kafka_client_config(), client_id="rowcast-admin")
+
+
+def ensure_topics(settings: Settings, names: Iterable[str], compacted: bool = False) -> None:
+    """Create missing topics with the configured partition count; existing ones are left as is."""
+    admin = make_admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        configs = {"cleanup.policy": "compact"} if compacted else {}
+        missing = {
+            name: {"num_partitions": settings.topic_partitions, "replication_factor": 1,
+                   "configs": configs}
+            for name in sorted(set(names)) if name not in existing
+        }
+        if missing:
+            # another process may create one between list and create: that is fine
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(missing, wait_for_metadata=True)
+    finally:
+        admin.close()

@@ -1,0 +1,140 @@
+"""The Postgres sink: predictions from Kafka, upserted into ``rowcast.predictions`` in batches.
+
+Commit order, so nothing is lost and nothing is counted twice:
+Postgres transaction committed → dead letters flushed → Kafka offsets committed. A crash between
+the first and last step replays the batch, and the upsert makes the replay a no-op: each
+(deployment, table, key) has one row, and an older or equal (source LSN, model version) never
+overwrites a newer one.
+
+Each batch goes through ``COPY`` into a session-temporary staging table and one
+``INSERT ... SELECT DISTINCT ON ... ON CONFLICT`` (one round trip, no per-row statements).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import orjson
+import psycopg
+from kafka import KafkaConsumer
+
+from connectors.dead_letters import DeadLetterWriter
+from connectors.slot import format_lsn
+from models.prediction import PredictionRecord
+from rowcast.errors import DecodeError
+from rowcast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SINK_GROUP_SUFFIX = "sink"
+
+DDL = """
+CREATE SCHEMA IF NOT EXISTS rowcast;
+CREATE TABLE IF NOT EXISTS rowcast.predictions (
+    deployment           text NOT NULL,
+    source_schema        text NOT NULL,
+    source_table         text NOT NULL,
+    pk                   jsonb NOT NULL,
+    prediction           jsonb,
+    score                double precision,
+    model                text NOT NULL,
+    model_version        integer NOT NULL,
+    source_lsn           pg_lsn NOT NULL,
+    source_committed_at  timestamptz NOT NULL,
+    scored_at            timestamptz NOT NULL,
+    written_at           timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (deployment, source_schema, source_table, pk)
+);
+"""
+
+COLUMNS = ("deployment", "source_schema", "source_table", "pk", "prediction", "score", "model",
+           "model_version", "source_lsn", "source_committed_at", "scored_at")
+
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS rowcast_sink_stage
+    (LIKE rowcast.predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+"""
+_UPSERT = f"""
+INSERT INTO rowcast.predictions ({", ".join(COLUMNS)}, written_at)
+SELECT DISTINCT ON (deployment, source_schema, source_table, pk)
+       {", ".join(COLUMNS)}, clock_timestamp()
+FROM rowcast_sink_stage
+ORDER BY deployment, source_schema, source_table, pk, source_lsn DESC, model_version DESC
+ON CONFLICT (deployment, source_schema, source_table, pk) DO UPDATE SET
+    prediction = EXCLUDED.prediction, score = EXCLUDED.score, model = EXCLUDED.model,
+    model_version = EXCLUDED.model_version, source_lsn = EXCLUDED.source_lsn,
+    source_committed_at = EXCLUDED.source_committed_at, scored_at = EXCLUDED.scored_at,
+    written_at = EXCLUDED.written_at
+WHERE (rowcast.predictions.source_lsn, rowcast.predictions.model_version)
+    < (EXCLUDED.source_lsn, EXCLUDED.model_version)
+"""
+
+
+def ensure_schema(conn: psycopg.Connection) -> None:
+    conn.execute(DDL)
+
+
+def predictions_pattern(settings: Settings) -> str:
+    return rf"^{re.escape(settings.topic_prefix)}\.predictions\..+"
+
+
+def _ts(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+
+
+def upsert(conn: psycopg.Connection, records: Sequence[PredictionRecord]) -> None:
+    """Write one batch in one transaction; replays and reorderings are harmless."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_STAGE)
+        with cur.copy(f"COPY rowcast_sink_stage ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for r in records:
+                copy.write_row((
+                    r.deployment, r.schema, r.table,
+                    orjson.dumps(r.key, option=orjson.OPT_SORT_KEYS).decode(),
+                    orjson.dumps(r.prediction).decode(), r.score, r.model, r.model_version,
+                    format_lsn(r.source_lsn), _ts(r.source_commit_us), _ts(r.scored_at_us),
+                ))
+        cur.execute(_UPSERT)
+
+
+class PredictionSink:
+    """Consumes every predictions topic of the prefix and keeps Postgres up to date."""
+
+    def __init__(self, settings: Settings, conn: psycopg.Connection, consumer: KafkaConsumer,
+                 dead_letters: DeadLetterWriter) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.consumer = consumer
+        self.dead_letters = dead_letters
+        self.written = 0
+        consumer.subscribe(pattern=predictions_pattern(settings))
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.poll_once()
+
+    def poll_once(self) -> int:
+        batch = self.consumer.poll(timeout_ms=self.settings.sink_poll_timeout_ms,
+                                   max_records=self.settings.sink_batch_size)
+        if not batch:
+            return 0
+        records: list[PredictionRecord] = []
+        for messages in batch.values():
+            for m in messages:
+                try:
+                    records.append(PredictionRecord.from_json(m.value))
+                except DecodeError as exc:
+                    self.dead_letters.send(stage="sink", reason="bad_prediction", error=str(exc),
+                                           topic=m.topic, partition=m.partition, offset=m.offset,
+                                           key=m.key, value=m.value)
+        if records:
+            upsert(self.conn, records)
+        if self.dead_letters.count:
+            self.dead_letters.producer.flush()
+        self.consumer.commit()
+        self.written += len(records)
+        return len(records)

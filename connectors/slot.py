@@ -1,0 +1,152 @@
+"""The logical replication slot and its publication: create, watch tables, peek, advance.
+
+psycopg 3 has no replication-protocol connection, so the stream is read with
+``pg_logical_slot_peek_binary_changes`` and acknowledged with ``pg_replication_slot_advance``:
+peek, publish to Kafka, wait for the ack, *then* advance. Never ``get`` (it consumes before the
+events are safe). The publication is created before the slot, because a slot created first fails
+later with "publication does not exist".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from rowcast.errors import SourceError
+
+
+@dataclass(frozen=True, slots=True)
+class RawChange:
+    """One pgoutput message as the server returned it."""
+
+    lsn: int
+    xid: int | None
+    data: bytes
+
+
+def check_server(conn: psycopg.Connection) -> None:
+    """Refuse early, with the fix, when logical decoding cannot work on this server."""
+    wal_level = conn.execute("SHOW wal_level").fetchone()[0]
+    if wal_level != "logical":
+        raise SourceError(
+            f"wal_level is {wal_level!r}; logical decoding needs wal_level=logical "
+            "(ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)"
+        )
+    can_replicate = conn.execute(
+        "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()[0]
+    if not can_replicate:
+        raise SourceError(
+            "the connecting role lacks the REPLICATION attribute "
+            "(ALTER ROLE <role> WITH REPLICATION), so it cannot use a replication slot"
+        )
+
+
+def table_key_columns(conn: psycopg.Connection, schema: str, table: str) -> tuple[str, ...]:
+    """Primary-key columns in key order; refuses a table without one, with the reason."""
+    exists = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        (schema, table),
+    ).fetchone()
+    if exists is None:
+        raise SourceError(f"table {schema}.{table} does not exist")
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i "
+        "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
+        (exists[0],),
+    ).fetchall()
+    if not rows:
+        raise SourceError(
+            f"table {schema}.{table} has no primary key: rowcast keys predictions by it, and a "
+            "published table without one makes the application's own UPDATEs and DELETEs fail"
+        )
+    return tuple(r[0] for r in rows)
+
+
+def ensure_publication(conn: psycopg.Connection, publication: str) -> None:
+    """Create the (initially empty) publication if it is missing; idempotent."""
+    found = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
+    if found.fetchone() is None:
+        conn.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(publication)))
+
+
+def published_tables(conn: psycopg.Connection, publication: str) -> set[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+        (publication,),
+    ).fetchall()
+    return {(r[0], r[1]) for r in rows}
+
+
+def watch_table(conn: psycopg.Connection, publication: str, schema: str, table: str) -> None:
+    """Add a table to the publication (after checking it has a primary key); idempotent."""
+    table_key_columns(conn, schema, table)
+    ensure_publication(conn, publication)
+    if (schema, table) not in published_tables(conn, publication):
+        conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+            sql.Identifier(publication), sql.Identifier(schema, table)))
+
+
+def unwatch_table(conn: psycopg.Connection, publication: str, schema: str, table: str) -> None:
+    if (schema, table) in published_tables(conn, publication):
+        conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+            sql.Identifier(publication), sql.Identifier(schema, table)))
+
+
+def ensure_slot(conn: psycopg.Connection, slot: str, publication: str) -> None:
+    """Create the pgoutput slot after its publication; explains a full slot table."""
+    ensure_publication(conn, publication)
+    found = conn.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    row = found.fetchone()
+    if row is not None:
+        if row[0] != "pgoutput":
+            raise SourceError(f"slot {slot!r} exists with plugin {row[0]!r}, not pgoutput")
+        return
+    try:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+    except psycopg.errors.ConfigurationLimitExceeded as exc:
+        raise SourceError(
+            "all replication slots are in use: raise max_replication_slots or drop an unused "
+            f"slot (SELECT slot_name FROM pg_replication_slots) — {exc}"
+        ) from exc
+    except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+        raise SourceError(f"cannot create slot {slot!r}: {exc}") from exc
+
+
+def drop_slot_and_publication(conn: psycopg.Connection, slot: str, publication: str) -> None:
+    """Remove what :func:`ensure_slot` made, so no WAL stays pinned; idempotent."""
+    conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                 "WHERE slot_name = %s", (slot,))
+    conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+
+
+def peek(conn: psycopg.Connection, slot: str, publication: str, max_changes: int) -> list[RawChange]:
+    """Whole transactions from the slot's confirmed position, without consuming them."""
+    rows = conn.execute(
+        "SELECT (lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, data "
+        "FROM pg_logical_slot_peek_binary_changes("
+        "%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
+        (slot, max_changes, publication),
+        binary=True,
+    ).fetchall()
+    return [RawChange(r[0], r[1], bytes(r[2])) for r in rows]
+
+
+def advance(conn: psycopg.Connection, slot: str, lsn: int) -> None:
+    """Confirm everything up to ``lsn``: the server may now recycle that WAL."""
+    conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, format_lsn(lsn)))
+
+
+def current_wal_lsn(conn: psycopg.Connection) -> int:
+    """Where the server is writing WAL now: cheap, so the source polls it before peeking."""
+    return conn.execute("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").fetchone()[0]
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+

@@ -1,0 +1,69 @@
+"""What a deployment is: a model watching one table, learning one target from some columns.
+
+Feature kinds are fixed when the deployment is created (from the column's Postgres type), because
+the change events carry Debezium's JSON encoding, where a numeric column and a text column can both
+arrive as strings; the kind tells the feature builder which one it is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rowcast.errors import ConfigError
+
+FeatureKind = Literal["number", "category", "boolean", "timestamp"]
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column and how its value becomes a model feature."""
+
+    name: str
+    kind: FeatureKind
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A model deployed on ``schema.table``, predicting ``target`` from ``features``.
+
+    >>> d = Deployment("spend", "public", "customers", "amount", (Feature("age", "number"),),
+    ...                "linear_regression", ("id",))
+    >>> d.qualified_table
+    'public.customers'
+    """
+
+    name: str
+    schema: str
+    table: str
+    target: str
+    features: tuple[Feature, ...]
+    model: str
+    key_columns: tuple[str, ...]
+    target_kind: FeatureKind = "number"
+    version: int = field(default=1, compare=False)
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(
+                f"deployment name {self.name!r} must be lower-case letters, digits and _, "
+                "starting with a letter (it names topics and views)"
+            )
+        if not self.features:
+            raise ConfigError(f"deployment {self.name!r} needs at least one feature column")
+        names = [f.name for f in self.features]
+        if self.target in names:
+            raise ConfigError(
+                f"target {self.target!r} is also listed as a feature of {self.name!r}: "
+                "a model that sees its answer learns nothing"
+            )
+        if len(set(names)) != len(names):
+            raise ConfigError(f"deployment {self.name!r} lists a feature twice: {names}")
+        if not self.key_columns:
+            raise ConfigError(f"table {self.qualified_table} has no primary key")
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{self.schema}.{self.table}"

@@ -1,0 +1,67 @@
+"""The prediction record: what goes to ``<prefix>.predictions.<deployment>`` and to Postgres.
+
+One flat JSON object per scored row, keyed on the topic by the source row's primary key, so a
+compacted predictions topic keeps the latest prediction per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from rowcast.errors import DecodeError
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRecord:
+    deployment: str
+    model: str
+    model_version: int
+    schema: str
+    table: str
+    key: dict[str, Any]
+    prediction: Any
+    score: float | None
+    source_lsn: int
+    source_commit_us: int
+    scored_at_us: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "deployment": self.deployment,
+            "model": self.model,
+            "model_version": self.model_version,
+            "source": {"schema": self.schema, "table": self.table, "lsn": self.source_lsn,
+                       "commit_ts_us": self.source_commit_us},
+            "key": self.key,
+            "prediction": self.prediction,
+            "score": self.score,
+            "scored_at_us": self.scored_at_us,
+        })
+
+    def key_bytes(self) -> bytes:
+        return orjson.dumps(self.key, option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PredictionRecord:
+        """Parse a record from the predictions topic; :class:`DecodeError` says what is wrong."""
+        try:
+            doc = orjson.loads(data)
+            source = doc["source"]
+            return cls(
+                deployment=str(doc["deployment"]),
+                model=str(doc["model"]),
+                model_version=int(doc["model_version"]),
+                schema=str(source["schema"]),
+                table=str(source["table"]),
+                key=dict(doc["key"]),
+                prediction=doc["prediction"],
+                score=None if doc["score"] is None else float(doc["score"]),
+                source_lsn=int(source["lsn"]),
+                source_commit_us=int(source["commit_ts_us"]),
+                scored_at_us=int(doc["scored_at_us"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"not a prediction record: {exc!r}") from None

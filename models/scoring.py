@@ -1,0 +1,100 @@
+"""Score a row, then learn from it when its label is known: the online loop, with no I/O.
+
+Prediction comes *before* learning, so the score a row received is the honest one and the running
+metric equals river's progressive validation. The model's task decides what "the score" is:
+
+==========  ===========================  ===================================
+task        ``prediction``               ``score`` (a number, for SQL)
+==========  ===========================  ===================================
+regression  predicted value              the same value
+binary      predicted label (bool)       P(label is True)
+multiclass  predicted label              probability of the predicted label
+anomaly     None                         anomaly score
+==========  ===========================  ===================================
+
+>>> from models.deployment import Deployment, Feature
+>>> d = Deployment("spend", "public", "c", "y", (Feature("x", "number"),), "linear_regression", ("id",))
+>>> m = OnlineModel.fresh(d)
+>>> m.score({"x": 1.0}).score
+0.0
+>>> m.learn({"x": 1.0}, 2.0); m.samples_learned
+1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from river import base
+
+from models.catalog import ModelSpec, get_model
+from models.deployment import Deployment
+from models.features import FeatureError, build_features, convert
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """What the model says about one row."""
+
+    prediction: Any
+    score: float | None
+
+
+class OnlineModel:
+    """A deployment's river estimator, with the bookkeeping of what it has learned."""
+
+    def __init__(self, deployment: Deployment, spec: ModelSpec, estimator: base.Estimator,
+                 version: int = 1, samples_learned: int = 0) -> None:
+        self.deployment = deployment
+        self.spec = spec
+        self.estimator = estimator
+        self.version = version
+        self.samples_learned = samples_learned
+
+    @classmethod
+    def fresh(cls, deployment: Deployment) -> OnlineModel:
+        spec = get_model(deployment.model)
+        return cls(deployment, spec, spec.build())
+
+    def features(self, row: Mapping[str, Any]) -> dict[str, float | str]:
+        return build_features(row, self.deployment.features)
+
+    def label(self, row: Mapping[str, Any]) -> Any:
+        """The row's target as the model's task wants it, or None when not yet known."""
+        value = row.get(self.deployment.target)
+        if value is None:
+            return None
+        if self.spec.task == "regression":
+            return convert(self.deployment.target, "number", value)
+        if self.spec.task == "binary":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int | float) and value in (0, 1):
+                return bool(value)
+            raise FeatureError(self.deployment.target, value, "a binary target must be boolean or 0/1")
+        return value if isinstance(value, str | int | bool) else str(value)
+
+    def score(self, x: Mapping[str, float | str]) -> Score:
+        task = self.spec.task
+        if task == "regression":
+            y = float(self.estimator.predict_one(x))
+            return Score(y, y)
+        if task == "anomaly":
+            return Score(None, float(self.estimator.score_one(x)))
+        proba = self.estimator.predict_proba_one(x)
+        if task == "binary":
+            p_true = float(proba.get(True, 0.0))
+            return Score(p_true >= 0.5, p_true)
+        if not proba:
+            return Score(None, None)
+        label = max(proba, key=proba.get)
+        return Score(label, float(proba[label]))
+
+    def learn(self, x: Mapping[str, float | str], y: Any) -> None:
+        if self.spec.task == "anomaly":
+            self.estimator.learn_one(x)
+        else:
+            self.estimator.learn_one(x, y)
+        self.samples_learned += 1

@@ -1,0 +1,3 @@
+from rowcast.cli import main
+
+main()

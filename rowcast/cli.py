@@ -1,0 +1,156 @@
+"""The ``rowcast`` command: one entry point for operators and application teams.
+
+Every command builds one :class:`~rowcast.settings.Settings` from the environment and passes it
+down. Connection strings are never printed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import psycopg
+import typer
+
+from rowcast.errors import RowcastError
+from rowcast.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Score every new Postgres row the moment it lands.")
+dev_app = typer.Typer(no_args_is_help=True, help="The local dev stack (Postgres + Kafka).")
+app.add_typer(dev_app, name="dev")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _connect(settings: Settings) -> psycopg.Connection:
+    return psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True)
+
+
+@app.command()
+def init() -> None:
+    """Create rowcast's schema, publication and replication slot (idempotent)."""
+    from rowcast.schema import init_database
+
+    settings = Settings()
+    with _connect(settings) as conn:
+        init_database(conn, settings)
+    typer.echo("rowcast schema, publication and slot are ready")
+
+
+@app.command()
+def deploy(
+    name: str,
+    table: Annotated[str, typer.Option(help="Table to score: name or schema.name.")],
+    target: Annotated[str, typer.Option(help="Column holding the label to learn.")],
+    features: Annotated[str | None, typer.Option(help="Comma-separated feature columns "
+                                                 "(default: every usable column).")] = None,
+    model: Annotated[str, typer.Option(help="Catalog model name.")] = "linear_regression",
+) -> None:
+    """Deploy a model on a table: its new rows are scored from now on."""
+    from connectors.kafka_clients import ensure_topics
+    from connectors.slot import watch_table
+    from models.registry import create_deployment
+    from rowcast.schema import init_database
+
+    settings = Settings()
+    feature_list = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    with _connect(settings) as conn:
+        init_database(conn, settings)
+        d = create_deployment(conn, name, table, target, feature_list, model)
+        watch_table(conn, settings.publication_name, d.schema, d.table)
+    ensure_topics(settings, [settings.source_topic(d.schema, d.table),
+                             settings.predictions_topic(d.name), settings.dlq_topic])
+    typer.echo(f"deployed {d.name}: {d.model} on {d.qualified_table}, target {d.target}, "
+               f"features {', '.join(f.name for f in d.features)}")
+
+
+@app.command()
+def deployments() -> None:
+    """List deployments."""
+    from models.registry import list_deployments
+
+    with _connect(Settings()) as conn:
+        rows = list_deployments(conn)
+    if not rows:
+        typer.echo("no deployments")
+    for d in rows:
+        typer.echo(f"{d.name}\t{d.qualified_table}\t{d.model}\ttarget={d.target}\t"
+                   f"features={','.join(f.name for f in d.features)}\tv{d.version}")
+
+
+@app.command()
+def source(log_level: str = "INFO") -> None:
+    """Run the CDC source: Postgres changes → Kafka."""
+    from rowcast.processes import run_source
+
+    _setup_logging(log_level)
+    run_source(Settings())
+
+
+@app.command()
+def worker(log_level: str = "info") -> None:
+    """Run a scoring worker (faust): change events → predictions."""
+    from streams.worker import run_worker
+
+    _setup_logging(log_level)
+    run_worker(Settings(), loglevel=log_level.lower())
+
+
+@app.command()
+def sink(log_level: str = "INFO") -> None:
+    """Run the Postgres sink: predictions → rowcast.predictions."""
+    from rowcast.processes import run_sink
+
+    _setup_logging(log_level)
+    run_sink(Settings())
+
+
+@app.command()
+def demo(
+    rows_per_second: Annotated[float, typer.Option(help="Insert rate of the sample app.")] = 20.0,
+    duration_s: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    keep_stack: Annotated[bool, typer.Option(help="Leave Postgres and Kafka running.")] = False,
+) -> None:
+    """Start the dev stack, deploy a model on a sample table, and watch rows get scored."""
+    from rowcast.demo import run_demo
+
+    run_demo(Settings(), rows_per_second, duration_s, keep_stack)
+
+
+@dev_app.command("up")
+def dev_up() -> None:
+    """Start the private Postgres and Kafka of the dev stack."""
+    from rowcast.devstack.stack import DevStack
+
+    DevStack(Settings()).up()
+    typer.echo("dev stack is up")
+
+
+@dev_app.command("down")
+def dev_down() -> None:
+    """Stop the dev stack."""
+    from rowcast.devstack.stack import DevStack
+
+    DevStack(Settings()).down()
+    typer.echo("dev stack is down")
+
+
+@dev_app.command("status")
+def dev_status() -> None:
+    """Show whether the dev stack's services run."""
+    from rowcast.devstack.stack import DevStack
+
+    for service, state in DevStack(Settings()).status().items():
+        typer.echo(f"{service}: {state}")
+
+
+def main() -> None:
+    try:
+        app()
+    except RowcastError as exc:
+        typer.echo(f"rowcast: {exc}", err=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,134 @@
+"""The demo: a sample app inserting customers, a model learning their spend, live on screen.
+
+Starts the dev stack, creates ``public.customers`` (age, income, credit score, purchase amount),
+deploys ``customer_spend`` (standardised linear regression, target ``purchase_amount``), runs the
+three rowcast processes, inserts rows at a steady rate and prints, every second, how many rows
+were scored, the latest predictions next to the real amounts, the latency from commit to
+prediction row, and each stage's lag.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import psycopg
+
+from connectors.kafka_clients import ensure_topics, make_admin
+from connectors.lag import consumer_lag, slot_lag
+from connectors.slot import watch_table
+from models.registry import create_deployment
+from rowcast.devstack.stack import DevStack
+from rowcast.pipeline import Pipeline
+from rowcast.processes import sink_group
+from rowcast.schema import init_database
+from rowcast.settings import Settings
+from streams.app import app_id
+
+DEPLOYMENT = "customer_spend"
+
+TABLE_DDL = """
+CREATE TABLE IF NOT EXISTS public.customers (
+    id               bigserial PRIMARY KEY,
+    age              integer NOT NULL,
+    income           numeric(12, 2) NOT NULL,
+    credit_score     integer,
+    purchase_amount  double precision,
+    created_at       timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def sample_customer(rng: random.Random) -> tuple[int, float, int | None, float]:
+    """A customer whose spend depends on income and credit score, plus noise."""
+    age = rng.randint(18, 80)
+    income = round(rng.lognormvariate(10.5, 0.4), 2)
+    credit = rng.randint(300, 850) if rng.random() > 0.05 else None
+    amount = 20 + 0.002 * income + 0.1 * (credit or 600) - 0.3 * age + rng.gauss(0, 10)
+    return age, income, credit, round(max(amount, 0.0), 2)
+
+
+def prepare(settings: Settings) -> None:
+    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+        init_database(conn, settings)
+        conn.execute(TABLE_DDL)
+        d = create_deployment(conn, DEPLOYMENT, "public.customers", "purchase_amount",
+                              ["age", "income", "credit_score"], "linear_regression")
+        watch_table(conn, settings.publication_name, d.schema, d.table)
+    ensure_topics(settings, [settings.source_topic("public", "customers"),
+                             settings.predictions_topic(DEPLOYMENT), settings.dlq_topic])
+
+
+SCREEN_SQL = """
+SELECT count(*),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM written_at - source_committed_at))
+         FILTER (WHERE written_at > clock_timestamp() - interval '10 seconds'),
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM written_at - source_committed_at))
+         FILTER (WHERE written_at > clock_timestamp() - interval '10 seconds')
+FROM rowcast.predictions WHERE deployment = %s
+"""
+LATEST_SQL = """
+SELECT c.id, p.score, c.purchase_amount FROM rowcast.predictions p
+JOIN public.customers c ON p.pk = jsonb_build_object('id', c.id)
+WHERE p.deployment = %s ORDER BY p.source_lsn DESC LIMIT 5
+"""
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def render(conn: psycopg.Connection, settings: Settings, inserted: int, admin) -> str:
+    scored, p50, p99 = conn.execute(SCREEN_SQL, (DEPLOYMENT,)).fetchone()
+    latest = conn.execute(LATEST_SQL, (DEPLOYMENT,)).fetchall()
+    slot = slot_lag(conn, settings.slot_name)
+    scorer = sum(p.lag for p in consumer_lag(admin, app_id(settings),
+                                             [settings.source_topic("public", "customers")]))
+    sink = sum(p.lag for p in consumer_lag(admin, sink_group(settings),
+                                           [settings.predictions_topic(DEPLOYMENT)]))
+    lines = [
+        f"rows inserted {inserted:>7}   scored {scored:>7}   "
+        f"commit→prediction p50 {_ms(p50)}  p99 {_ms(p99)} (last 10 s)",
+        f"lag: slot {slot.behind_bytes if slot else '-'} B   scorer {scorer} events   "
+        f"sink {sink} predictions",
+        "latest:  id   predicted   actual",
+    ]
+    lines += [f"     {i:>7}   {s:>9.2f}   {a:>6.2f}" for i, s, a in latest]
+    return "\n".join(lines)
+
+
+def run_demo(settings: Settings, rows_per_second: float, duration_s: float | None,
+             keep_stack: bool) -> None:
+    stack = DevStack(settings)
+    print("starting the dev stack (Postgres + Kafka)...", flush=True)
+    stack.up()
+    prepare(settings)
+    rng = random.Random(7)
+    pipeline = Pipeline(settings, settings.state_dir / "logs").start()
+    print(f"deployed {DEPLOYMENT}; inserting {rows_per_second:g} rows/s "
+          f"(logs in {settings.state_dir / 'logs'}); Ctrl-C to stop", flush=True)
+    admin = make_admin(settings)
+    inserted, started = 0, time.monotonic()
+    next_screen = started + 1.0
+    try:
+        with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+            while duration_s is None or time.monotonic() - started < duration_s:
+                due = int((time.monotonic() - started) * rows_per_second) - inserted
+                for _ in range(max(due, 0)):
+                    conn.execute("INSERT INTO public.customers (age, income, credit_score, "
+                                 "purchase_amount) VALUES (%s, %s, %s, %s)", sample_customer(rng))
+                    inserted += 1
+                if time.monotonic() >= next_screen:
+                    print("\n" + render(conn, settings, inserted, admin), flush=True)
+                    next_screen += 1.0
+                dead = [n for n, up in pipeline.alive().items() if not up]
+                if dead:
+                    raise SystemExit(f"rowcast {dead[0]} stopped:\n{pipeline.log_tail(dead[0])}")
+                time.sleep(min(0.02, 1.0 / max(rows_per_second, 1.0)))
+    except KeyboardInterrupt:
+        print("\nstopping...")
+    finally:
+        admin.close()
+        pipeline.stop()
+        if not keep_stack:
+            stack.down()

@@ -1,0 +1,75 @@
+"""Run rowcast's three processes (source, worker, sink) as children, with one set of settings.
+
+Used by the demo and the end-to-end tests; in production each runs under its own supervisor
+(systemd, Kubernetes, docker compose). Output goes to log files, never to pipes that could fill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rowcast.settings import Settings
+
+PROCESSES = ("source", "worker", "sink")
+
+
+class Pipeline:
+    """Start, inspect and stop the rowcast processes for one settings object."""
+
+    def __init__(self, settings: Settings, log_dir: Path, names: tuple[str, ...] = PROCESSES):
+        self.settings = settings
+        self.log_dir = log_dir
+        self.names = names
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> Pipeline:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in self.names:
+            self.start_one(name)
+        return self
+
+    def start_one(self, name: str) -> subprocess.Popen:
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "rowcast", name], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def alive(self) -> dict[str, bool]:
+        return {name: proc.poll() is None for name, proc in self.procs.items()}
+
+    def kill(self, name: str) -> None:
+        """kill -9, for fault injection."""
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> Pipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,63 @@
+"""The long-running rowcast processes: CDC source and Postgres sink (the worker is faust's).
+
+Each stops cleanly on SIGTERM or Ctrl-C: the current batch finishes (published and acked, or
+written and committed) before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import psycopg
+
+from connectors.cdc_source import CdcSource
+from connectors.dead_letters import DeadLetterWriter
+from connectors.kafka_clients import ensure_topics, make_consumer, make_producer
+from connectors.pg_sink import SINK_GROUP_SUFFIX, PredictionSink
+from rowcast.schema import init_database
+from rowcast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def sink_group(settings: Settings) -> str:
+    return f"{settings.topic_prefix}-{SINK_GROUP_SUFFIX}"
+
+
+def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
+    stop = stop or stop_on_signals()
+    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+        init_database(conn, settings)
+        producer = make_producer(settings)
+        try:
+            log.info("CDC source streaming slot %r (publication %r)", settings.slot_name,
+                     settings.publication_name)
+            CdcSource(settings, conn, producer).run(stop)
+        finally:
+            producer.close()
+
+
+def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
+    stop = stop or stop_on_signals()
+    ensure_topics(settings, [settings.dlq_topic])
+    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+        init_database(conn, settings)
+        producer = make_producer(settings)
+        consumer = make_consumer(settings, sink_group(settings))
+        try:
+            sink = PredictionSink(settings, conn, consumer,
+                                  DeadLetterWriter(producer, settings.dlq_topic))
+            log.info("sink writing predictions to rowcast.predictions")
+            sink.run(stop)
+        finally:
+            consumer.close()
+            producer.close()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what rowcast's dev stack needs from Debian's packages, when it is missing:
+# PostgreSQL 15 server binaries, a JDK 17 and Maven (to fetch and run Apache Kafka).
+# Runs as root (CI, fresh machines) or through sudo; does nothing when all is present.
+set -euo pipefail
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql-15)
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing system packages: ${need[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+# Debian starts a cluster of its own on install; rowcast runs private clusters instead.
+$SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true

@@ -1,0 +1,52 @@
+"""The faust application, configured from rowcast's settings in one place.
+
+Choices that matter for correctness: agents run with ``concurrency=1`` (faust#606: higher values
+can commit past an in-flight event); no ``exactly_once`` processing guarantee (faust#517, #323):
+exactly-once *effects* come from the idempotent sink instead. Faust flushes its producer before
+every offset commit, so a committed source offset always has its predictions on Kafka.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from rowcast.settings import Settings
+
+
+def app_id(settings: Settings) -> str:
+    """The scorer's consumer group: one per topic prefix."""
+    return f"{settings.topic_prefix}-scorer"
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        app_id(settings),
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=0.5,
+        producer_acks=-1,
+        producer_linger=0.002,
+        web_enabled=True,
+        web_bind=settings.bind_host,
+        web_host=settings.bind_host,
+        web_port=settings.worker_web_port,
+        datadir=str(settings.state_dir / "faust" / app_id(settings)),
+        store="memory://",
+    )
+
+
+def _credentials(settings: Settings) -> faust.auth.Credentials | None:
+    if settings.kafka_sasl_mechanism and settings.kafka_sasl_password:
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username or "",
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    return None

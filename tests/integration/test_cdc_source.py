@@ -1,0 +1,124 @@
+"""The CDC source against the real server and broker: envelopes, ordering, ack before advance."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+from kafka.errors import KafkaTimeoutError
+from kafka.future import Future
+from tests.waiting import wait_until
+
+from connectors.cdc_source import CdcSource
+from connectors.kafka_clients import ensure_topics, make_producer
+from connectors.lag import slot_lag
+from connectors.slot import watch_table
+from rowcast.errors import ConfigError, RetryableError, SourceError
+from rowcast.schema import init_database
+from tests.kafka_reading import drain
+
+
+@pytest.fixture
+def watched(settings, pg_conn):
+    table = f"cdc_{uuid.uuid4().hex[:8]}"
+    pg_conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, n numeric(30,10), "
+                    "f float8, t text, b boolean, ts timestamp, tz timestamptz, missing int)")
+    init_database(pg_conn, settings)
+    watch_table(pg_conn, settings.publication_name, "public", table)
+    topic = settings.source_topic("public", table)
+    ensure_topics(settings.model_copy(update={"topic_partitions": 1}), [topic])
+    return table, topic
+
+
+def test_inserts_updates_deletes_become_debezium_envelopes(settings, pg_conn, watched):
+    table, topic = watched
+    pg_conn.execute(f"INSERT INTO public.{table} VALUES (1, 12345678901234567890.0123456789, "
+                    "1.5, 'héllo', true, '2024-01-02 03:04:05.678901', "
+                    "'2024-01-02 03:04:05.5+02', NULL)")
+    pg_conn.execute(f"UPDATE public.{table} SET t = 'bye' WHERE id = 1")
+    pg_conn.execute(f"DELETE FROM public.{table} WHERE id = 1")
+    producer = make_producer(settings)
+    source = CdcSource(settings, pg_conn, producer)
+    wait_until(lambda: source.poll_once() == 0 and
+               slot_lag(pg_conn, settings.slot_name).behind_bytes < 10_000_000, timeout_s=20)
+    producer.close()
+    records = drain(settings, topic, 4)
+    assert len(records) == 4
+    assert [orjson.loads(r.key) for r in records] == [{"id": 1}] * 4
+    c, u, d = (orjson.loads(r.value) for r in records[:3])
+    assert records[3].value is None  # tombstone after the delete
+    assert [c["op"], u["op"], d["op"]] == ["c", "u", "d"]
+    assert c["before"] is None
+    assert c["after"] == {"id": 1, "n": "12345678901234567890.0123456789", "f": 1.5, "t": "héllo",
+                          "b": True, "ts": 1704164645678901, "tz": "2024-01-02T01:04:05.500000Z",
+                          "missing": None}
+    assert u["after"]["t"] == "bye"
+    assert d["after"] is None and d["before"]["id"] == 1
+    src = c["source"]
+    assert (src["connector"], src["schema"], src["table"]) == ("postgresql", "public", table)
+    assert src["lsn"] < u["source"]["lsn"] < d["source"]["lsn"]
+    assert isinstance(src["txId"], int) and src["ts_us"] // 1000 == src["ts_ms"]
+
+
+def test_slot_advances_only_after_kafka_acknowledged(settings, pg_conn, watched):
+    table, topic = watched
+    pg_conn.execute(f"INSERT INTO public.{table} (id) SELECT g FROM generate_series(1, 50) g")
+    confirmed_before = _confirmed(pg_conn, settings.slot_name)
+
+    class RefusingProducer:
+        """Every send comes back refused, as when the broker is unreachable."""
+
+        def send(self, *args, **kwargs) -> Future:
+            future = Future()
+            future.failure(KafkaTimeoutError("broker said no"))
+            return future
+
+        def flush(self) -> None:
+            pass
+
+    with pytest.raises(RetryableError, match="did not acknowledge"):
+        CdcSource(settings, pg_conn, RefusingProducer()).poll_once()
+    assert _confirmed(pg_conn, settings.slot_name) == confirmed_before  # nothing was lost
+
+    producer = make_producer(settings)
+    assert CdcSource(settings, pg_conn, producer).poll_once() >= 50
+    producer.close()
+    assert _confirmed(pg_conn, settings.slot_name) > confirmed_before
+    ids = [orjson.loads(r.value)["after"]["id"] for r in drain(settings, topic, 50)]
+    assert sorted(set(ids)) == list(range(1, 51))
+
+
+def test_transactions_already_published_are_dropped_after_a_replay(settings, pg_conn, watched,
+                                                                 monkeypatch):
+    """After a server crash the slot may hand out transactions again (its position is saved only
+    at checkpoints); the source's own remembered commit LSN drops them."""
+    from connectors import slot
+
+    table, topic = watched
+    pg_conn.execute(f"INSERT INTO public.{table} (id) VALUES (1)")
+    producer = make_producer(settings)
+    with monkeypatch.context() as patched:
+        patched.setattr(slot, "advance", lambda *args: None)  # the server "forgets" the advance
+        assert CdcSource(settings, pg_conn, producer).poll_once() == 1
+    pg_conn.execute(f"INSERT INTO public.{table} (id) VALUES (2)")
+    restarted = CdcSource(settings, pg_conn, producer)  # loads the remembered position
+    restarted.poll_once()
+    producer.close()
+    ids = [orjson.loads(r.value)["after"]["id"] for r in drain(settings, topic, 2)]
+    assert ids == [1, 2]
+
+
+def test_a_table_without_primary_key_is_refused(settings, pg_conn):
+    table = f"nokey_{uuid.uuid4().hex[:8]}"
+    pg_conn.execute(f"CREATE TABLE public.{table} (a int)")
+    with pytest.raises(SourceError, match="no primary key"):
+        watch_table(pg_conn, settings.publication_name, "public", table)
+    from models.registry import create_deployment
+    with pytest.raises(ConfigError, match="no primary key"):
+        create_deployment(pg_conn, "d", table, "a", None, "linear_regression")
+
+
+def _confirmed(conn, slot: str) -> int:
+    return conn.execute("SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint "
+                        "FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0]

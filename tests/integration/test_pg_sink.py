@@ -1,0 +1,72 @@
+"""The sink against the real server and broker: batched idempotent upserts, offsets after commit."""
+
+from __future__ import annotations
+
+import orjson
+from tests.waiting import wait_until
+
+from connectors.dead_letters import DeadLetterWriter
+from connectors.kafka_clients import ensure_topics, make_consumer, make_producer
+from connectors.pg_sink import PredictionSink, upsert
+from models.prediction import PredictionRecord
+from rowcast.schema import init_database
+from tests.kafka_reading import drain
+
+
+def record(key: int, score: float, lsn: int, version: int = 1) -> PredictionRecord:
+    return PredictionRecord("dep", "linear_regression", version, "public", "t", {"id": key},
+                            score, score, lsn, 1_700_000_000_000_000, 1_700_000_000_001_000)
+
+
+def rows(conn) -> dict[int, tuple]:
+    return {r[0]: r[1:] for r in conn.execute(
+        "SELECT (pk->>'id')::int, score, model_version FROM rowcast.predictions "
+        "WHERE deployment = 'dep'")}
+
+
+def test_upsert_is_idempotent_and_never_goes_back(settings, pg_conn):
+    init_database(pg_conn, settings)
+    pg_conn.execute("DELETE FROM rowcast.predictions WHERE deployment = 'dep'")
+    upsert(pg_conn, [record(1, 1.0, 100), record(2, 2.0, 100), record(1, 1.5, 200)])
+    assert rows(pg_conn) == {1: (1.5, 1), 2: (2.0, 1)}  # latest LSN wins inside a batch
+    upsert(pg_conn, [record(1, 9.0, 150), record(2, 2.0, 100)])  # older replay: no effect
+    assert rows(pg_conn) == {1: (1.5, 1), 2: (2.0, 1)}
+    upsert(pg_conn, [record(2, 3.0, 100, version=2)])  # same row, newer model version
+    assert rows(pg_conn) == {1: (1.5, 1), 2: (3.0, 2)}
+
+
+def test_sink_writes_batches_dead_letters_garbage_and_commits_after(settings, pg_conn):
+    init_database(pg_conn, settings)
+    pg_conn.execute("DELETE FROM rowcast.predictions WHERE deployment = 'dep'")
+    topic = settings.predictions_topic("dep")
+    ensure_topics(settings, [topic, settings.dlq_topic])
+    producer = make_producer(settings)
+    for i in range(1, 101):
+        r = record(i, float(i), 1000 + i)
+        producer.send(topic, key=r.key_bytes(), value=r.to_json())
+    producer.send(topic, key=b"junk", value=b"{not json")
+    producer.flush()
+
+    consumer = make_consumer(settings, f"{settings.topic_prefix}-sink")
+    sink = PredictionSink(settings, pg_conn, consumer,
+                          DeadLetterWriter(producer, settings.dlq_topic))
+    wait_until(lambda: sink.poll_once() >= 0 and len(rows(pg_conn)) == 100, timeout_s=30,
+               message=lambda: f"{len(rows(pg_conn))} of 100 predictions written")
+    wait_until(lambda: sink.poll_once() == 0 and sink.dead_letters.count == 1, timeout_s=10)
+    consumer.close()
+
+    # offsets were committed: a new consumer in the group sees nothing left
+    again = make_consumer(settings, f"{settings.topic_prefix}-sink")
+    again.subscribe([topic])
+    leftovers = []
+    for _ in range(5):
+        for batch in again.poll(timeout_ms=300).values():
+            leftovers.extend(batch)
+    again.close()
+    assert leftovers == []
+
+    letters = drain(settings, settings.dlq_topic, 1, timeout_s=20)
+    letter = orjson.loads(letters[0].value)
+    assert (letter["stage"], letter["reason"]) == ("sink", "bad_prediction")
+    assert letter["value"]["data"] == "{not json" and letter["origin"]["topic"] == topic
+    producer.close()
