@@ -36,10 +36,11 @@ from models.features import FeatureError, build_features, convert
 
 @dataclass(frozen=True, slots=True)
 class Score:
-    """What the model says about one row."""
+    """What the model says about one row (``proba`` for classifiers, for their metrics)."""
 
     prediction: Any
     score: float | None
+    proba: dict[Any, float] | None = None
 
 
 class OnlineModel:
@@ -84,13 +85,12 @@ class OnlineModel:
         if task == "anomaly":
             return Score(None, float(self.estimator.score_one(x)))
         proba = self.estimator.predict_proba_one(x)
+        # the label is river's own choice (max of proba, first on ties), so accuracy matches
+        # river.evaluate.progressive_val_score exactly
+        label = max(proba, key=proba.get) if proba else None
         if task == "binary":
-            p_true = float(proba.get(True, 0.0))
-            return Score(p_true >= 0.5, p_true)
-        if not proba:
-            return Score(None, None)
-        label = max(proba, key=proba.get)
-        return Score(label, float(proba[label]))
+            return Score(label, float(proba.get(True, 0.0)), proba)
+        return Score(label, float(proba[label]) if proba else None, proba)
 
     def learn(self, x: Mapping[str, float | str], y: Any) -> None:
         if self.spec.task == "anomaly":

@@ -130,6 +130,16 @@ def dev_up() -> None:
     typer.echo("dev stack is up")
 
 
+@dev_app.command("fetch")
+def dev_fetch() -> None:
+    """Download Apache Kafka's jars into the cache (done once; `make` runs it)."""
+    from rowcast.devstack.kafka import fetch_kafka
+
+    settings = Settings()
+    libs = fetch_kafka(settings.kafka_version, settings.cache_dir)
+    typer.echo(f"Apache Kafka {settings.kafka_version} jars in {libs}")
+
+
 @dev_app.command("down")
 def dev_down() -> None:
     """Stop the dev stack."""

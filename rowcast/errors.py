@@ -48,3 +48,7 @@ class DeadLetter(RowcastError):
         self.stage = stage
         self.reason = reason
         self.message = message
+
+
+class SnapshotError(FatalError):
+    """A model snapshot that must not be loaded: tampered, truncated or from another river."""

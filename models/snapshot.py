@@ -1,0 +1,63 @@
+"""Model snapshots that are safe to load: pickled, signed, and stamped with river's version.
+
+Unpickling runs code, so a snapshot row someone edited in the database must never reach
+``pickle.loads``. Each snapshot is ``MAGIC | header | pickle`` where the header carries the river
+version and an HMAC-SHA256 over version and pickle, keyed with rowcast's snapshot key. Loading
+checks the magic, the version and the HMAC (in constant time) *before* unpickling. Pickles do
+not survive river upgrades, so a version mismatch is refused with the versions named.
+
+>>> from river import linear_model
+>>> blob = dump_snapshot(linear_model.LinearRegression(), key=b"k" * 32)
+>>> type(load_snapshot(blob, key=b"k" * 32)).__name__
+'LinearRegression'
+>>> load_snapshot(blob[:-1] + b"x", key=b"k" * 32)
+Traceback (most recent call last):
+...
+rowcast.errors.SnapshotError: model snapshot failed verification (HMAC mismatch): refusing to load it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pickle
+from typing import Any
+
+import orjson
+import river
+
+from rowcast.errors import SnapshotError
+
+MAGIC = b"RCSNAP1\n"
+
+
+def _mac(key: bytes, version: bytes, body: bytes) -> str:
+    return hmac.new(key, version + b"\0" + body, hashlib.sha256).hexdigest()
+
+
+def dump_snapshot(model: Any, key: bytes) -> bytes:
+    body = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    version = river.__version__.encode()
+    header = orjson.dumps({"river": river.__version__, "hmac": _mac(key, version, body)})
+    return MAGIC + header + b"\n" + body
+
+
+def load_snapshot(blob: bytes, key: bytes) -> Any:
+    if not blob.startswith(MAGIC):
+        raise SnapshotError("not a rowcast model snapshot (bad magic): refusing to load it")
+    header_end = blob.find(b"\n", len(MAGIC))
+    if header_end < 0:
+        raise SnapshotError("model snapshot header is truncated: refusing to load it")
+    try:
+        header = orjson.loads(blob[len(MAGIC):header_end])
+        version, mac = str(header["river"]), str(header["hmac"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise SnapshotError("model snapshot header is unreadable: refusing to load it") from None
+    body = blob[header_end + 1:]
+    if not hmac.compare_digest(mac, _mac(key, version.encode(), body)):
+        raise SnapshotError("model snapshot failed verification (HMAC mismatch): refusing to load it")
+    if version != river.__version__:
+        raise SnapshotError(f"model snapshot was made with river {version} but river "
+                            f"{river.__version__} is installed; pickles do not survive river "
+                            "upgrades: roll back river or retrain (rowcast model rollback)")
+    return pickle.loads(body)  # verified above: written by rowcast with this key

@@ -1,0 +1,65 @@
+"""Snapshots load only when intact, signed with our key, and made with this river."""
+
+from __future__ import annotations
+
+import pickle
+
+import orjson
+import pytest
+import river
+from hypothesis import given
+from hypothesis import strategies as st
+
+from models.catalog import get_model
+from models.snapshot import MAGIC, _mac, dump_snapshot, load_snapshot
+from rowcast.errors import SnapshotError
+
+KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def trained():
+    model = get_model("linear_regression").build()
+    for i in range(50):
+        model.learn_one({"x": float(i), "c": "a" if i % 2 else "b"}, 2.0 * i)
+    return model
+
+
+def test_round_trip_keeps_the_learned_state() -> None:
+    model = trained()
+    restored = load_snapshot(dump_snapshot(model, KEY), KEY)
+    x = {"x": 7.0, "c": "a"}
+    assert restored.predict_one(x) == model.predict_one(x)
+
+
+def test_another_key_is_refused() -> None:
+    with pytest.raises(SnapshotError, match="HMAC"):
+        load_snapshot(dump_snapshot(trained(), KEY), b"another key of thirty-two bytes!")
+
+
+@given(st.integers(min_value=0), st.integers(min_value=1, max_value=255))
+def test_any_flipped_byte_is_refused_before_unpickling(position: int, flip: int) -> None:
+    blob = bytearray(dump_snapshot({"a": 1}, KEY))
+    blob[position % len(blob)] ^= flip
+    with pytest.raises(SnapshotError):
+        load_snapshot(bytes(blob), KEY)
+
+
+def test_a_malicious_pickle_is_never_unpickled(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    body = pickle.dumps(Evil())
+    forged = MAGIC + orjson.dumps({"river": river.__version__, "hmac": "0" * 64}) + b"\n" + body
+    with pytest.raises(SnapshotError, match="HMAC"):
+        load_snapshot(forged, KEY)
+    assert not marker.exists()
+
+
+def test_other_river_version_is_refused_with_both_versions() -> None:
+    body = pickle.dumps({"a": 1})
+    header = orjson.dumps({"river": "0.1.0", "hmac": _mac(KEY, b"0.1.0", body)})
+    with pytest.raises(SnapshotError, match=r"river 0\.1\.0 .* river " + river.__version__):
+        load_snapshot(MAGIC + header + b"\n" + body, KEY)
