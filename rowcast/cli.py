@@ -52,7 +52,6 @@ def deploy(
 ) -> None:
     """Deploy a model on a table: its new rows are scored from now on."""
     from connectors.kafka_clients import ensure_topics
-    from connectors.slot import watch_table
     from models.registry import create_deployment
     from rowcast.schema import init_database
 
@@ -61,11 +60,11 @@ def deploy(
     with _connect(settings) as conn:
         init_database(conn, settings)
         d = create_deployment(conn, name, table, target, feature_list, model)
-        watch_table(conn, settings.publication_name, d.schema, d.table)
     ensure_topics(settings, [settings.source_topic(d.schema, d.table),
                              settings.predictions_topic(d.name), settings.dlq_topic])
     typer.echo(f"deployed {d.name}: {d.model} on {d.qualified_table}, target {d.target}, "
-               f"features {', '.join(f.name for f in d.features)}")
+               f"features {', '.join(f.name for f in d.features)}; "
+               f"query it with SELECT * FROM rowcast.{d.name}_scored")
 
 
 @app.command()

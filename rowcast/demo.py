@@ -16,7 +16,6 @@ import psycopg
 
 from connectors.kafka_clients import ensure_topics, make_admin
 from connectors.lag import consumer_lag, slot_lag
-from connectors.slot import watch_table
 from models.registry import create_deployment
 from rowcast.devstack.stack import DevStack
 from rowcast.pipeline import Pipeline
@@ -52,9 +51,8 @@ def prepare(settings: Settings) -> None:
     with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
         init_database(conn, settings)
         conn.execute(TABLE_DDL)
-        d = create_deployment(conn, DEPLOYMENT, "public.customers", "purchase_amount",
-                              ["age", "income", "credit_score"], "linear_regression")
-        watch_table(conn, settings.publication_name, d.schema, d.table)
+        create_deployment(conn, DEPLOYMENT, "public.customers", "purchase_amount",
+                          ["age", "income", "credit_score"], "linear_regression")
     ensure_topics(settings, [settings.source_topic("public", "customers"),
                              settings.predictions_topic(DEPLOYMENT), settings.dlq_topic])
 
