@@ -9,14 +9,24 @@ stack that ``rowcast dev up`` starts, so the demo needs no configuration.
 False
 >>> s.source_topic("public", "customers")
 'rowcast.public.customers'
+>>> s.source_topic("sales", 'Odd "Table"')
+'rowcast.sales.Odd__Table_'
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _topic_safe(name: str) -> str:
+    return _TOPIC_UNSAFE.sub("_", name)
+
 
 DEV_POSTGRES_PORT = 54329
 DEV_KAFKA_PORT = 19092
@@ -64,8 +74,9 @@ class Settings(BaseSettings):
     )
 
     def source_topic(self, schema: str, table: str) -> str:
-        """Debezium's topic name for a table."""
-        return f"{self.topic_prefix}.{schema}.{table}"
+        """Debezium's topic name for a table, with characters Kafka refuses replaced by ``_``
+        (as Debezium's default topic naming strategy does)."""
+        return f"{self.topic_prefix}.{_topic_safe(schema)}.{_topic_safe(table)}"
 
     def predictions_topic(self, deployment: str) -> str:
         return f"{self.topic_prefix}.predictions.{deployment}"

@@ -19,6 +19,8 @@ def app_id(settings: Settings) -> str:
 
 
 def create_app(settings: Settings) -> faust.App:
+    datadir = settings.state_dir / "faust" / app_id(settings)
+    datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     return faust.App(
         app_id(settings),
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -37,7 +39,7 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.bind_host,
         web_host=settings.bind_host,
         web_port=settings.worker_web_port,
-        datadir=str(settings.state_dir / "faust" / app_id(settings)),
+        datadir=str(datadir),
         store="memory://",
     )
 
