@@ -1,0 +1,186 @@
+"""A real Apache Kafka broker (KRaft, single node) as a local process, from Maven Central jars.
+
+Why 3.9.1: it is the newest line whose old protocol versions aiokafka 0.14 (faust-streaming 0.15)
+and kafka-python 3.0 still speak everywhere; Kafka 4.0 removed some of them. The jars are fetched
+once with the machine's Maven into ``<cache>/kafka/<version>/libs`` (atomically: a half-finished
+fetch is redone), then every broker runs ``kafka.Kafka`` from that classpath.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rowcast.devstack.process import read_pid, terminate, wait_for
+from rowcast.errors import DevStackError
+
+READY = "READY"
+
+POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>rowcast</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{version}</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId>
+      <version>1.7.36</version></dependency>
+  </dependencies>
+</project>
+"""
+
+LOG4J = """log4j.rootLogger=WARN, stdout
+log4j.logger.kafka.server.KafkaServer=INFO
+log4j.logger.kafka.server.BrokerServer=INFO
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+"""
+
+
+def render_pom(version: str) -> str:
+    return POM.format(version=version)
+
+
+def render_server_properties(*, data_dir: Path, host: str, port: int, controller_port: int,
+                             node_id: int = 1) -> str:
+    """KRaft combined mode, one node, tuned for a laptop: instant group joins, RF 1."""
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": node_id,
+        "controller.quorum.voters": f"{node_id}@{host}:{controller_port}",
+        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data_dir / "logs"),
+        "num.partitions": 1,
+        "offsets.topic.replication.factor": 1,
+        "offsets.topic.num.partitions": 4,
+        "transaction.state.log.replication.factor": 1,
+        "transaction.state.log.min.isr": 1,
+        "group.initial.rebalance.delay.ms": 0,
+        "auto.create.topics.enable": "true",
+        "log.retention.hours": 24,
+        "log.segment.bytes": 64 * 1024 * 1024,
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def fetch_kafka(version: str, cache_dir: Path) -> Path:
+    """The classpath folder of Kafka ``version``, downloading it with Maven the first time."""
+    home = cache_dir / "kafka" / version
+    libs = home / "libs"
+    if (home / READY).exists():
+        return libs
+    for tool in ("mvn", "java"):
+        if shutil.which(tool) is None:
+            raise DevStackError(f"`{tool}` is not installed; rowcast's dev stack runs Apache Kafka "
+                                "from Maven Central (apt-get install -y maven openjdk-17-jre-headless)")
+    home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=home) as tmp:
+        pom = Path(tmp) / "pom.xml"
+        pom.write_text(render_pom(version))
+        staged = Path(tmp) / "libs"
+        done = subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+             f"-DoutputDirectory={staged}", "-DincludeScope=runtime"],
+            capture_output=True, text=True, timeout=600)
+        if done.returncode != 0 or not any(staged.glob("kafka_2.13-*.jar")):
+            raise DevStackError(f"fetching Apache Kafka {version} from Maven Central failed:\n"
+                                f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        shutil.rmtree(libs, ignore_errors=True)
+        staged.rename(libs)
+    (home / "log4j.properties").write_text(LOG4J)
+    (home / READY).write_text(version)
+    return libs
+
+
+@dataclass
+class KafkaServer:
+    """One broker in ``data_dir``; ``start`` formats storage the first time."""
+
+    data_dir: Path
+    port: int
+    controller_port: int
+    version: str = "3.9.1"
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "rowcast")
+    host: str = "127.0.0.1"
+    heap: str = "512m"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "kafka.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "kafka.log"
+
+    def is_running(self) -> bool:
+        return read_pid(self.pid_file) is not None
+
+    def _java(self, libs: Path, main: str, *args: str) -> list[str]:
+        log4j = libs.parent / "log4j.properties"
+        return ["java", f"-Xmx{self.heap}", f"-Dlog4j.configuration=file:{log4j}",
+                "-cp", f"{libs}/*", main, *args]
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        if self.is_running():
+            return
+        libs = fetch_kafka(self.version, self.cache_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self.data_dir / "server.properties"
+        props.write_text(render_server_properties(
+            data_dir=self.data_dir, host=self.host, port=self.port,
+            controller_port=self.controller_port))
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            formatted = subprocess.run(
+                self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                           "-c", str(props)), capture_output=True, text=True, timeout=120)
+            if formatted.returncode != 0:
+                raise DevStackError(f"formatting Kafka storage failed: {formatted.stderr[-2000:]}")
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(self._java(libs, "kafka.Kafka", str(props)), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=self.data_dir)
+        self.pid_file.write_text(str(proc.pid))
+        wait_for(lambda: proc.poll() is not None or self._accepts_clients(), timeout_s,
+                 f"Kafka on {self.bootstrap} accepting clients", interval_s=0.25,
+                 log=self.log_file)
+        if proc.poll() is not None:
+            raise DevStackError(f"Kafka exited with code {proc.returncode}; see {self.log_file}")
+
+    def _accepts_clients(self) -> bool:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000,
+                                     client_id="rowcast-devstack")
+        except (KafkaError, OSError):
+            return False
+        try:
+            admin.list_topics()
+            return True
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        pid = read_pid(self.pid_file)
+        if pid is not None:
+            terminate(pid, timeout_s)
+        self.pid_file.unlink(missing_ok=True)
+

@@ -1,0 +1,64 @@
+"""The dev stack: the private Postgres and Kafka that the demo, the tests and ``rowcast dev`` use.
+
+Everything lives under ``settings.state_dir`` (``postgres/``, ``kafka/``); pid files let
+``rowcast dev down`` stop what another process started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from rowcast.devstack.kafka import KafkaServer
+from rowcast.devstack.postgres import PostgresServer
+from rowcast.settings import DEV_KAFKA_CONTROLLER_PORT, DEV_POSTGRES_PORT, Settings
+
+
+def postgres_home(state: Path) -> Path:
+    """``<state>/postgres``, unless the server user could not reach it (root running rowcast in a
+    folder like /root): then a folder of its own under /tmp, named after the state folder."""
+    home = state / "postgres"
+    if os.geteuid() != 0 or all(os.stat(p).st_mode & 0o001 for p in state.parents if p.exists()):
+        return home
+    digest = hashlib.sha1(str(state).encode()).hexdigest()[:10]
+    fallback = Path(tempfile.gettempdir()) / f"rowcast-postgres-{digest}"
+    fallback.mkdir(mode=0o755, exist_ok=True)
+    return fallback
+
+
+class DevStack:
+    """Start and stop both services for one settings object (ports come from its DSN/bootstrap)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        state = settings.state_dir.resolve()
+        pg_port = urlparse(settings.postgres_dsn.get_secret_value()).port or DEV_POSTGRES_PORT
+        kafka_port = int(settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
+        controller = DEV_KAFKA_CONTROLLER_PORT if kafka_port + 1 == DEV_KAFKA_CONTROLLER_PORT \
+            else kafka_port + 1
+        self.postgres = PostgresServer(postgres_home(state) / "data", pg_port)
+        self.kafka = KafkaServer(state / "kafka", kafka_port, controller,
+                                 version=settings.kafka_version, cache_dir=settings.cache_dir)
+
+    def up(self) -> None:
+        self.postgres.start()
+        self.kafka.start()
+
+    def down(self) -> None:
+        self.kafka.stop()
+        self.postgres.stop()
+
+    def status(self) -> dict[str, str]:
+        return {
+            "postgres": f"running on {self.postgres.dsn}" if self.postgres.is_running() else "stopped",
+            "kafka": f"running on {self.kafka.bootstrap}" if self.kafka.is_running() else "stopped",
+        }
+
+    def reset(self) -> None:
+        self.down()
+        shutil.rmtree(self.postgres.data_dir.parent, ignore_errors=True)
+        shutil.rmtree(self.settings.state_dir / "kafka", ignore_errors=True)

@@ -1,0 +1,75 @@
+"""Session fixtures: one real PostgreSQL and one real Apache Kafka per test run, started lazily.
+
+Both run as local processes on free ports in a private folder under /tmp (pytest's own tmp
+folders are mode 0700, which the ``postgres`` user cannot traverse when the suite runs as root).
+Every test gets its own topic prefix, slot and publication, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from connectors.slot import drop_slot_and_publication
+from rowcast.devstack.kafka import KafkaServer
+from rowcast.devstack.postgres import PostgresServer
+from rowcast.devstack.process import free_port
+from rowcast.settings import Settings
+
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def services_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="rowcast-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server(services_dir: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(services_dir / "postgres" / "data", free_port(), fast=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_server(services_dir: Path) -> Iterator[KafkaServer]:
+    server = KafkaServer(services_dir / "kafka", free_port(), free_port(),
+                         cache_dir=Settings().cache_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(pg_server: PostgresServer, kafka_server: KafkaServer, services_dir: Path) -> Iterator[Settings]:
+    """Settings for one test: the session's services, names of its own."""
+    name = f"t_{uuid.uuid4().hex[:8]}"
+    s = Settings(postgres_dsn=pg_server.dsn, kafka_bootstrap=kafka_server.bootstrap,
+                 topic_prefix=name, slot_name=name, publication_name=name,
+                 state_dir=services_dir / "state" / name, worker_web_port=free_port(),
+                 _env_file=None)
+    yield s
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        drop_slot_and_publication(conn, s.slot_name, s.publication_name)
+
+
+@pytest.fixture
+def pg_conn(pg_server: PostgresServer) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        yield conn
