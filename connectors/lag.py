@@ -48,8 +48,8 @@ def consumer_lag(admin: KafkaAdminClient, group_id: str, topics: list[str]) -> l
     wanted = [t for t in topics if t in existing]
     if not wanted:
         return []
-    partitions = [TopicPartition(t, p) for t, meta in _partition_counts(admin, wanted).items()
-                  for p in range(meta)]
+    partitions = [TopicPartition(t["name"], p["partition_index"])
+                  for t in admin.describe_topics(wanted) for p in t["partitions"]]
     ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
     starts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in partitions})
     committed = admin.list_group_offsets({group_id: None}).get(group_id, {})
@@ -62,7 +62,3 @@ def consumer_lag(admin: KafkaAdminClient, group_id: str, topics: list[str]) -> l
         out.append(PartitionLag(tp.topic, tp.partition, end, done_offset, max(lag, 0)))
     return out
 
-
-def _partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
-    described = admin.describe_topics(topics)
-    return {t["topic"]: len(t["partitions"]) for t in described}

@@ -13,6 +13,7 @@ import random
 import time
 
 import psycopg
+from kafka.errors import KafkaError
 
 from connectors.kafka_clients import ensure_topics, make_admin
 from connectors.lag import consumer_lag, slot_lag
@@ -76,14 +77,20 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
+def _total_lag(admin, group: str, topic: str) -> str:
+    """A stage's lag, or ``?`` while the broker cannot tell yet (e.g. its coordinator loads)."""
+    try:
+        return str(sum(p.lag for p in consumer_lag(admin, group, [topic])))
+    except KafkaError:
+        return "?"
+
+
 def render(conn: psycopg.Connection, settings: Settings, inserted: int, admin) -> str:
     scored, p50, p99 = conn.execute(SCREEN_SQL, (DEPLOYMENT,)).fetchone()
     latest = conn.execute(LATEST_SQL, (DEPLOYMENT,)).fetchall()
     slot = slot_lag(conn, settings.slot_name)
-    scorer = sum(p.lag for p in consumer_lag(admin, app_id(settings),
-                                             [settings.source_topic("public", "customers")]))
-    sink = sum(p.lag for p in consumer_lag(admin, sink_group(settings),
-                                           [settings.predictions_topic(DEPLOYMENT)]))
+    scorer = _total_lag(admin, app_id(settings), settings.source_topic("public", "customers"))
+    sink = _total_lag(admin, sink_group(settings), settings.predictions_topic(DEPLOYMENT))
     lines = [
         f"rows inserted {inserted:>7}   scored {scored:>7}   "
         f"commit→prediction p50 {_ms(p50)}  p99 {_ms(p99)} (last 10 s)",
