@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all setup system-deps lint lock clean
+.PHONY: demo test test-all bench setup system-deps lint lock clean
 
 demo: setup
 	$(BIN)/rowcast demo
@@ -15,6 +15,11 @@ test: setup
 # every tier, including fault injection, soak and the Debezium comparison
 test-all: setup
 	$(BIN)/pytest -m ''
+
+# throughput and latency against the baselines, printed as JSON (a few minutes)
+bench: setup
+	@bash scripts/install-system-deps.sh --bench
+	$(BIN)/python -m bench.e2e $(BENCH_ARGS)
 
 setup: system-deps $(VENV)/.installed
 

@@ -85,6 +85,10 @@ class CdcSource:
         self._on_published = on_published
         self._txn: _Txn | None = None
         self._pending: list = []
+        self._saved_lsn = self.last_commit_lsn
+        self._last_save = 0.0  # the first advance after a start is saved at once
+        self._last_nudge = time.monotonic()
+        self._nudge_ok = True
 
     def run(self, stop: threading.Event) -> None:
         backoff_s = 0.001
@@ -99,6 +103,7 @@ class CdcSource:
                 wal_seen = wal_now  # nothing new up to here: wait for WAL to move again
             else:
                 backoff_s = 0.001
+        self._save_position(force=True)
 
     def poll_once(self) -> int:
         """One peek → publish → ack → advance round; returns the number of events published."""
@@ -114,12 +119,31 @@ class CdcSource:
         published = len(self._pending)
         self._await_acks()
         if advance_to is not None:
+            self._nudge_restart_lsn()
             slot.advance(self.conn, self.settings.slot_name, advance_to)
             self.last_commit_lsn = max(self.last_commit_lsn, advance_to)
-            save_position(self.conn, self.settings.slot_name, self.last_commit_lsn)
+            self._save_position()
             if self._on_published:
                 self._on_published(published, advance_to)
         return max(published, 1 if advance_to is not None else 0)
+
+    def _save_position(self, force: bool = False) -> None:
+        """At most once a second: the write makes WAL, and the window it guards (a server crash
+        losing an advance) only ever replays, which downstream is idempotent to."""
+        now = time.monotonic()
+        if self.last_commit_lsn > self._saved_lsn and (force or now - self._last_save >= 1.0):
+            save_position(self.conn, self.settings.slot_name, self.last_commit_lsn)
+            self._saved_lsn, self._last_save = self.last_commit_lsn, now
+
+    def _nudge_restart_lsn(self) -> None:
+        now = time.monotonic()
+        if self._nudge_ok and now - self._last_nudge >= self.settings.source_restart_nudge_s:
+            self._last_nudge = now
+            if not slot.log_running_xacts(self.conn, self.settings.slot_name):
+                self._nudge_ok = False
+                log.warning("no free replication slot to log running transactions: the slot's "
+                            "restart LSN will move only every ~15 s, and each poll re-reads that "
+                            "WAL; raise max_replication_slots by one")
 
     def _await_acks(self) -> None:
         if not self._pending:

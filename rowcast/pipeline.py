@@ -34,9 +34,13 @@ class Pipeline:
         return self
 
     def start_one(self, name: str) -> subprocess.Popen:
+        """Start one process; ``worker#2`` is a second worker (its own web port)."""
+        command, _, index = name.partition("#")
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        if index:
+            env["ROWCAST_WORKER_WEB_PORT"] = str(self.settings.worker_web_port + int(index))
         with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "rowcast", name], env=env,
+            proc = subprocess.Popen([sys.executable, "-m", "rowcast", command], env=env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc

@@ -1,0 +1,1 @@
+"""Benchmarks: programs that print JSON, run on demand (`make bench`), compared as ratios."""
