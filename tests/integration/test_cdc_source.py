@@ -8,7 +8,6 @@ import orjson
 import pytest
 from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
-from tests.waiting import wait_until
 
 from connectors.cdc_source import CdcSource
 from connectors.kafka_clients import ensure_topics, make_producer
@@ -17,6 +16,7 @@ from connectors.slot import watch_table
 from rowcast.errors import ConfigError, RetryableError, SourceError
 from rowcast.schema import init_database
 from tests.kafka_reading import drain
+from tests.waiting import wait_until
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ def test_consumer_lag_is_log_end_minus_committed_per_partition(settings):
     topic = f"{settings.topic_prefix}.lagged"
     ensure_topics(settings.model_copy(update={"topic_partitions": 2}), [topic])
     producer = make_producer(settings)
-    for i in range(5):
+    for _ in range(5):
         producer.send(topic, value=b"x", partition=0)
-    for i in range(3):
+    for _ in range(3):
         producer.send(topic, value=b"y", partition=1)
     producer.flush()
     producer.close()
