@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from connectors.envelope import ChangeEvent
+from models.deployment import Deployment
 from models.features import FeatureError
 from models.prediction import PredictionRecord
 from models.scoring import OnlineModel
@@ -47,8 +48,33 @@ class ServingSet:
             d = model.deployment
             self.by_table[(d.schema, d.table)].append(model)
 
+    @classmethod
+    def fresh(cls, deployments: Iterable[Deployment]) -> ServingSet:
+        return cls(OnlineModel.fresh(d) for d in deployments)
+
     def tables(self) -> list[tuple[str, str]]:
-        return sorted(self.by_table)
+        return sorted(t for t, models in self.by_table.items() if models)
+
+    def models(self) -> list[OnlineModel]:
+        return [m for models in self.by_table.values() for m in models]
+
+    def update(self, deployments: Iterable[Deployment]) -> set[tuple[str, str]]:
+        """Apply the registry's current deployments in place; return tables not yet served.
+
+        Unchanged deployments keep their learned model; changed ones (a new version) and new
+        ones start fresh; removed ones stop scoring. Tables in the result need a new topic
+        subscription, which the caller arranges.
+        """
+        current = {m.deployment.name: m for m in self.models()}
+        served = set(self.tables())
+        rebuilt: dict[tuple[str, str], list[OnlineModel]] = defaultdict(list)
+        for d in deployments:
+            kept = current.get(d.name)
+            model = kept if kept is not None and kept.deployment == d \
+                and kept.deployment.version == d.version else OnlineModel.fresh(d)
+            rebuilt[(d.schema, d.table)].append(model)
+        self.by_table = rebuilt
+        return set(rebuilt) - served
 
     def handle(self, events: Iterable[ChangeEvent], now_us: int | None = None) -> BatchResult:
         result = BatchResult()

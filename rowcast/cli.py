@@ -91,12 +91,15 @@ def source(log_level: str = "INFO") -> None:
 
 
 @app.command()
-def worker(log_level: str = "info") -> None:
-    """Run a scoring worker (faust): change events → predictions."""
-    from streams.worker import run_worker
+def worker(
+    log_level: str = "info",
+    child: Annotated[bool, typer.Option("--child", hidden=True)] = False,
+) -> None:
+    """Run a scoring worker (faust): change events → predictions; follows new deployments."""
+    from streams.worker import run_child, run_worker
 
     _setup_logging(log_level)
-    run_worker(Settings(), loglevel=log_level.lower())
+    (run_child if child else run_worker)(Settings(), loglevel=log_level.lower())
 
 
 @app.command()

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     source_restart_nudge_s: float = Field(
         1.0, gt=0, description="How often the source has the server log running transactions, "
         "so the slot's restart LSN keeps up (see connectors.slot.log_running_xacts).")
+    deployment_refresh_s: float = Field(
+        2.0, gt=0, description="How often workers re-read rowcast.deployments.")
     score_batch_size: int = Field(500, ge=1, description="Events a scorer takes per batch.")
     score_batch_within_s: float = Field(0.01, gt=0, description="Longest wait to fill a batch.")
     sink_batch_size: int = Field(2000, ge=1, description="Predictions upserted per transaction.")

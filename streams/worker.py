@@ -1,21 +1,28 @@
-"""Run a scoring worker: load the deployments, build their models, start faust.
+"""Run a scoring worker that follows the deployments in Postgres without a restart by hand.
 
-The worker waits until at least one deployment exists (so ``docker compose up`` before the first
-``rowcast deploy`` is fine). Deployments created later need a worker restart for now; picking
-them up live is tracked with the model registry work.
+``rowcast worker`` is a small supervisor around a faust worker in a child process. The child
+re-reads ``rowcast.deployments`` every ``deployment_refresh_s``: new models, new versions and
+removals on tables it already consumes are applied in place (unchanged models keep what they
+learned). A deployment on a *new* table needs a new topic subscription, which faust cannot add
+to a running consumer (its driver notes pattern subscriptions do not work), so the child shuts
+down gracefully (offsets committed) with :data:`RELOAD_EXIT` and the supervisor starts a new one
+at once.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import sys
 import threading
 
 import faust
 import psycopg
 
 from connectors.kafka_clients import ensure_topics
+from models.deployment import Deployment
 from models.registry import list_deployments
-from models.scoring import OnlineModel
 from models.serving import ServingSet
 from rowcast.settings import Settings
 from streams.app import create_app
@@ -23,24 +30,68 @@ from streams.scorer import attach_scorer
 
 log = logging.getLogger(__name__)
 
+RELOAD_EXIT = 75  # the child asks the supervisor to start it again (EX_TEMPFAIL)
+
+
+def load_deployments(settings: Settings) -> list[Deployment]:
+    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+        return list_deployments(conn)
+
 
 def wait_for_deployments(settings: Settings, stop: threading.Event, poll_s: float = 1.0) -> list:
-    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
-        while True:
-            deployments = list_deployments(conn)
-            if deployments or stop.is_set():
-                return deployments
-            log.info("no deployments yet; waiting for `rowcast deploy`")
-            stop.wait(poll_s)
+    while True:
+        deployments = load_deployments(settings)
+        if deployments or stop.is_set():
+            return deployments
+        log.info("no deployments yet; waiting for `rowcast deploy`")
+        stop.wait(poll_s)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """The supervisor: run the child, restart it when it asks, pass signals through."""
+    stopping = threading.Event()
+    child: subprocess.Popen | None = None
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.set()
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    while True:
+        child = subprocess.Popen([sys.executable, "-m", "rowcast", "worker", "--child",
+                                  "--log-level", loglevel])
+        code = child.wait()
+        if code != RELOAD_EXIT or stopping.is_set():
+            raise SystemExit(0 if stopping.is_set() else code)
+        log.info("restarting the scoring worker to subscribe to new tables")
+
+
+def run_child(settings: Settings, loglevel: str = "info") -> None:
+    """One faust worker over the tables deployed when it started."""
     deployments = wait_for_deployments(settings, threading.Event())
-    serving = ServingSet(OnlineModel.fresh(d) for d in deployments)
+    serving = ServingSet.fresh(deployments)
     ensure_topics(settings, [settings.source_topic(s, t) for s, t in serving.tables()]
                   + [settings.predictions_topic(d.name) for d in deployments]
                   + [settings.dlq_topic])
     app = create_app(settings)
     attach_scorer(app, settings, serving)
+    reload_requested = threading.Event()
+
+    @app.timer(interval=settings.deployment_refresh_s)
+    async def refresh_deployments() -> None:
+        current = await app.loop.run_in_executor(None, load_deployments, settings)
+        new_tables = serving.update(current)
+        if new_tables and not reload_requested.is_set():
+            log.info("deployments on new tables %s: restarting to subscribe", sorted(new_tables))
+            reload_requested.set()
+            signal.raise_signal(signal.SIGTERM)  # faust's graceful shutdown commits offsets
+
     log.info("scoring %d deployment(s): %s", len(deployments), [d.name for d in deployments])
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    try:
+        faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    except SystemExit:
+        if reload_requested.is_set():
+            raise SystemExit(RELOAD_EXIT) from None
+        raise

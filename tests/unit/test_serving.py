@@ -113,3 +113,28 @@ def test_prediction_record_round_trips_and_rejects_garbage() -> None:
     assert PredictionRecord.from_json(record.to_json()) == record
     with pytest.raises(DecodeError):
         PredictionRecord.from_json(b'{"deployment": "d"}')
+
+
+def test_update_keeps_learned_models_and_reports_new_tables() -> None:
+    spend = deployment()
+    serving = ServingSet.fresh([spend])
+    serving.handle([event(i, {"id": i, "age": i, "amount": 2.0 * i}) for i in range(1, 20)])
+    learned = serving.models()[0]
+    assert learned.samples_learned == 19
+
+    orders = Deployment("orders", "public", "orders", "amount", FEATURES, "linear_regression",
+                        ("id",))
+    assert serving.update([spend, orders]) == {("public", "orders")}
+    assert serving.models()[0] is learned  # unchanged: same learned state
+
+    changed = Deployment("spend", "public", "customers", "amount", FEATURES,
+                         "hoeffding_tree_regressor", ("id",), version=2)
+    assert serving.update([changed, orders]) == set()
+    now = {m.deployment.name: m for m in serving.models()}
+    assert now["spend"].deployment.model == "hoeffding_tree_regressor"
+    assert now["spend"].samples_learned == 0
+
+    assert serving.update([orders]) == set()  # removed: its table is no longer scored
+    assert serving.tables() == [("public", "orders")]
+    out = serving.handle([event(1, {"id": 1, "age": 3})])
+    assert out.predictions == []
