@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from rowcast.pipeline import Pipeline
+from rowcast.schema import init_database
 from tests.integration.test_end_to_end import deploy_cli
 from tests.waiting import wait_until
 
@@ -17,9 +18,15 @@ def predictions(conn, deployment: str) -> dict[int, str]:
         (deployment,))}
 
 
+def logs(pipeline) -> str:
+    return "\n".join(f"--- {name}\n{pipeline.log_tail(name, 60)}" for name in pipeline.procs)
+
+
 @pytest.mark.timeout(240)
 def test_new_and_changed_deployments_are_picked_up_live(settings, pg_conn, tmp_path):
     settings = settings.model_copy(update={"deployment_refresh_s": 0.5})
+    init_database(pg_conn, settings)
+    pg_conn.execute("DELETE FROM rowcast.deployments")  # only this test's deployments run
     first, second = (f"live_{uuid.uuid4().hex[:6]}" for _ in range(2))
     for table in (first, second):
         pg_conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, x float8, y float8)")
@@ -28,13 +35,13 @@ def test_new_and_changed_deployments_are_picked_up_live(settings, pg_conn, tmp_p
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         pg_conn.execute(f"INSERT INTO public.{first} VALUES (1, 1, 2)")
         wait_until(lambda: 1 in predictions(pg_conn, "one"), timeout_s=60,
-                   message=lambda: pipeline.log_tail("worker"))
+                   message=lambda: logs(pipeline))
 
         # a deployment on a table the worker does not consume yet
         assert deploy_cli(settings, "two", "--table", second, "--target", "y").returncode == 0
         pg_conn.execute(f"INSERT INTO public.{second} VALUES (1, 1, 2)")
         wait_until(lambda: 1 in predictions(pg_conn, "two"), timeout_s=90,
-                   message=lambda: pipeline.log_tail("worker"))
+                   message=lambda: logs(pipeline))
 
         # a new model for an existing deployment applies in place
         done = deploy_cli(settings, "one", "--table", first, "--target", "y",
