@@ -64,6 +64,7 @@ class ChangeEvent:
     after: dict[str, Any] | None
     source: SourceInfo
     key: dict[str, Any] | None
+    only_for: str | None = None  # a snapshot event meant for one deployment only
 
 
 def build_value(*, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
@@ -96,7 +97,8 @@ def _commit_us(source: dict[str, Any]) -> int:
     raise DecodeError("envelope source has neither ts_us nor ts_ms")
 
 
-def parse_event(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
+def parse_event(key: bytes | None, value: bytes | None,
+                only_for: str | None = None) -> ChangeEvent | None:
     """Parse one record of a source topic; ``None`` for a tombstone.
 
     Raises :class:`DecodeError` with the reason for anything that is not a change event.
@@ -131,4 +133,4 @@ def parse_event(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
         snapshot=str(source.get("snapshot", "false")),
     )
     return ChangeEvent(doc["op"], doc.get("before"), doc.get("after"), info,
-                       key_doc if isinstance(key_doc, dict) else None)
+                       key_doc if isinstance(key_doc, dict) else None, only_for)

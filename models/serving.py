@@ -82,7 +82,8 @@ class ServingSet:
             if event.op not in SCORED_OPS or event.after is None:
                 continue
             for model in self.by_table.get((event.source.schema, event.source.table), ()):
-                self._score_one(model, event, result, now_us)
+                if event.only_for is None or event.only_for == model.deployment.name:
+                    self._score_one(model, event, result, now_us)
         return result
 
     @staticmethod

@@ -12,7 +12,7 @@ from typing import Annotated
 import psycopg
 import typer
 
-from rowcast.errors import RowcastError
+from rowcast.errors import ConfigError, RowcastError
 from rowcast.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -49,8 +49,9 @@ def deploy(
     features: Annotated[str | None, typer.Option(help="Comma-separated feature columns "
                                                  "(default: every usable column).")] = None,
     model: Annotated[str, typer.Option(help="Catalog model name.")] = "linear_regression",
+    backfill: Annotated[bool, typer.Option(help="Also score the rows already in the table.")] = True,
 ) -> None:
-    """Deploy a model on a table: its new rows are scored from now on."""
+    """Deploy a model on a table: existing rows are scored, then every new row as it lands."""
     from connectors.kafka_clients import ensure_topics
     from models.registry import create_deployment
     from rowcast.schema import init_database
@@ -65,6 +66,38 @@ def deploy(
     typer.echo(f"deployed {d.name}: {d.model} on {d.qualified_table}, target {d.target}, "
                f"features {', '.join(f.name for f in d.features)}; "
                f"query it with SELECT * FROM rowcast.{d.name}_scored")
+    if backfill:
+        _backfill(settings, d.name, missing_only=True)
+
+
+def _backfill(settings: Settings, name: str, missing_only: bool) -> None:
+    from connectors.kafka_clients import make_producer
+    from connectors.snapshot import emit_snapshot
+    from models.registry import list_deployments
+
+    with _connect(settings) as conn:
+        found = [d for d in list_deployments(conn) if d.name == name]
+        if not found:
+            raise ConfigError(f"no deployment named {name!r} (rowcast deployments lists them)")
+        d = found[0]
+        producer = make_producer(settings)
+        try:
+            count = emit_snapshot(conn, producer, settings, d.schema, d.table,
+                                  for_deployment=d.name, missing_only=missing_only)
+        finally:
+            producer.close()
+    which = "rows without a prediction" if missing_only else "rows"
+    typer.echo(f"emitted {count} existing {which} of {d.qualified_table} for {d.name}")
+
+
+@app.command(name="backfill")
+def backfill_command(
+    name: str,
+    all_rows: Annotated[bool, typer.Option("--all", help="Re-emit every row, not only those "
+                                           "without a prediction.")] = False,
+) -> None:
+    """Re-emit a deployment's table rows (op r) so they are scored; by default only unscored ones."""
+    _backfill(Settings(), name, missing_only=not all_rows)
 
 
 @app.command()

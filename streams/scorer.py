@@ -9,12 +9,14 @@ predictions on Kafka.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import faust
 import orjson
 
 from connectors.dead_letters import dead_letter
 from connectors.envelope import ChangeEvent, parse_event
+from connectors.snapshot import DEPLOYMENT_HEADER
 from models.serving import ServingSet
 from rowcast.errors import DecodeError
 from rowcast.settings import Settings
@@ -22,8 +24,23 @@ from rowcast.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet) -> faust.types.AgentT:
-    """Register the scoring agent over the source topics of every deployed table."""
+def _only_for(headers: object) -> str | None:
+    """The deployment a snapshot event is meant for (see connectors.snapshot), if any."""
+    items = headers.items() if isinstance(headers, dict) else (headers or ())
+    for name, value in items:
+        if name == DEPLOYMENT_HEADER and value is not None:
+            return bytes(value).decode()
+    return None
+
+
+def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
+                  before_batch: Callable[[list[ChangeEvent]], Awaitable[None] | None] | None = None,
+                  ) -> faust.types.AgentT:
+    """Register the scoring agent over the source topics of every deployed table.
+
+    ``before_batch`` runs before each batch is scored (the worker uses it to bring the
+    deployments up to date with the batch's commit times).
+    """
     topics = [settings.source_topic(schema, table) for schema, table in serving.tables()]
     source = app.topic(*topics, key_serializer="raw", value_serializer="raw")
 
@@ -46,12 +63,17 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet) -> fa
             changes: list[ChangeEvent] = []
             for event in events:
                 try:
-                    parsed = parse_event(event.message.key, event.message.value)
+                    parsed = parse_event(event.message.key, event.message.value,
+                                         _only_for(event.message.headers))
                 except DecodeError as exc:
                     await dead("score", "bad_envelope", str(exc), event)
                     continue
                 if parsed is not None:
                     changes.append(parsed)
+            if before_batch is not None:
+                pending = before_batch(changes)
+                if pending is not None:
+                    await pending
             result = serving.handle(changes)
             for p in result.predictions:
                 await app.producer.send(settings.predictions_topic(p.deployment), p.key_bytes(),

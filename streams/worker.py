@@ -18,14 +18,13 @@ import sys
 import threading
 
 import faust
-import psycopg
 
 from connectors.kafka_clients import ensure_topics
 from models.deployment import Deployment
-from models.registry import list_deployments
 from models.serving import ServingSet
 from rowcast.settings import Settings
 from streams.app import create_app
+from streams.following import DeploymentFollower
 from streams.scorer import attach_scorer
 
 log = logging.getLogger(__name__)
@@ -33,16 +32,12 @@ log = logging.getLogger(__name__)
 RELOAD_EXIT = 75  # the child asks the supervisor to start it again (EX_TEMPFAIL)
 
 
-def load_deployments(settings: Settings) -> list[Deployment]:
-    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
-        return list_deployments(conn)
-
-
-def wait_for_deployments(settings: Settings, stop: threading.Event, poll_s: float = 1.0) -> list:
+def wait_for_deployments(settings: Settings, stop: threading.Event,
+                         poll_s: float = 1.0) -> tuple[list[Deployment], int]:
     while True:
-        deployments = load_deployments(settings)
+        deployments, as_of_us = DeploymentFollower.read(settings)
         if deployments or stop.is_set():
-            return deployments
+            return deployments, as_of_us
         log.info("no deployments yet; waiting for `rowcast deploy`")
         stop.wait(poll_s)
 
@@ -70,23 +65,28 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
 def run_child(settings: Settings, loglevel: str = "info") -> None:
     """One faust worker over the tables deployed when it started."""
-    deployments = wait_for_deployments(settings, threading.Event())
+    deployments, as_of_us = wait_for_deployments(settings, threading.Event())
     serving = ServingSet.fresh(deployments)
+    follower = DeploymentFollower(settings, serving, as_of_us)
     ensure_topics(settings, [settings.source_topic(s, t) for s, t in serving.tables()]
                   + [settings.predictions_topic(d.name) for d in deployments]
                   + [settings.dlq_topic])
     app = create_app(settings)
-    attach_scorer(app, settings, serving)
     reload_requested = threading.Event()
 
-    @app.timer(interval=settings.deployment_refresh_s)
-    async def refresh_deployments() -> None:
-        current = await app.loop.run_in_executor(None, load_deployments, settings)
-        new_tables = serving.update(current)
+    async def refresh() -> None:
+        new_tables = await app.loop.run_in_executor(None, follower.refresh)
         if new_tables and not reload_requested.is_set():
             log.info("deployments on new tables %s: restarting to subscribe", sorted(new_tables))
             reload_requested.set()
             signal.raise_signal(signal.SIGTERM)  # faust's graceful shutdown commits offsets
+
+    attach_scorer(app, settings, serving, before_batch=lambda events: (
+        refresh() if follower.needs_refresh(events) else None))
+
+    @app.timer(interval=settings.deployment_refresh_s)
+    async def refresh_deployments() -> None:
+        await refresh()
 
     log.info("scoring %d deployment(s): %s", len(deployments), [d.name for d in deployments])
     try:

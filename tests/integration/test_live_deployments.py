@@ -51,6 +51,14 @@ def test_new_and_changed_deployments_are_picked_up_live(settings, pg_conn, tmp_p
                                            f"((SELECT max(id) + 1 FROM public.{first}), 1, 2)")
                    is not None and "hoeffding_tree_regressor" in predictions(pg_conn, "one").values(),
                    timeout_s=60, interval_s=0.5, message="the new model scores new rows")
+        # commit order: a row committed right after a deployment is scored by it
+        assert deploy_cli(settings, "three", "--table", first, "--target", "y",
+                          "--no-backfill").returncode == 0
+        pg_conn.execute(f"INSERT INTO public.{first} VALUES (-1, 1, 2)")
+        wait_until(lambda: -1 in predictions(pg_conn, "three"), timeout_s=60,
+                   message=lambda: logs(pipeline))
+        assert list(predictions(pg_conn, "three")) == [-1]  # --no-backfill: old rows untouched
+
         assert all(pipeline.alive().values())
         rows = pg_conn.execute(f"SELECT count(*) FROM public.{first}").fetchone()[0]
         # every row inserted while the worker reloaded still got exactly one prediction

@@ -138,3 +138,17 @@ def test_update_keeps_learned_models_and_reports_new_tables() -> None:
     assert serving.tables() == [("public", "orders")]
     out = serving.handle([event(1, {"id": 1, "age": 3})])
     assert out.predictions == []
+
+
+def test_snapshot_events_for_one_deployment_are_scored_by_it_only() -> None:
+    other = Deployment("other", "public", "customers", "amount", FEATURES, "linear_regression",
+                       ("id",))
+    serving = ServingSet.fresh([deployment(), other])
+    backfill = ChangeEvent("r", None, {"id": 1, "age": 3, "amount": 1.0},
+                           SourceInfo("rowcast", "app", "public", "customers", 1, None, 1, "true"),
+                           {"id": 1}, only_for="other")
+    out = serving.handle([backfill, event(2, {"id": 2, "age": 4})])
+    assert sorted((p.deployment, p.key["id"]) for p in out.predictions) == [
+        ("other", 1), ("other", 2), ("spend", 2)]
+    learned = {m.deployment.name: m.samples_learned for m in serving.models()}
+    assert learned == {"spend": 0, "other": 1}

@@ -1,0 +1,92 @@
+"""Existing rows as change events (``op: r``): for a new deployment, and for ``rowcast backfill``.
+
+Why no gap: the table joins the publication first, so every change committed after that is
+streamed; the snapshot reads afterwards, so every row committed before it is read. A row
+changed in between can arrive twice (once read, once streamed), which the sink's upsert makes
+harmless. Values are read through each type's output function (``format('%s', col)``), the very
+text pgoutput sends, and encoded by the same :mod:`connectors.pgtypes` decoders as the stream.
+
+Snapshot records can carry a ``rowcast.deployment`` header: only that deployment scores them,
+so adding a model to a table does not make the others score and learn old rows again.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import psycopg
+from kafka import KafkaProducer
+from psycopg import sql
+
+from connectors import pgtypes, slot
+from connectors.envelope import SourceInfo, build_value, encode_key
+from rowcast.errors import RetryableError
+from rowcast.settings import Settings
+
+DEPLOYMENT_HEADER = "rowcast.deployment"
+
+
+def _columns(conn: psycopg.Connection, schema: str, table: str) -> list[tuple[str, int]]:
+    return conn.execute(
+        "SELECT a.attname, a.atttypid::int FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", (schema, table)).fetchall()
+
+
+def _query(schema: str, table: str, columns: list[tuple[str, int]], keys: tuple[str, ...],
+           missing_for: str | None) -> sql.Composed:
+    as_text = sql.SQL(", ").join(
+        sql.SQL("CASE WHEN t.{c} IS NULL THEN NULL ELSE format('%s', t.{c}) END").format(
+            c=sql.Identifier(name)) for name, _ in columns)
+    query = sql.SQL("SELECT {} FROM {} AS t").format(as_text, sql.Identifier(schema, table))
+    if missing_for is not None:
+        pk = sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(k), sql.Identifier(k))
+                                for k in keys)
+        query += sql.SQL(
+            " WHERE NOT EXISTS (SELECT 1 FROM rowcast.predictions p WHERE p.deployment = {} "
+            "AND p.source_schema = {} AND p.source_table = {} AND p.pk = jsonb_build_object({}))"
+        ).format(sql.Literal(missing_for), sql.Literal(schema), sql.Literal(table), pk)
+    return query + sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, keys)))
+
+
+def emit_snapshot(conn: psycopg.Connection, producer: KafkaProducer, settings: Settings,
+                  schema: str, table: str, *, for_deployment: str | None = None,
+                  missing_only: bool = False, chunk: int = 5000) -> int:
+    """Publish the table's rows as ``r`` events; returns how many. Waits for Kafka's acks."""
+    keys = slot.table_key_columns(conn, schema, table)
+    columns = _columns(conn, schema, table)
+    decoders = [pgtypes.decoder_for(oid) for _, oid in columns]
+    names = [name for name, _ in columns]
+    topic = settings.source_topic(schema, table)
+    headers = [(DEPLOYMENT_HEADER, for_deployment.encode())] if for_deployment else None
+    query = _query(schema, table, columns, keys, for_deployment if missing_only else None)
+    lsn = slot.current_wal_lsn(conn)
+    now_us = time.time_ns() // 1000
+    source = SourceInfo(settings.topic_prefix, conn.info.dbname, schema, table, lsn, None, now_us,
+                        snapshot="true")
+    futures, count = [], 0
+    with conn.transaction(), conn.cursor(name=f"rowcast_snapshot_{time.monotonic_ns()}") as cur:
+        cur.itersize = chunk
+        cur.execute(query)
+        for values in cur:
+            after = {n: (None if v is None else d(v.encode()))
+                     for n, d, v in zip(names, decoders, values, strict=True)}
+            count += 1
+            value = build_value(op="r", before=None, after=after, source=source,
+                                tx_order=count, now_us=now_us)
+            futures.append(producer.send(topic, key=encode_key({k: after[k] for k in keys}),
+                                         value=orjson.dumps(value), headers=headers))
+            if len(futures) >= chunk:
+                _await(producer, futures)
+    _await(producer, futures)
+    return count
+
+
+def _await(producer: KafkaProducer, futures: list) -> None:
+    producer.flush()
+    failed = [f for f in futures if f.failed()]
+    futures.clear()
+    if failed:
+        raise RetryableError(f"Kafka did not acknowledge {len(failed)} snapshot events: "
+                             f"{failed[0].exception!r}")

@@ -1,0 +1,48 @@
+"""Keep a worker's deployments in step with ``rowcast.deployments``, in commit order.
+
+The promise: a row committed after a deployment was committed is scored by that deployment.
+The follower remembers the database clock (``now()``) at its last read of the registry; before
+a batch holding any event committed at or after that moment is scored, the registry is read
+again. A periodic refresh also runs when no rows flow, to notice new tables and removals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import psycopg
+
+from connectors.envelope import ChangeEvent
+from models.deployment import Deployment
+from models.registry import list_deployments
+from models.serving import ServingSet
+from rowcast.settings import Settings
+
+
+class DeploymentFollower:
+    """Reads the registry into a :class:`ServingSet`; reports tables that need a subscription."""
+
+    def __init__(self, settings: Settings, serving: ServingSet, known_until_us: int) -> None:
+        self.settings = settings
+        self.serving = serving
+        self.known_until_us = known_until_us
+        self.new_tables: set[tuple[str, str]] = set()
+
+    @staticmethod
+    def read(settings: Settings) -> tuple[list[Deployment], int]:
+        """The deployments and the database clock they are current as of (µs since epoch)."""
+        dsn = settings.postgres_dsn.get_secret_value()
+        with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+            now_us = conn.execute(
+                "SELECT (extract(epoch FROM now()) * 1000000)::bigint").fetchone()[0]
+            return list_deployments(conn), now_us
+
+    def needs_refresh(self, events: Iterable[ChangeEvent]) -> bool:
+        return any(e.source.commit_us >= self.known_until_us for e in events)
+
+    def refresh(self) -> set[tuple[str, str]]:
+        """Apply the registry now; returns (and accumulates) tables not yet subscribed."""
+        deployments, now_us = self.read(self.settings)
+        self.new_tables |= self.serving.update(deployments)
+        self.known_until_us = now_us
+        return self.new_tables
