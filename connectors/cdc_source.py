@@ -88,6 +88,7 @@ class CdcSource:
         self._saved_lsn = self.last_commit_lsn
         self._last_save = 0.0  # the first advance after a start is saved at once
         self._last_nudge = time.monotonic()
+        self._wal_after_nudge = 0
         self._nudge_ok = True
 
     def run(self, stop: threading.Event) -> None:
@@ -107,9 +108,12 @@ class CdcSource:
 
     def poll_once(self) -> int:
         """One peek → publish → ack → advance round; returns the number of events published."""
+        self._nudge_restart_lsn()  # before ``flushed``: this round's advance can then use it
+        flushed = slot.current_flush_lsn(self.conn)
         changes = slot.peek(self.conn, self.settings.slot_name, self.settings.publication_name,
                             self.settings.source_max_changes)
         if not changes:
+            self._skip_irrelevant_wal(flushed)
             return 0
         advance_to = None
         for change in changes:
@@ -119,13 +123,19 @@ class CdcSource:
         published = len(self._pending)
         self._await_acks()
         if advance_to is not None:
-            self._nudge_restart_lsn()
             slot.advance(self.conn, self.settings.slot_name, advance_to)
             self.last_commit_lsn = max(self.last_commit_lsn, advance_to)
             self._save_position()
             if self._on_published:
                 self._on_published(published, advance_to)
         return max(published, 1 if advance_to is not None else 0)
+
+    def _skip_irrelevant_wal(self, flushed: int) -> None:
+        """Nothing to publish up to ``flushed`` (read before the peek, which decodes up to the
+        flush position): every transaction committed before it touched no watched table, so
+        the slot can let that WAL go. Without this, writes to other tables pin WAL forever."""
+        if flushed > slot.confirmed_lsn(self.conn, self.settings.slot_name):
+            slot.advance(self.conn, self.settings.slot_name, flushed)
 
     def _save_position(self, force: bool = False) -> None:
         """At most once a second: the write makes WAL, and the window it guards (a server crash
@@ -136,10 +146,17 @@ class CdcSource:
             self._saved_lsn, self._last_save = self.last_commit_lsn, now
 
     def _nudge_restart_lsn(self) -> None:
+        """At most every ``source_restart_nudge_s``, and only when WAL grew since the last one:
+        an idle server is left idle (the nudge itself writes a little WAL)."""
         now = time.monotonic()
         if self._nudge_ok and now - self._last_nudge >= self.settings.source_restart_nudge_s:
+            wal_now = slot.current_wal_lsn(self.conn)
+            if wal_now <= self._wal_after_nudge:
+                return
             self._last_nudge = now
-            if not slot.log_running_xacts(self.conn, self.settings.slot_name):
+            nudged = slot.log_running_xacts(self.conn, self.settings.slot_name)
+            self._wal_after_nudge = slot.current_wal_lsn(self.conn)
+            if not nudged:
                 self._nudge_ok = False
                 log.warning("no free replication slot to log running transactions: the slot's "
                             "restart LSN will move only every ~15 s, and each poll re-reads that "

@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import orjson
 import psycopg
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 
 from connectors.dead_letters import DeadLetterWriter
 from connectors.slot import format_lsn
@@ -111,10 +113,39 @@ class PredictionSink:
         self.consumer = consumer
         self.dead_letters = dead_letters
         self.written = 0
-        consumer.subscribe(pattern=predictions_pattern(settings))
+        self.subscribed: tuple[str, ...] = ()
+        self._pattern = re.compile(predictions_pattern(settings))
+        self._next_refresh = 0.0
+
+    def refresh_subscription(self) -> bool:
+        """Subscribe to every predictions topic of the prefix; True when the set changed.
+
+        An explicit topic list, re-read on a timer, rather than kafka-python's pattern
+        subscription: with the latter a topic created while the sink ran was at times never
+        assigned (observed on kafka-python 3.0), and its predictions never reached Postgres.
+        """
+        try:
+            names = self.consumer.topics()
+        except KafkaError as exc:  # broker away: keep the current subscription, retry later
+            log.warning("could not list topics (%s); keeping %d subscribed", exc,
+                        len(self.subscribed))
+            return False
+        topics = tuple(sorted(t for t in names if self._pattern.match(t)))
+        if not topics or topics == self.subscribed:
+            return False
+        log.info("sink subscribing to %d predictions topics", len(topics))
+        self.consumer.subscribe(topics=list(topics))
+        self.subscribed = topics
+        return True
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            if time.monotonic() >= self._next_refresh:
+                self.refresh_subscription()
+                self._next_refresh = time.monotonic() + self.settings.deployment_refresh_s
+            if not self.subscribed:
+                stop.wait(self.settings.deployment_refresh_s)
+                continue
             self.poll_once()
 
     def poll_once(self) -> int:

@@ -175,3 +175,14 @@ def log_running_xacts(conn: psycopg.Connection, slot: str, timeout_ms: int = 250
     finally:
         conn.execute("SET statement_timeout = 0")
     return True
+
+
+def current_flush_lsn(conn: psycopg.Connection) -> int:
+    """WAL flushed to disk: the furthest point a peek started now can decode to."""
+    return conn.execute("SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint").fetchone()[0]
+
+
+def confirmed_lsn(conn: psycopg.Connection, slot: str) -> int:
+    row = conn.execute("SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint "
+                       "FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0

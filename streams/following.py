@@ -8,11 +8,13 @@ again. A periodic refresh also runs when no rows flow, to notice new tables and 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 import psycopg
 
 from connectors.envelope import ChangeEvent
+from connectors.kafka_clients import ensure_topics
 from models.deployment import Deployment
 from models.registry import list_deployments
 from models.serving import ServingSet
@@ -27,6 +29,9 @@ class DeploymentFollower:
         self.serving = serving
         self.known_until_us = known_until_us
         self.new_tables: set[tuple[str, str]] = set()
+        self.topics_made: set[str] = {settings.predictions_topic(m.deployment.name)
+                                      for m in serving.models()}
+        self._lock = threading.Lock()  # the timer and the agent may refresh at the same time
 
     @staticmethod
     def read(settings: Settings) -> tuple[list[Deployment], int]:
@@ -41,8 +46,17 @@ class DeploymentFollower:
         return any(e.source.commit_us >= self.known_until_us for e in events)
 
     def refresh(self) -> set[tuple[str, str]]:
-        """Apply the registry now; returns (and accumulates) tables not yet subscribed."""
-        deployments, now_us = self.read(self.settings)
-        self.new_tables |= self.serving.update(deployments)
-        self.known_until_us = now_us
-        return self.new_tables
+        """Apply the registry now; returns (and accumulates) tables not yet subscribed.
+
+        A new deployment's predictions topic is created here, before anything is scored for
+        it (a deployment made with the SQL function has no topic yet).
+        """
+        with self._lock:
+            deployments, now_us = self.read(self.settings)
+            topics = {self.settings.predictions_topic(d.name) for d in deployments}
+            if topics - self.topics_made:
+                ensure_topics(self.settings, topics - self.topics_made)
+                self.topics_made |= topics
+            self.new_tables |= self.serving.update(deployments)
+            self.known_until_us = now_us
+            return set(self.new_tables)

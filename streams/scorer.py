@@ -2,13 +2,15 @@
 
 All decisions live in :class:`models.serving.ServingSet`; this module only moves bytes between
 faust and that pure core. Batches (``take_events``) are acked by faust after the body returns,
-and faust flushes the producer before committing, so every committed offset has its
-predictions on Kafka.
+and the body returns only after :class:`streams.publishing.BatchPublisher` saw Kafka acknowledge
+every prediction and dead letter of the batch, so every committed offset has them on Kafka.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import faust
@@ -18,10 +20,13 @@ from connectors.dead_letters import dead_letter
 from connectors.envelope import ChangeEvent, parse_event
 from connectors.snapshot import DEPLOYMENT_HEADER
 from models.serving import ServingSet
-from rowcast.errors import DecodeError
+from rowcast.errors import DecodeError, RetryableError
 from rowcast.settings import Settings
+from streams.publishing import BatchPublisher
 
 log = logging.getLogger(__name__)
+
+RETRY_EXIT = 75  # same code as a reload: the supervisor starts a fresh worker at once
 
 
 def _only_for(headers: object) -> str | None:
@@ -34,39 +39,33 @@ def _only_for(headers: object) -> str | None:
 
 
 def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
+                  publisher: BatchPublisher,
                   before_batch: Callable[[list[ChangeEvent]], Awaitable[None] | None] | None = None,
                   ) -> faust.types.AgentT:
     """Register the scoring agent over the source topics of every deployed table.
 
-    ``before_batch`` runs before each batch is scored (the worker uses it to bring the
-    deployments up to date with the batch's commit times).
+    ``publisher`` sends each batch's predictions and dead letters and returns only once Kafka
+    acknowledged them. ``before_batch`` runs before each batch is scored (the worker uses it to
+    bring the deployments up to date with the batch's commit times).
     """
     topics = [settings.source_topic(schema, table) for schema, table in serving.tables()]
     source = app.topic(*topics, key_serializer="raw", value_serializer="raw")
-
-    async def dead(stage: str, reason: str, error: str, event: faust.types.EventT | None,
-                   key: bytes | None = None, value: bytes | None = None) -> None:
-        msg = event.message if event is not None else None
-        record = dead_letter(stage=stage, reason=reason, error=error,
-                             topic=msg.topic if msg else None,
-                             partition=msg.partition if msg else None,
-                             offset=msg.offset if msg else None,
-                             key=msg.key if msg else key, value=msg.value if msg else value)
-        log.warning("dead letter from %s: %s (%s)", stage, reason, error)
-        await app.producer.send(settings.dlq_topic, record["stage"].encode(),
-                                orjson.dumps(record), None, None, None)
+    # one thread: batches are published in order, and never two at once
+    sender = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
 
     @app.agent(source, concurrency=1, name="score")
     async def score(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.score_batch_size,
                                                within=settings.score_batch_within_s):
             changes: list[ChangeEvent] = []
+            dead: list[tuple[bytes | None, bytes]] = []
             for event in events:
+                msg = event.message
                 try:
-                    parsed = parse_event(event.message.key, event.message.value,
-                                         _only_for(event.message.headers))
+                    parsed = parse_event(msg.key, msg.value, _only_for(msg.headers))
                 except DecodeError as exc:
-                    await dead("score", "bad_envelope", str(exc), event)
+                    dead.append(_dead("bad_envelope", str(exc), msg.topic, msg.partition,
+                                      msg.offset, msg.key, msg.value))
                     continue
                 if parsed is not None:
                     changes.append(parsed)
@@ -75,11 +74,24 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
                 if pending is not None:
                     await pending
             result = serving.handle(changes)
-            for p in result.predictions:
-                await app.producer.send(settings.predictions_topic(p.deployment), p.key_bytes(),
-                                        p.to_json(), None, None, None)
             for r in result.rejected:
                 payload = orjson.dumps({"after": r.event.after, "source": r.event.source.to_json()})
-                await dead("score", r.reason, r.message, None, orjson.dumps(r.event.key), payload)
+                dead.append(_dead(r.reason, r.message, None, None, None,
+                                  orjson.dumps(r.event.key), payload))
+            try:
+                await app.loop.run_in_executor(sender, publisher.publish, result.predictions, dead)
+            except RetryableError as exc:
+                # faust would ack this batch on the way out; exit before it can commit, so the
+                # restarted worker scores the batch again from the last committed offset
+                log.error("%s; restarting the worker to retry the batch", exc)
+                os._exit(RETRY_EXIT)
 
     return score
+
+
+def _dead(reason: str, error: str, topic: str | None, partition: int | None, offset: int | None,
+          key: bytes | None, value: bytes | None) -> tuple[bytes | None, bytes]:
+    record = dead_letter(stage="score", reason=reason, error=error, topic=topic,
+                         partition=partition, offset=offset, key=key, value=value)
+    log.warning("dead letter from score: %s (%s)", reason, error)
+    return record["stage"].encode(), orjson.dumps(record)

@@ -19,17 +19,18 @@ import threading
 
 import faust
 
-from connectors.kafka_clients import ensure_topics
+from connectors.kafka_clients import ensure_topics, make_producer
 from models.deployment import Deployment
 from models.serving import ServingSet
 from rowcast.settings import Settings
 from streams.app import create_app
 from streams.following import DeploymentFollower
-from streams.scorer import attach_scorer
+from streams.publishing import BatchPublisher
+from streams.scorer import RETRY_EXIT, attach_scorer
 
 log = logging.getLogger(__name__)
 
-RELOAD_EXIT = 75  # the child asks the supervisor to start it again (EX_TEMPFAIL)
+RELOAD_EXIT = RETRY_EXIT  # the child asks the supervisor to start it again (EX_TEMPFAIL)
 
 
 def wait_for_deployments(settings: Settings, stop: threading.Event,
@@ -60,7 +61,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         code = child.wait()
         if code != RELOAD_EXIT or stopping.is_set():
             raise SystemExit(0 if stopping.is_set() else code)
-        log.info("restarting the scoring worker to subscribe to new tables")
+        log.info("restarting the scoring worker (new tables, or a batch to retry)")
+        stopping.wait(0.5)  # a broker that refuses every batch is not hammered
 
 
 def run_child(settings: Settings, loglevel: str = "info") -> None:
@@ -81,7 +83,8 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
             reload_requested.set()
             signal.raise_signal(signal.SIGTERM)  # faust's graceful shutdown commits offsets
 
-    attach_scorer(app, settings, serving, before_batch=lambda events: (
+    publisher = BatchPublisher(settings, make_producer(settings))
+    attach_scorer(app, settings, serving, publisher, before_batch=lambda events: (
         refresh() if follower.needs_refresh(events) else None))
 
     @app.timer(interval=settings.deployment_refresh_s)

@@ -146,7 +146,7 @@ class KafkaServer:
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                            "-c", str(props)), capture_output=True, text=True, timeout=120)
             if formatted.returncode != 0:
                 raise DevStackError(f"formatting Kafka storage failed: {formatted.stderr[-2000:]}")

@@ -40,7 +40,7 @@ def find_bin_dir() -> Path:
 
 @dataclass
 class PostgresServer:
-    """One cluster in ``data_dir`` listening on ``host:port`` with ``wal_level=logical``."""
+    """One cluster in ``data_dir`` listening on ``host:port``, by default ``wal_level=logical``."""
 
     data_dir: Path
     port: int
@@ -49,6 +49,7 @@ class PostgresServer:
     max_replication_slots: int = 20
     max_wal_senders: int = 10
     fast: bool = False  # fsync off: for throwaway test clusters only
+    wal_level: str = "logical"  # anything else only to test that rowcast refuses it
 
     def __post_init__(self) -> None:
         self.bin_dir = self.bin_dir or find_bin_dir()
@@ -104,7 +105,7 @@ class PostgresServer:
         self.init()
         if not self.is_running():
             options = [
-                "-c wal_level=logical",
+                f"-c wal_level={self.wal_level}",
                 f"-c max_replication_slots={self.max_replication_slots}",
                 f"-c max_wal_senders={self.max_wal_senders}",
                 f"-c listen_addresses={self.host}",

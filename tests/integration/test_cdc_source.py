@@ -129,6 +129,27 @@ def test_logging_running_xacts_lets_the_restart_lsn_catch_up(settings, pg_conn, 
     assert pg_conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
 
 
+def test_writes_to_unwatched_tables_do_not_pin_wal(settings, pg_conn, watched):
+    table, topic = watched
+    settings = settings.model_copy(update={"source_restart_nudge_s": 0.0})
+    producer = make_producer(settings)
+    source = CdcSource(settings, pg_conn, producer)
+    pg_conn.execute("CREATE TABLE IF NOT EXISTS public.elsewhere (id serial PRIMARY KEY, pad text)")
+    for _ in range(5):
+        pg_conn.execute("INSERT INTO public.elsewhere (pad) "
+                        "SELECT repeat('x', 500) FROM generate_series(1, 5000)")
+        assert source.poll_once() == 0
+    assert slot_lag(pg_conn, settings.slot_name).behind_bytes < 100_000
+    assert slot_lag(pg_conn, settings.slot_name).retained_bytes < 5_000_000
+    # and a watched row written among unwatched ones is still published
+    pg_conn.execute(f"INSERT INTO public.{table} (id) VALUES (42)")
+    pg_conn.execute("INSERT INTO public.elsewhere (pad) VALUES ('after')")
+    wait_until(lambda: source.poll_once() == 0 and
+               slot_lag(pg_conn, settings.slot_name).behind_bytes < 100_000, timeout_s=20)
+    producer.close()
+    assert [orjson.loads(r.value)["after"]["id"] for r in drain(settings, topic, 1)] == [42]
+
+
 def test_a_table_without_primary_key_is_refused(settings, pg_conn):
     table = f"nokey_{uuid.uuid4().hex[:8]}"
     pg_conn.execute(f"CREATE TABLE public.{table} (a int)")

@@ -10,11 +10,11 @@ import uuid
 
 import orjson
 import pytest
-from tests.waiting import wait_until
 
 from models.catalog import get_model
 from rowcast.pipeline import Pipeline
 from tests.kafka_reading import drain
+from tests.waiting import wait_until
 
 N_ROWS = 300
 

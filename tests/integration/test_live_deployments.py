@@ -6,9 +6,14 @@ import uuid
 
 import pytest
 
+from connectors.kafka_clients import make_admin
+from connectors.lag import consumer_lag
 from rowcast.pipeline import Pipeline
+from rowcast.processes import sink_group
 from rowcast.schema import init_database
+from streams.app import app_id
 from tests.integration.test_end_to_end import deploy_cli
+from tests.kafka_reading import drain
 from tests.waiting import wait_until
 
 
@@ -19,7 +24,22 @@ def predictions(conn, deployment: str) -> dict[int, str]:
 
 
 def logs(pipeline) -> str:
-    return "\n".join(f"--- {name}\n{pipeline.log_tail(name, 60)}" for name in pipeline.procs)
+    """Every process's log tail and each group's offsets: enough to tell which stage stalled."""
+    settings = pipeline.settings
+    admin = make_admin(settings)
+    try:
+        topics = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
+        offsets = [f"{group}: {p.topic}[{p.partition}] end={p.log_end} committed={p.committed}"
+                   for group in (app_id(settings), sink_group(settings))
+                   for p in consumer_lag(admin, group, topics) if p.log_end]
+    finally:
+        admin.close()
+    for topic in topics:
+        if ".predictions." in topic or ".public." in topic:
+            for r in drain(settings, topic, 0, timeout_s=2):
+                offsets.append(f"{topic}[{r.partition}]@{r.offset} key={r.key!r} {r.value[:160]!r}")
+    tails = [f"--- {name}\n{pipeline.log_tail(name, 60)}" for name in pipeline.procs]
+    return "\n".join(["--- offsets", *offsets, *tails])
 
 
 @pytest.mark.timeout(240)
@@ -63,4 +83,5 @@ def test_new_and_changed_deployments_are_picked_up_live(settings, pg_conn, tmp_p
         rows = pg_conn.execute(f"SELECT count(*) FROM public.{first}").fetchone()[0]
         # every row inserted while the worker reloaded still got exactly one prediction
         wait_until(lambda: len(predictions(pg_conn, "one")) == rows, timeout_s=30,
-                   message=lambda: f"{len(predictions(pg_conn, 'one'))} of {rows} scored")
+                   message=lambda: f"{len(predictions(pg_conn, 'one'))} of {rows} scored\n"
+                                   + logs(pipeline))

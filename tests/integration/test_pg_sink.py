@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import orjson
-from tests.waiting import wait_until
 
 from connectors.dead_letters import DeadLetterWriter
 from connectors.kafka_clients import ensure_topics, make_consumer, make_producer
@@ -11,6 +10,7 @@ from connectors.pg_sink import PredictionSink, upsert
 from models.prediction import PredictionRecord
 from rowcast.schema import init_database
 from tests.kafka_reading import drain
+from tests.waiting import wait_until
 
 
 def record(key: int, score: float, lsn: int, version: int = 1) -> PredictionRecord:
@@ -50,6 +50,8 @@ def test_sink_writes_batches_dead_letters_garbage_and_commits_after(settings, pg
     consumer = make_consumer(settings, f"{settings.topic_prefix}-sink")
     sink = PredictionSink(settings, pg_conn, consumer,
                           DeadLetterWriter(producer, settings.dlq_topic))
+    assert sink.refresh_subscription() and sink.subscribed == (topic,)
+    assert not sink.refresh_subscription()  # unchanged: no rebalance
     wait_until(lambda: sink.poll_once() >= 0 and len(rows(pg_conn)) == 100, timeout_s=30,
                message=lambda: f"{len(rows(pg_conn))} of 100 predictions written")
     wait_until(lambda: sink.poll_once() == 0 and sink.dead_letters.count == 1, timeout_s=10)
