@@ -29,7 +29,7 @@ import orjson
 import psycopg
 from kafka import KafkaProducer
 
-from connectors import pgoutput, pgtypes, slot
+from connectors import heartbeat, pgoutput, pgtypes, slot
 from connectors.envelope import SourceInfo, build_value, encode_key
 from connectors.source_position import load_position, save_position
 from rowcast.errors import DecodeError, RetryableError
@@ -89,12 +89,14 @@ class CdcSource:
         self._last_save = 0.0  # the first advance after a start is saved at once
         self._last_nudge = time.monotonic()
         self._wal_after_nudge = 0
+        self._last_beat = 0.0
         self._nudge_ok = True
 
     def run(self, stop: threading.Event) -> None:
         backoff_s = 0.001
         wal_seen = -1
         while not stop.is_set():
+            self._maybe_beat()
             wal_now = slot.current_wal_lsn(self.conn)
             if wal_now == wal_seen:
                 stop.wait(backoff_s)
@@ -122,6 +124,14 @@ class CdcSource:
                 advance_to = end_lsn
         published = len(self._pending)
         self._await_acks()
+        if advance_to is None and self._txn is None:
+            # only non-transactional messages (heartbeats, other apps' pg_logical_emit_message):
+            # nothing to publish, and nothing in flight either, so let that WAL go
+            if len(changes) < self.settings.source_max_changes:
+                self._skip_irrelevant_wal(flushed)
+            else:
+                slot.advance(self.conn, self.settings.slot_name, changes[-1].lsn)
+            return 0
         if advance_to is not None:
             slot.advance(self.conn, self.settings.slot_name, advance_to)
             self.last_commit_lsn = max(self.last_commit_lsn, advance_to)
@@ -136,6 +146,13 @@ class CdcSource:
         the slot can let that WAL go. Without this, writes to other tables pin WAL forever."""
         if flushed > slot.confirmed_lsn(self.conn, self.settings.slot_name):
             slot.advance(self.conn, self.settings.slot_name, flushed)
+
+    def _maybe_beat(self) -> None:
+        every = self.settings.heartbeat_interval_s
+        now = time.monotonic()
+        if every > 0 and now - self._last_beat >= every:
+            heartbeat.beat(self.conn, self.settings.slot_name)
+            self._last_beat = now
 
     def _save_position(self, force: bool = False) -> None:
         """At most once a second: the write makes WAL, and the window it guards (a server crash

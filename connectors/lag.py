@@ -13,6 +13,8 @@ import psycopg
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
 
+from connectors import heartbeat
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionLag:
@@ -29,17 +31,20 @@ class SlotLag:
     active: bool
     behind_bytes: int
     retained_bytes: int
+    behind_seconds: float = 0.0
 
 
 def slot_lag(conn: psycopg.Connection, slot: str) -> SlotLag | None:
-    """How far the slot's confirmed position trails the server's WAL, and how much it pins."""
+    """How far the slot's confirmed position trails the server's WAL (bytes, and seconds by the
+    heartbeats of :mod:`connectors.heartbeat`), and how much WAL it pins."""
     row = conn.execute(
         "SELECT active, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, "
         "(pg_current_wal_lsn() - restart_lsn)::bigint "
         "FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
     if row is None:
         return None
-    return SlotLag(slot, bool(row[0]), int(row[1] or 0), int(row[2] or 0))
+    return SlotLag(slot, bool(row[0]), int(row[1] or 0), int(row[2] or 0),
+                   heartbeat.behind_seconds(conn, slot))
 
 
 def consumer_lag(admin: KafkaAdminClient, group_id: str, topics: list[str]) -> list[PartitionLag]:

@@ -120,9 +120,17 @@ def ensure_slot(conn: psycopg.Connection, slot: str, publication: str) -> None:
 
 def drop_slot_and_publication(conn: psycopg.Connection, slot: str, publication: str) -> None:
     """Remove what :func:`ensure_slot` made, so no WAL stays pinned; idempotent."""
-    conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                 "WHERE slot_name = %s", (slot,))
+    try:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                     "WHERE slot_name = %s", (slot,))
+    except psycopg.errors.ObjectInUse as exc:
+        raise SourceError(f"slot {slot!r} is in use by a running process; stop the rowcast "
+                          f"source first ({exc})") from exc
     conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+    for table in ("source_positions", "heartbeats"):  # the slot's bookkeeping, if rowcast made it
+        if conn.execute("SELECT to_regclass(%s)", (f"rowcast.{table}",)).fetchone()[0]:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE slot_name = %s").format(
+                sql.Identifier("rowcast", table)), (slot,))
 
 
 def peek(conn: psycopg.Connection, slot: str, publication: str, max_changes: int) -> list[RawChange]:

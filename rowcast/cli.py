@@ -101,6 +101,27 @@ def backfill_command(
 
 
 @app.command()
+def drop(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove the replication slot and publication, so the server keeps no WAL for rowcast.
+
+    Deployments, predictions and topics stay; a later `rowcast init` (or any rowcast process)
+    creates a fresh slot that starts at the current WAL position.
+    """
+    from connectors.slot import drop_slot_and_publication
+
+    settings = Settings()
+    if not yes:
+        typer.confirm(f"Drop slot {settings.slot_name!r} and publication "
+                      f"{settings.publication_name!r}? Changes until a new slot exists are "
+                      "not captured", abort=True)
+    with _connect(settings) as conn:
+        drop_slot_and_publication(conn, settings.slot_name, settings.publication_name)
+    typer.echo(f"dropped slot {settings.slot_name!r} and publication {settings.publication_name!r}")
+
+
+@app.command()
 def deployments() -> None:
     """List deployments."""
     from models.registry import list_deployments

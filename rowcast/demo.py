@@ -91,11 +91,11 @@ def render(conn: psycopg.Connection, settings: Settings, inserted: int, admin) -
     slot = slot_lag(conn, settings.slot_name)
     scorer = _total_lag(admin, app_id(settings), settings.source_topic("public", "customers"))
     sink = _total_lag(admin, sink_group(settings), settings.predictions_topic(DEPLOYMENT))
+    slot_text = f"{slot.behind_bytes} B / {slot.behind_seconds:.1f} s" if slot else "-"
     lines = [
         f"rows inserted {inserted:>7}   scored {scored:>7}   "
         f"commit→prediction p50 {_ms(p50)}  p99 {_ms(p99)} (last 10 s)",
-        f"lag: slot {slot.behind_bytes if slot else '-'} B   scorer {scorer} events   "
-        f"sink {sink} predictions",
+        f"lag: slot {slot_text}   scorer {scorer} events   sink {sink} predictions",
         "latest:  id   predicted   actual",
     ]
     lines += [f"     {i:>7}   {s:>9.2f}   {a:>6.2f}" for i, s, a in latest]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import psycopg
 
-from connectors import pg_sink, slot, source_position
+from connectors import heartbeat, pg_sink, slot, source_position
 from models import registry
 from rowcast.settings import Settings
 
@@ -24,6 +24,7 @@ def init_database(conn: psycopg.Connection, settings: Settings) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (INIT_LOCK,))
         pg_sink.ensure_schema(conn)
         source_position.ensure_schema(conn)
+        heartbeat.ensure_schema(conn)
         registry.ensure_schema(conn, settings.publication_name)
         slot.ensure_publication(conn, settings.publication_name)
     conn.execute("SELECT pg_advisory_lock(%s)", (INIT_LOCK,))
