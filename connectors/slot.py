@@ -9,6 +9,8 @@ later with "publication does not exist".
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -133,16 +135,25 @@ def drop_slot_and_publication(conn: psycopg.Connection, slot: str, publication: 
                 sql.Identifier("rowcast", table)), (slot,))
 
 
-def peek(conn: psycopg.Connection, slot: str, publication: str, max_changes: int) -> list[RawChange]:
-    """Whole transactions from the slot's confirmed position, without consuming them."""
-    rows = conn.execute(
-        "SELECT (lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, data "
-        "FROM pg_logical_slot_peek_binary_changes("
-        "%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
-        (slot, max_changes, publication),
-        binary=True,
-    ).fetchall()
-    return [RawChange(r[0], r[1], bytes(r[2])) for r in rows]
+_PEEK = ("SELECT (lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, data "
+         "FROM pg_logical_slot_peek_binary_changes("
+         "%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true')")
+
+
+@contextmanager
+def stream_changes(conn: psycopg.Connection, slot: str, publication: str, max_changes: int,
+                   fetch_size: int = 2000) -> Iterator[Iterator[RawChange]]:
+    """Whole transactions from the slot's confirmed position, without consuming them, streamed.
+
+    The server stops after the transaction in which ``max_changes`` is reached, so one huge
+    transaction comes whole: a server-side cursor hands it over ``fetch_size`` rows at a time
+    (the server spills its result to disk beyond ``work_mem``), keeping the source's memory
+    flat whatever the transaction's size.
+    """
+    with conn.transaction(), conn.cursor(name="rowcast_peek", binary=True) as cur:
+        cur.itersize = fetch_size
+        cur.execute(_PEEK, (slot, max_changes, publication))
+        yield (RawChange(r[0], r[1], bytes(r[2])) for r in cur)
 
 
 def advance(conn: psycopg.Connection, slot: str, lsn: int) -> None:

@@ -1,0 +1,108 @@
+"""The CDC source on shapes that break naive decoders: a large transaction, schema changes while
+streaming, several tables at once, TRUNCATE."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+
+from connectors.cdc_source import CdcSource
+from connectors.kafka_clients import ensure_topics, make_producer
+from connectors.lag import slot_lag
+from connectors.slot import watch_table
+from rowcast.schema import init_database
+from tests.kafka_reading import drain
+from tests.waiting import wait_until
+
+
+def watch(settings, pg_conn, ddl: str) -> tuple[str, str]:
+    table = f"shape_{uuid.uuid4().hex[:8]}"
+    pg_conn.execute(f"CREATE TABLE public.{table} {ddl}")
+    init_database(pg_conn, settings)
+    watch_table(pg_conn, settings.publication_name, "public", table)
+    topic = settings.source_topic("public", table)
+    ensure_topics(settings.model_copy(update={"topic_partitions": 1}), [topic])
+    return table, topic
+
+
+def drain_source(settings, pg_conn, source: CdcSource) -> None:
+    wait_until(lambda: source.poll_once() == 0 and
+               slot_lag(pg_conn, settings.slot_name).behind_bytes < 1_000_000, timeout_s=60)
+
+
+def test_a_large_transaction_streams_with_bounded_pending_acks(settings, pg_conn):
+    settings = settings.model_copy(update={"source_ack_every": 1000, "source_max_changes": 100})
+    table, topic = watch(settings, pg_conn, "(id int PRIMARY KEY, pad text)")
+    pg_conn.execute(f"INSERT INTO public.{table} SELECT g, repeat('p', 50) "
+                    "FROM generate_series(1, 30000) g")  # one transaction, far over max_changes
+    producer = make_producer(settings)
+    source = CdcSource(settings, pg_conn, producer)
+    most_pending = 0
+    real_send = source._send
+
+    def counting_send(*args) -> None:
+        nonlocal most_pending
+        real_send(*args)
+        most_pending = max(most_pending, len(source._pending))
+
+    source._send = counting_send
+    assert source.poll_once() == 30000  # the whole transaction in one round, then one advance
+    producer.close()
+    assert most_pending <= 1000
+    ids = [orjson.loads(r.value)["after"]["id"] for r in drain(settings, topic, 30000)]
+    assert ids == list(range(1, 30001))  # commit order, nothing twice
+    assert slot_lag(pg_conn, settings.slot_name).behind_bytes < 1_000_000
+
+
+def test_schema_changes_while_streaming_reach_the_events(settings, pg_conn):
+    table, topic = watch(settings, pg_conn, "(id int PRIMARY KEY, a int, b text)")
+    producer = make_producer(settings)
+    source = CdcSource(settings, pg_conn, producer)
+    pg_conn.execute(f"INSERT INTO public.{table} VALUES (1, 10, 'x')")
+    drain_source(settings, pg_conn, source)  # the source has decoded the first shape
+    pg_conn.execute(f"ALTER TABLE public.{table} ADD COLUMN c numeric(6,2) DEFAULT 1.5")
+    pg_conn.execute(f"INSERT INTO public.{table} VALUES (2, 20, 'y', 2.25)")
+    pg_conn.execute(f"ALTER TABLE public.{table} DROP COLUMN b")
+    pg_conn.execute(f"INSERT INTO public.{table} VALUES (3, 30, 3.5)")
+    pg_conn.execute(f"ALTER TABLE public.{table} ALTER COLUMN a TYPE text USING a::text")
+    pg_conn.execute(f"INSERT INTO public.{table} VALUES (4, 'forty', 4.75)")
+    drain_source(settings, pg_conn, source)
+    producer.close()
+    after = [orjson.loads(r.value)["after"] for r in drain(settings, topic, 4)]
+    assert after == [
+        {"id": 1, "a": 10, "b": "x"},
+        {"id": 2, "a": 20, "b": "y", "c": "2.25"},
+        {"id": 3, "a": 30, "c": "3.50"},
+        {"id": 4, "a": "forty", "c": "4.75"},
+    ]
+
+
+def test_one_source_streams_several_tables_each_to_its_topic(settings, pg_conn):
+    first, first_topic = watch(settings, pg_conn, "(id int PRIMARY KEY)")
+    second, second_topic = watch(settings, pg_conn, "(code text PRIMARY KEY, n int)")
+    with pg_conn.transaction():  # interleaved in one transaction
+        for i in range(1, 6):
+            pg_conn.execute(f"INSERT INTO public.{first} VALUES ({i})")
+            pg_conn.execute(f"INSERT INTO public.{second} VALUES ('k{i}', {i})")
+    producer = make_producer(settings)
+    drain_source(settings, pg_conn, CdcSource(settings, pg_conn, producer))
+    producer.close()
+    assert [orjson.loads(r.value)["after"]["id"] for r in drain(settings, first_topic, 5)] == \
+        [1, 2, 3, 4, 5]
+    second_events = [orjson.loads(r.value) for r in drain(settings, second_topic, 5)]
+    assert [e["after"] for e in second_events] == [{"code": f"k{i}", "n": i} for i in range(1, 6)]
+    assert {e["source"]["table"] for e in second_events} == {second}
+
+
+def test_truncate_is_skipped_and_streaming_goes_on(settings, pg_conn):
+    """Documented behaviour: TRUNCATE publishes no event (Debezium's default,
+    ``skipped.operations=t``); predictions of truncated rows stay until deleted."""
+    table, topic = watch(settings, pg_conn, "(id int PRIMARY KEY)")
+    pg_conn.execute(f"INSERT INTO public.{table} VALUES (1)")
+    pg_conn.execute(f"TRUNCATE public.{table}")
+    pg_conn.execute(f"INSERT INTO public.{table} VALUES (2)")
+    producer = make_producer(settings)
+    drain_source(settings, pg_conn, CdcSource(settings, pg_conn, producer))
+    producer.close()
+    assert [orjson.loads(r.value)["after"]["id"] for r in drain(settings, topic, 2)] == [1, 2]
