@@ -86,9 +86,9 @@ class CdcSource:
         self._txn: _Txn | None = None
         self._pending: list = []
         self._saved_lsn = self.last_commit_lsn
-        self._last_save = 0.0  # the first advance after a start is saved at once
         self._last_nudge = time.monotonic()
         self._wal_after_nudge = 0
+        self._unconfirmed = 0  # acknowledged by Kafka, slot not yet advanced past them
         self._last_beat = 0.0
         self._nudge_ok = True
 
@@ -106,7 +106,7 @@ class CdcSource:
                 wal_seen = wal_now  # nothing new up to here: wait for WAL to move again
             else:
                 backoff_s = 0.001
-        self._save_position(force=True)
+        self._save_position()
 
     def poll_once(self) -> int:
         """One peek → publish → ack → advance round; returns the number of events published."""
@@ -114,6 +114,7 @@ class CdcSource:
         flushed = slot.current_flush_lsn(self.conn)
         advance_to = None
         seen, published, last_lsn = 0, 0, 0
+        every = self.settings.source_ack_every
         with slot.stream_changes(self.conn, self.settings.slot_name,
                                  self.settings.publication_name,
                                  self.settings.source_max_changes) as changes:
@@ -122,24 +123,37 @@ class CdcSource:
                 end_lsn = self._handle(change)
                 if end_lsn is not None:
                     advance_to = end_lsn
-                if len(self._pending) >= self.settings.source_ack_every:
-                    published += self._await_acks()  # bounded memory inside huge transactions
-        published += self._await_acks()
-        if advance_to is None and self._txn is None:
+                    if self._unconfirmed + len(self._pending) >= every:
+                        published += self._checkpoint(end_lsn)  # a boundary: confirm so far
+                        advance_to = None
+                elif len(self._pending) >= 4 * every:  # inside a huge transaction
+                    self._await_acks()  # bounded memory; the slot advances at its commit
+        if advance_to is not None:
+            published += self._checkpoint(advance_to)
+        elif self._txn is None and not self._pending:
             # nothing, or only non-transactional messages (heartbeats, other apps'
-            # pg_logical_emit_message): nothing to publish and nothing in flight, let WAL go
+            # pg_logical_emit_message), after the last confirmed transaction: let that WAL go
             if seen < self.settings.source_max_changes:
                 self._skip_irrelevant_wal(flushed)
-            else:
+            elif seen:
                 slot.advance(self.conn, self.settings.slot_name, last_lsn)
-            return 0
-        if advance_to is not None:
-            slot.advance(self.conn, self.settings.slot_name, advance_to)
-            self.last_commit_lsn = max(self.last_commit_lsn, advance_to)
-            self._save_position()
-            if self._on_published:
-                self._on_published(published, advance_to)
-        return max(published, 1 if advance_to is not None else 0)
+        return published
+
+    def _checkpoint(self, lsn: int) -> int:
+        """Wait for Kafka's acks, remember ``lsn``, then advance the slot to it.
+
+        Remembered first: killed in between, the restarted source drops these already-published
+        transactions rather than publishing them twice. Done every ``source_ack_every`` events
+        at a transaction boundary, so a kill replays at most that many.
+        """
+        self._await_acks()
+        published, self._unconfirmed = self._unconfirmed, 0
+        self.last_commit_lsn = max(self.last_commit_lsn, lsn)
+        self._save_position()
+        slot.advance(self.conn, self.settings.slot_name, lsn)
+        if self._on_published:
+            self._on_published(published, lsn)
+        return max(published, 1)
 
     def _skip_irrelevant_wal(self, flushed: int) -> None:
         """Nothing to publish up to ``flushed`` (read before the peek, which decodes up to the
@@ -155,13 +169,13 @@ class CdcSource:
             heartbeat.beat(self.conn, self.settings.slot_name)
             self._last_beat = now
 
-    def _save_position(self, force: bool = False) -> None:
-        """At most once a second: the write makes WAL, and the window it guards (a server crash
-        losing an advance) only ever replays, which downstream is idempotent to."""
-        now = time.monotonic()
-        if self.last_commit_lsn > self._saved_lsn and (force or now - self._last_save >= 1.0):
+    def _save_position(self) -> None:
+        """After every acknowledged batch, with ``synchronous_commit = off``: the row is a hint
+        that only ever prevents replays (lost in a server crash, the slot replays and downstream
+        is idempotent), so it never waits for a WAL flush."""
+        if self.last_commit_lsn > self._saved_lsn:
             save_position(self.conn, self.settings.slot_name, self.last_commit_lsn)
-            self._saved_lsn, self._last_save = self.last_commit_lsn, now
+            self._saved_lsn = self.last_commit_lsn
 
     def _nudge_restart_lsn(self) -> None:
         """At most every ``source_restart_nudge_s``, and only when WAL grew since the last one:
@@ -188,6 +202,7 @@ class CdcSource:
         failed = [f for f in self._pending if f.failed()]
         count = len(self._pending)
         self._pending.clear()
+        self._unconfirmed += count
         if failed:
             raise RetryableError(f"Kafka did not acknowledge {len(failed)} events: "
                                  f"{failed[0].exception!r}; the slot was not advanced")

@@ -30,6 +30,12 @@ def load_position(conn: psycopg.Connection, slot_name: str) -> int:
 
 
 def save_position(conn: psycopg.Connection, slot_name: str, lsn: int) -> None:
+    with conn.transaction():
+        conn.execute("SET LOCAL synchronous_commit = off")
+        _upsert(conn, slot_name, lsn)
+
+
+def _upsert(conn: psycopg.Connection, slot_name: str, lsn: int) -> None:
     conn.execute(
         "INSERT INTO rowcast.source_positions (slot_name, last_commit_lsn) "
         "VALUES (%s, '0/0'::pg_lsn + %s::numeric) ON CONFLICT (slot_name) DO UPDATE "

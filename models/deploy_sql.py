@@ -164,3 +164,31 @@ BEGIN
 END
 $fn$;
 """
+
+UNDEPLOY_FUNCTION = r"""
+CREATE OR REPLACE FUNCTION rowcast.undeploy(p_name text)
+RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_row rowcast.deployments;
+    v_pub text;
+BEGIN
+    DELETE FROM rowcast.deployments WHERE name = p_name RETURNING * INTO v_row;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('DROP VIEW IF EXISTS rowcast.%I', p_name || '_scored');
+    -- the last deployment on a table takes the table out of the publication: no more events
+    SELECT value INTO v_pub FROM rowcast.config WHERE key = 'publication';
+    IF v_pub IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM rowcast.deployments
+                        WHERE schema_name = v_row.schema_name AND table_name = v_row.table_name)
+       AND EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = v_pub
+                      AND schemaname = v_row.schema_name AND tablename = v_row.table_name) THEN
+        EXECUTE format('ALTER PUBLICATION %I DROP TABLE %I.%I', v_pub, v_row.schema_name,
+                       v_row.table_name);
+    END IF;
+    RETURN true;
+END
+$fn$;
+"""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import psycopg
 
 from models.catalog import CATALOG
-from models.deploy_sql import CONFIG_DDL, DEPLOY_FUNCTION
+from models.deploy_sql import CONFIG_DDL, DEPLOY_FUNCTION, UNDEPLOY_FUNCTION
 from models.deployment import Deployment, Feature
 from rowcast.errors import ConfigError
 
@@ -49,6 +49,14 @@ def ensure_schema(conn: psycopg.Connection, publication: str) -> None:
             "SET task = EXCLUDED.task, description = EXCLUDED.description",
             [(s.name, s.task, s.description) for s in CATALOG.values()])
     conn.execute(DEPLOY_FUNCTION)
+    conn.execute(UNDEPLOY_FUNCTION)
+
+
+def remove_deployment(conn: psycopg.Connection, name: str) -> None:
+    """Stop a deployment (``rowcast.undeploy``): running workers drop it at their next refresh;
+    its table leaves the publication when no other deployment uses it. Predictions stay."""
+    if not conn.execute("SELECT rowcast.undeploy(%s)", (name,)).fetchone()[0]:
+        raise ConfigError(f"no deployment named {name!r} (rowcast deployments lists them)")
 
 
 def create_deployment(conn: psycopg.Connection, name: str, table: str, target: str,

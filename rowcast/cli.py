@@ -101,6 +101,19 @@ def backfill_command(
 
 
 @app.command()
+def undeploy(name: str) -> None:
+    """Remove a deployment; its table stops being captured once no deployment uses it."""
+    from models.registry import remove_deployment
+    from rowcast.schema import init_database
+
+    settings = Settings()
+    with _connect(settings) as conn:
+        init_database(conn, settings)
+        remove_deployment(conn, name)
+    typer.echo(f"removed {name}; its predictions stay in rowcast.predictions")
+
+
+@app.command()
 def drop(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:

@@ -49,9 +49,9 @@ class Pipeline:
         return {name: proc.poll() is None for name, proc in self.procs.items()}
 
     def kill(self, name: str) -> None:
-        """kill -9, for fault injection."""
+        """kill -9 of the process and its children (a worker's faust child too): fault injection."""
         proc = self.procs[name]
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is its pid
         proc.wait(timeout=10)
 
     def stop(self, timeout_s: float = 20.0) -> None:

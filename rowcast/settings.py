@@ -59,8 +59,8 @@ class Settings(BaseSettings):
         5000, ge=1, description="Changes peeked per poll (checked at transaction boundaries)."
     )
     source_ack_every: int = Field(
-        10000, ge=1, description="Inside a large transaction, wait for Kafka's acks after this "
-        "many events, so the source's memory stays bounded.")
+        2000, ge=1, description="Wait for Kafka's acks after this many events (and advance the "
+        "slot, between transactions): bounded memory, and a kill replays at most this many.")
     source_idle_backoff_max_s: float = Field(
         0.2, gt=0, description="Longest wait between polls while the slot is idle."
     )

@@ -49,7 +49,7 @@ def test_a_large_transaction_streams_with_bounded_pending_acks(settings, pg_conn
     source._send = counting_send
     assert source.poll_once() == 30000  # the whole transaction in one round, then one advance
     producer.close()
-    assert most_pending <= 1000
+    assert most_pending <= 4 * 1000  # acks awaited inside the transaction, memory bounded
     ids = [orjson.loads(r.value)["after"]["id"] for r in drain(settings, topic, 30000)]
     assert ids == list(range(1, 30001))  # commit order, nothing twice
     assert slot_lag(pg_conn, settings.slot_name).behind_bytes < 1_000_000

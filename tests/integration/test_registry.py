@@ -10,7 +10,7 @@ import pytest
 from connectors.pg_sink import upsert
 from connectors.slot import published_tables
 from models.prediction import PredictionRecord
-from models.registry import create_deployment, list_deployments
+from models.registry import create_deployment, list_deployments, remove_deployment
 from rowcast.errors import ConfigError
 from rowcast.schema import init_database
 
@@ -77,3 +77,19 @@ def test_unknown_table_is_refused(settings, pg_conn):
     init_database(pg_conn, settings)
     with pytest.raises(ConfigError, match="does not exist"):
         create_deployment(pg_conn, "d", "public.nowhere", "y", None, "linear_regression")
+
+
+def test_undeploy_removes_view_and_unpublishes_the_last_users_table(settings, pg_conn, odd_table):
+    quoted = psycopg.sql.Identifier("public", odd_table).as_string(pg_conn)
+    for name in ("keep_me", "drop_me"):
+        pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'amt')", (name, quoted))
+    remove_deployment(pg_conn, "drop_me")
+    names = [d.name for d in list_deployments(pg_conn)]
+    assert "drop_me" not in names and "keep_me" in names
+    assert pg_conn.execute("SELECT to_regclass('rowcast.drop_me_scored')").fetchone()[0] is None
+    # another deployment still reads the table: it stays published
+    assert ("public", odd_table) in published_tables(pg_conn, settings.publication_name)
+    remove_deployment(pg_conn, "keep_me")
+    assert ("public", odd_table) not in published_tables(pg_conn, settings.publication_name)
+    with pytest.raises(ConfigError, match="no deployment named 'keep_me'"):
+        remove_deployment(pg_conn, "keep_me")
