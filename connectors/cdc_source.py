@@ -32,7 +32,7 @@ from kafka import KafkaProducer
 from connectors import heartbeat, pgoutput, pgtypes, slot
 from connectors.envelope import SourceInfo, build_value, encode_key
 from connectors.source_position import load_position, save_position
-from rowcast.errors import DecodeError, RetryableError
+from rowcast.errors import DecodeError, RetryableError, SourceError
 from rowcast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class RelationInfo:
             else:
                 out[name] = decode(raw)
         return out
+
+    def key_of(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {k: row.get(k) for k in self.key_names}
 
 
 @dataclass
@@ -224,31 +227,51 @@ class CdcSource:
         return None
 
     def _remember(self, rel: pgoutput.Relation) -> None:
-        """Relation messages come again at each peek and after DDL: always overwrite."""
+        """Relation messages come again at each peek and after DDL: always overwrite.
+
+        The event key is the primary key, as in Debezium, not the replica identity the message
+        flags: with ``REPLICA IDENTITY FULL`` every column is flagged. Looked up once per shape.
+        """
+        known = self.relations.get(rel.oid)
+        if known is not None and known.relation == rel:
+            return
+        try:
+            keys = slot.table_key_columns(self.conn, rel.schema, rel.table)
+        except SourceError:  # no primary key (or gone): fall back to the replica identity
+            keys = tuple(c.name for c in rel.columns if c.is_key)
         self.relations[rel.oid] = RelationInfo(
             relation=rel,
             topic=self.settings.source_topic(rel.schema, rel.table),
             names=tuple(c.name for c in rel.columns),
             decoders=tuple(pgtypes.decoder_for(c.type_oid) for c in rel.columns),
-            key_names=tuple(c.name for c in rel.columns if c.is_key),
+            key_names=keys,
         )
 
     def _publish_row_change(self, message: Any, lsn: int) -> None:
         info = self.relations.get(message.relation_oid)
         if info is None:
             raise DecodeError(f"change for relation {message.relation_oid} before its Relation")
-        assert self._txn is not None
-        before = after = None
         if isinstance(message, pgoutput.Insert):
-            op, after = "c", info.row(message.new)
+            self._emit(info, "c", None, info.row(message.new), lsn)
         elif isinstance(message, pgoutput.Update):
-            op, after = "u", info.row(message.new)
+            after = info.row(message.new)
             before = info.row(message.old) if message.old is not None else None
+            if before is not None and info.key_of(before) != info.key_of(after):
+                # the primary key changed: as Debezium does, the old key is deleted (with its
+                # tombstone) and the new one created, so keyed consumers forget the old key
+                self._emit(info, "d", before, None, lsn)
+                self._emit(info, "c", None, after, lsn)
+            else:
+                self._emit(info, "u", before, after, lsn)
         else:
-            op, before = "d", info.row(message.old)
+            self._emit(info, "d", info.row(message.old), None, lsn)
+
+    def _emit(self, info: RelationInfo, op: str, before: dict | None, after: dict | None,
+              lsn: int) -> None:
+        assert self._txn is not None
         keyed = after if after is not None else before
         assert keyed is not None
-        key = encode_key({k: keyed.get(k) for k in info.key_names})
+        key = encode_key(info.key_of(keyed))
         self._txn.order += 1
         rel = info.relation
         source = SourceInfo(self.settings.topic_prefix, self.db, rel.schema, rel.table, lsn,

@@ -106,3 +106,24 @@ def test_truncate_is_skipped_and_streaming_goes_on(settings, pg_conn):
     drain_source(settings, pg_conn, CdcSource(settings, pg_conn, producer))
     producer.close()
     assert [orjson.loads(r.value)["after"]["id"] for r in drain(settings, topic, 2)] == [1, 2]
+
+
+def test_update_carries_before_as_replica_identity_allows(settings, pg_conn):
+    table, topic = watch(settings, pg_conn, "(id int PRIMARY KEY, a int, b text)")
+    pg_conn.execute(f"INSERT INTO public.{table} VALUES (1, 10, 'x'), (2, 20, 'y')")
+    pg_conn.execute(f"UPDATE public.{table} SET a = 11 WHERE id = 1")  # default identity: no before
+    pg_conn.execute(f"ALTER TABLE public.{table} REPLICA IDENTITY FULL")
+    pg_conn.execute(f"UPDATE public.{table} SET a = 21 WHERE id = 2")
+    pg_conn.execute(f"UPDATE public.{table} SET id = 3 WHERE id = 1")  # key change: old key known
+    producer = make_producer(settings)
+    drain_source(settings, pg_conn, CdcSource(settings, pg_conn, producer))
+    producer.close()
+    records = drain(settings, topic, 7)
+    ops = [(orjson.loads(r.key)["id"], r.value and orjson.loads(r.value)["op"]) for r in records]
+    # a key change is a delete of the old key (and its tombstone) and a create, as in Debezium
+    assert ops == [(1, "c"), (2, "c"), (1, "u"), (2, "u"), (1, "d"), (1, None), (3, "c")]
+    first, second, deleted, created = (orjson.loads(records[i].value) for i in (2, 3, 4, 6))
+    assert first["before"] is None and first["after"]["a"] == 11  # default identity: no before
+    assert second["before"] == {"id": 2, "a": 20, "b": "y"}  # REPLICA IDENTITY FULL
+    assert deleted["before"] == {"id": 1, "a": 11, "b": "x"} and deleted["after"] is None
+    assert created["after"] == {"id": 3, "a": 11, "b": "x"}
