@@ -149,6 +149,44 @@ def deployments() -> None:
 
 
 @app.command()
+def lag() -> None:
+    """Per-partition lag of the scorer and the sink, like kafka-consumer-groups --describe,
+    and the replication slot's lag in bytes and seconds."""
+    from connectors import heartbeat
+    from connectors.kafka_clients import make_admin
+    from connectors.lag import consumer_lag, slot_lag
+    from models.registry import list_deployments
+    from rowcast.processes import sink_group
+    from streams.app import app_id
+
+    settings = Settings()
+    with _connect(settings) as conn:
+        deployments = list_deployments(conn)
+        heartbeat.beat(conn, settings.slot_name)  # the age keeps growing even if the source is down
+        slot = slot_lag(conn, settings.slot_name)
+    if slot is None:
+        typer.echo(f"slot {settings.slot_name}: missing (rowcast init creates it)")
+    else:
+        typer.echo(f"slot {slot.slot}: behind {slot.behind_bytes} B / {slot.behind_seconds:.1f} s, "
+                   f"retains {slot.retained_bytes} B of WAL, {'active' if slot.active else 'idle'}")
+    groups = {
+        app_id(settings): sorted({settings.source_topic(d.schema, d.table) for d in deployments}),
+        sink_group(settings): sorted(settings.predictions_topic(d.name) for d in deployments),
+    }
+    typer.echo(f"{'GROUP':<28} {'TOPIC':<44} {'PARTITION':>9} {'COMMITTED':>10} "
+               f"{'LOG-END':>10} {'LAG':>8}")
+    admin = make_admin(settings)
+    try:
+        for group, topics in groups.items():
+            for p in consumer_lag(admin, group, topics):
+                committed = "-" if p.committed is None else str(p.committed)
+                typer.echo(f"{group:<28} {p.topic:<44} {p.partition:>9} {committed:>10} "
+                           f"{p.log_end:>10} {p.lag:>8}")
+    finally:
+        admin.close()
+
+
+@app.command()
 def source(log_level: str = "INFO") -> None:
     """Run the CDC source: Postgres changes → Kafka."""
     from rowcast.processes import run_source

@@ -42,3 +42,34 @@ def test_slot_lag_grows_with_unconsumed_wal(settings, pg_conn):
     after = slot_lag(pg_conn, settings.slot_name)
     assert after.behind_bytes > before.behind_bytes and after.retained_bytes >= after.behind_bytes
     assert slot_lag(pg_conn, "no_such_slot") is None
+
+
+def test_rowcast_lag_prints_each_partition_of_scorer_and_sink(settings, pg_conn):
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from models.registry import create_deployment
+
+    init_database(pg_conn, settings)
+    table = f"lagcli_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, x float8, y float8)")
+    name = f"lag_{uuid.uuid4().hex[:6]}"
+    create_deployment(pg_conn, name, f"public.{table}", "y", None, "linear_regression")
+    one_partition = settings.model_copy(update={"topic_partitions": 1})
+    source_topic, predictions = settings.source_topic("public", table), settings.predictions_topic(name)
+    ensure_topics(one_partition, [source_topic, predictions])
+    producer = make_producer(settings)
+    for _ in range(4):
+        producer.send(predictions, value=b"p")
+    producer.flush()
+    producer.close()
+    out = subprocess.run([sys.executable, "-m", "rowcast", "lag"], capture_output=True, text=True,
+                         env={**os.environ, **settings.to_env()}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in out.stdout.splitlines()[2:]}
+    assert rows[(f"{settings.topic_prefix}-sink", predictions)] == ["0", "-", "4", "4"]
+    assert rows[(f"{settings.topic_prefix}-scorer", source_topic)] == ["0", "-", "0", "0"]
+    assert out.stdout.startswith(f"slot {settings.slot_name}: behind ")
+    assert settings.postgres_dsn.get_secret_value() not in out.stdout + out.stderr

@@ -1,0 +1,46 @@
+"""Burrow's rules, one case each, and the worst-partition aggregation."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.verdict import Sample, Verdict, evaluate, judge
+
+
+def samples(*points: tuple[float, int, int]) -> list[Sample]:
+    return [Sample(*p) for p in points]
+
+
+@pytest.mark.parametrize(("points", "last_commit", "expected"), [
+    # caught up at some point of the window
+    (((0, 10, 15), (5, 20, 20), (10, 25, 30)), 10, Verdict.OK),
+    # behind, but lag shrinking: keeping up
+    (((0, 10, 50), (5, 30, 60), (10, 55, 65)), 10, Verdict.OK),
+    # committing, yet lag grows at every step: falling behind
+    (((0, 10, 20), (5, 15, 30), (10, 20, 45)), 10, Verdict.WARN),
+    # lag and no movement of the committed offset over the window
+    (((0, 10, 20), (5, 10, 20), (10, 10, 25)), 8, Verdict.STALL),
+    # no commit for longer than the stop threshold while there is lag
+    (((0, 10, 20), (5, 10, 20), (10, 10, 20)), -100, Verdict.STOP),
+    # never committed and lag: nobody consumes
+    (((0, 0, 5),), None, Verdict.STOP),
+    # no samples yet
+    ((), None, Verdict.OK),
+])
+def test_rules(points, last_commit, expected) -> None:
+    assert evaluate(samples(*points), now=10, last_commit_at=last_commit,
+                    stop_after_s=60) == expected
+
+
+def test_a_consumer_is_as_bad_as_its_worst_partition_and_error_when_down() -> None:
+    assert judge([Verdict.OK, Verdict.STALL, Verdict.WARN]) == Verdict.STALL
+    assert judge([]) == Verdict.OK
+    assert judge([Verdict.OK], process_up=False) == Verdict.ERROR
+
+
+def test_the_docstring_example_holds() -> None:
+    import doctest
+
+    import connectors.verdict as module
+
+    assert doctest.testmod(module).failed == 0
