@@ -31,7 +31,9 @@ from kafka import KafkaProducer
 
 from connectors import heartbeat, pgoutput, pgtypes, slot
 from connectors.envelope import SourceInfo, build_value, encode_key
+from connectors.lag import slot_lag
 from connectors.source_position import load_position, save_position
+from rowcast import metrics
 from rowcast.errors import DecodeError, RetryableError, SourceError
 from rowcast.settings import Settings
 
@@ -151,6 +153,8 @@ class CdcSource:
         """
         self._await_acks()
         published, self._unconfirmed = self._unconfirmed, 0
+        metrics.SOURCE_EVENTS.inc(published)
+        metrics.SOURCE_CHECKPOINTS.inc()
         self.last_commit_lsn = max(self.last_commit_lsn, lsn)
         self._save_position()
         slot.advance(self.conn, self.settings.slot_name, lsn)
@@ -171,6 +175,11 @@ class CdcSource:
         if every > 0 and now - self._last_beat >= every:
             heartbeat.beat(self.conn, self.settings.slot_name)
             self._last_beat = now
+            lag = slot_lag(self.conn, self.settings.slot_name)
+            if lag is not None:
+                metrics.SLOT_BEHIND_BYTES.set(lag.behind_bytes)
+                metrics.SLOT_BEHIND_SECONDS.set(lag.behind_seconds)
+                metrics.SLOT_RETAINED_BYTES.set(lag.retained_bytes)
 
     def _save_position(self) -> None:
         """After every acknowledged batch, with ``synchronous_commit = off``: the row is a hint

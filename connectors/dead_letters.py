@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
+from rowcast import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -52,5 +54,6 @@ class DeadLetterWriter:
         record = dead_letter(**fields)
         log.warning("dead letter from %s: %s (%s)", record["stage"], record["reason"],
                     record["error"])
+        metrics.DEAD_LETTERS.labels(record["stage"], record["reason"]).inc()
         self.producer.send(self.topic, key=fields.get("key"), value=orjson.dumps(record))
         self.count += 1

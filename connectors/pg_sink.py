@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 from connectors.dead_letters import DeadLetterWriter
 from connectors.slot import format_lsn
 from models.prediction import PredictionRecord
+from rowcast import metrics
 from rowcast.errors import DecodeError
 from rowcast.settings import Settings
 
@@ -51,6 +52,8 @@ CREATE TABLE IF NOT EXISTS rowcast.predictions (
     written_at           timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (deployment, source_schema, source_table, pk)
 );
+-- the operator screens read the last minutes: throughput and commit→prediction latency
+CREATE INDEX IF NOT EXISTS predictions_written_at ON rowcast.predictions (written_at);
 """
 
 COLUMNS = ("deployment", "source_schema", "source_table", "pk", "prediction", "score", "model",
@@ -164,6 +167,10 @@ class PredictionSink:
                                            key=m.key, value=m.value)
         if records:
             upsert(self.conn, records)
+            now_us = time.time_ns() // 1000
+            for r in records:
+                metrics.WRITTEN.labels(r.deployment).inc()
+                metrics.END_TO_END_SECONDS.observe(max(now_us - r.source_commit_us, 0) / 1e6)
         if self.dead_letters.count:
             self.dead_letters.producer.flush()
         self.consumer.commit()

@@ -71,3 +71,13 @@ def judge(partition_verdicts: Iterable[Verdict], process_up: bool = True) -> Ver
     if not process_up:
         return Verdict.ERROR
     return max(partition_verdicts, default=Verdict.OK)
+
+
+def slot_verdict(behind_seconds: float, window_s: float, stop_after_s: float) -> Verdict:
+    """The replication slot's verdict from its age in seconds (heartbeats): STOP when nothing
+    was confirmed for ``stop_after_s``, WARN beyond the window, else OK."""
+    if behind_seconds >= stop_after_s:
+        return Verdict.STOP
+    if behind_seconds >= window_s:
+        return Verdict.WARN
+    return Verdict.OK

@@ -149,6 +149,53 @@ def deployments() -> None:
 
 
 @app.command()
+def dashboard(log_level: str = "INFO") -> None:
+    """Serve the live dashboard, its JSON (/api/state) and /metrics (127.0.0.1 by default)."""
+    from rowcast.dashboard import Dashboard
+
+    _setup_logging(log_level)
+    settings = Settings()
+    board = Dashboard(settings)
+    typer.echo(f"dashboard on http://{settings.bind_host}:{settings.dashboard_port}/")
+    board.serve_forever()
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document, for scripts.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl-C.")] = False,
+    samples: Annotated[int, typer.Option(help="Samples, a second apart, before the verdict.")] = 3,
+) -> None:
+    """One screen: deployments, throughput, latency, each stage's lag and verdict."""
+    import time
+
+    import orjson
+
+    from rowcast.monitor import Monitor
+    from rowcast.status_screen import render
+
+    monitor = Monitor(Settings())
+    try:
+        for i in range(max(samples, 1)):
+            if i:
+                time.sleep(1.0)
+            snapshot = monitor.sample()
+        while True:
+            if as_json:
+                typer.echo(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2).decode())
+            else:
+                typer.echo(("\x1b[H\x1b[2J" if watch else "") + render(snapshot))
+            if not watch:
+                return
+            time.sleep(1.0)
+            snapshot = monitor.sample()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        monitor.close()
+
+
+@app.command()
 def lag() -> None:
     """Per-partition lag of the scorer and the sink, like kafka-consumer-groups --describe,
     and the replication slot's lag in bytes and seconds."""

@@ -39,6 +39,8 @@ class Pipeline:
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         if index:
             env["ROWCAST_WORKER_WEB_PORT"] = str(self.settings.worker_web_port + int(index))
+            if self.settings.worker_metrics_port:
+                env["ROWCAST_WORKER_METRICS_PORT"] = str(self.settings.worker_metrics_port + int(index))
         with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "rowcast", command], env=env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -16,6 +16,7 @@ from connectors.cdc_source import CdcSource
 from connectors.dead_letters import DeadLetterWriter
 from connectors.kafka_clients import ensure_topics, make_consumer, make_producer
 from connectors.pg_sink import SINK_GROUP_SUFFIX, PredictionSink
+from rowcast import metrics
 from rowcast.schema import init_database
 from rowcast.settings import Settings
 
@@ -35,6 +36,7 @@ def sink_group(settings: Settings) -> str:
 
 def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or stop_on_signals()
+    metrics.serve(settings.source_metrics_port, settings, "source")
     with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
         init_database(conn, settings)
         producer = make_producer(settings)
@@ -48,6 +50,7 @@ def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
 
 def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or stop_on_signals()
+    metrics.serve(settings.sink_metrics_port, settings, "sink")
     ensure_topics(settings, [settings.dlq_topic])
     with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
         init_database(conn, settings)

@@ -78,6 +78,16 @@ class Settings(BaseSettings):
     sink_poll_timeout_ms: int = Field(50, ge=1)
     worker_web_port: int = Field(6066, description="Port of the faust worker's web server.")
     bind_host: str = Field("127.0.0.1", description="Address network services listen on.")
+    source_metrics_port: int = Field(9464, ge=0, description="/metrics of rowcast source (0: off).")
+    worker_metrics_port: int = Field(9465, ge=0, description="/metrics of rowcast worker (0: off).")
+    sink_metrics_port: int = Field(9466, ge=0, description="/metrics of rowcast sink (0: off).")
+    dashboard_port: int = Field(8050, ge=1, description="The live dashboard (and its /metrics).")
+    dashboard_token: SecretStr | None = Field(
+        None, description="Required by the dashboard when bind_host is not a loopback address.")
+    lag_window_s: float = Field(
+        30.0, gt=0, description="Window over which consumer verdicts are judged (Burrow).")
+    lag_stop_after_s: float = Field(
+        60.0, gt=0, description="No offset commit for this long while lagging: verdict STOP.")
     state_dir: Path = Field(Path(".rowcast"), description="Dev stack data, logs and pid files.")
     kafka_version: str = Field("3.9.1", description="Apache Kafka broker version of the dev stack.")
     cache_dir: Path = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import faust
@@ -20,6 +21,7 @@ from connectors.dead_letters import dead_letter
 from connectors.envelope import ChangeEvent, parse_event
 from connectors.snapshot import DEPLOYMENT_HEADER
 from models.serving import ServingSet
+from rowcast import metrics
 from rowcast.errors import DecodeError, RetryableError
 from rowcast.settings import Settings
 from streams.publishing import BatchPublisher
@@ -79,12 +81,16 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
                 dead.append(_dead(r.reason, r.message, None, None, None,
                                   orjson.dumps(r.event.key), payload))
             try:
-                await app.loop.run_in_executor(sender, publisher.publish, result.predictions, dead)
+                with metrics.SCORE_BATCH_SECONDS.time():
+                    await app.loop.run_in_executor(sender, publisher.publish,
+                                                   result.predictions, dead)
             except RetryableError as exc:
                 # faust would ack this batch on the way out; exit before it can commit, so the
                 # restarted worker scores the batch again from the last committed offset
                 log.error("%s; restarting the worker to retry the batch", exc)
                 os._exit(RETRY_EXIT)
+            for name, count in Counter(p.deployment for p in result.predictions).items():
+                metrics.SCORED.labels(name).inc(count)
 
     return score
 
@@ -94,4 +100,5 @@ def _dead(reason: str, error: str, topic: str | None, partition: int | None, off
     record = dead_letter(stage="score", reason=reason, error=error, topic=topic,
                          partition=partition, offset=offset, key=key, value=value)
     log.warning("dead letter from score: %s (%s)", reason, error)
+    metrics.DEAD_LETTERS.labels("score", reason).inc()
     return record["stage"].encode(), orjson.dumps(record)

@@ -22,6 +22,7 @@ import faust
 from connectors.kafka_clients import ensure_topics, make_producer
 from models.deployment import Deployment
 from models.serving import ServingSet
+from rowcast import metrics
 from rowcast.settings import Settings
 from streams.app import create_app
 from streams.following import DeploymentFollower
@@ -67,6 +68,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
 def run_child(settings: Settings, loglevel: str = "info") -> None:
     """One faust worker over the tables deployed when it started."""
+    metrics.serve(settings.worker_metrics_port, settings, "worker")
     deployments, as_of_us = wait_for_deployments(settings, threading.Event())
     serving = ServingSet.fresh(deployments)
     follower = DeploymentFollower(settings, serving, as_of_us)

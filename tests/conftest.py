@@ -63,6 +63,8 @@ def settings(pg_server: PostgresServer, kafka_server: KafkaServer, services_dir:
     s = Settings(postgres_dsn=pg_server.dsn, kafka_bootstrap=kafka_server.bootstrap,
                  topic_prefix=name, slot_name=name, publication_name=name,
                  state_dir=services_dir / "state" / name, worker_web_port=free_port(),
+                 source_metrics_port=free_port(), worker_metrics_port=free_port(),
+                 sink_metrics_port=free_port(), dashboard_port=free_port(),
                  _env_file=None)
     yield s
     with psycopg.connect(pg_server.dsn, autocommit=True) as conn:

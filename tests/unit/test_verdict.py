@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.verdict import Sample, Verdict, evaluate, judge
+from connectors.verdict import Sample, Verdict, evaluate, judge, slot_verdict
 
 
 def samples(*points: tuple[float, int, int]) -> list[Sample]:
@@ -44,3 +44,8 @@ def test_the_docstring_example_holds() -> None:
     import connectors.verdict as module
 
     assert doctest.testmod(module).failed == 0
+
+
+def test_slot_verdict_by_age() -> None:
+    assert [slot_verdict(age, 30, 60) for age in (0, 29.9, 30, 59, 60)] == [
+        Verdict.OK, Verdict.OK, Verdict.WARN, Verdict.WARN, Verdict.STOP]

@@ -1,0 +1,134 @@
+"""What the operator screens show, sampled in one place: `rowcast status` and the dashboard.
+
+Every ``sample()`` reads each stage once: the replication slot (bytes, seconds, retained WAL),
+the scorer's and the sink's consumer groups (per-partition lag, membership), throughput and
+commit→prediction latency percentiles from ``rowcast.predictions``, and the deployments. It
+keeps the samples of the last ``lag_window_s`` to judge each consumer with Burrow's rules
+(:mod:`connectors.verdict`), and a longer history for the dashboard's charts.
+
+A consumer group with no members is ERROR (its process is down); a partition whose committed
+offset did not change for ``lag_stop_after_s`` *while watched* is STOP, so a one-shot
+``rowcast status`` can say STALL at most; ``--watch`` and the dashboard see STOP too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from kafka.errors import KafkaError
+
+from connectors import heartbeat
+from connectors.kafka_clients import make_admin
+from connectors.lag import consumer_lag, slot_lag
+from connectors.verdict import Sample, Verdict, evaluate, judge, slot_verdict
+from models.registry import list_deployments
+from rowcast import metrics
+from rowcast.processes import sink_group
+from rowcast.settings import Settings
+from streams.app import app_id
+
+RECENT_SQL = """
+SELECT count(*) FILTER (WHERE written_at > now() - interval '10 seconds') / 10.0,
+       count(*),
+       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM written_at - source_committed_at) * 1000)
+FROM rowcast.predictions WHERE written_at > now() - make_interval(secs => %s)
+"""
+
+
+@dataclass
+class _Track:
+    """One partition's samples within the window and when its committed offset last moved."""
+
+    samples: deque = field(default_factory=deque)
+    last_commit_at: float | None = None
+    last_committed: int | None = None
+
+
+class Monitor:
+    """Samples every stage; keeps a window for verdicts and a history for charts."""
+
+    def __init__(self, settings: Settings, history: int = 600) -> None:
+        self.settings = settings
+        self.tracks: dict[tuple[str, str, int], _Track] = {}
+        self.history: deque[dict[str, Any]] = deque(maxlen=history)
+        self._admin = None
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+    def sample(self, latency_window_s: float = 300.0) -> dict[str, Any]:
+        now = time.time()
+        dsn = self.settings.postgres_dsn.get_secret_value()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            heartbeat.beat(conn, self.settings.slot_name)  # ages grow even when the source is down
+            slot = slot_lag(conn, self.settings.slot_name)
+            deployments = list_deployments(conn)
+            per_s, recent, cuts = conn.execute(RECENT_SQL, (latency_window_s,)).fetchone()
+            total = conn.execute("SELECT count(*) FROM rowcast.predictions").fetchone()[0]
+        stages = [self._stage("scorer", app_id(self.settings), now, sorted(
+                      {self.settings.source_topic(d.schema, d.table) for d in deployments})),
+                  self._stage("sink", sink_group(self.settings), now, sorted(
+                      self.settings.predictions_topic(d.name) for d in deployments))]
+        snapshot = {
+            "at": now,
+            "slot": None if slot is None else {
+                "name": slot.slot, "behind_bytes": slot.behind_bytes,
+                "behind_seconds": round(slot.behind_seconds, 2),
+                "retained_bytes": slot.retained_bytes, "active": slot.active,
+                "verdict": slot_verdict(slot.behind_seconds, self.settings.lag_window_s,
+                                        self.settings.lag_stop_after_s).name},
+            "stages": stages,
+            "predictions": {"total": total, "per_second": float(per_s or 0), "recent": recent},
+            "latency_ms": dict(zip(("p50", "p95", "p99"),
+                                   [round(c, 1) for c in cuts] if cuts else [None] * 3,
+                                   strict=True)),
+            "deployments": [{"name": d.name, "table": d.qualified_table, "model": d.model,
+                             "version": d.version, "target": d.target} for d in deployments],
+        }
+        self.history.append(snapshot)
+        return snapshot
+
+    def _stage(self, name: str, group: str, now: float, topics: list[str]) -> dict[str, Any]:
+        try:
+            admin = self._admin = self._admin or make_admin(self.settings)
+            partitions = consumer_lag(admin, group, topics) if topics else []
+            members = _members(admin, group)
+        except KafkaError as exc:  # the broker cannot tell now (e.g. its coordinator loads)
+            self.close()
+            return {"stage": name, "group": group, "lag": None, "verdict": "UNKNOWN",
+                    "error": str(exc), "partitions": []}
+        verdicts = [self._judge(group, p.topic, p.partition, p.committed, p.log_end, now)
+                    for p in partitions]
+        verdict = judge(verdicts, process_up=members > 0 or not topics)
+        lag = sum(p.lag for p in partitions)
+        metrics.CONSUMER_VERDICT.labels(group).set(int(verdict))
+        for p in partitions:
+            metrics.CONSUMER_LAG.labels(group, p.topic, str(p.partition)).set(p.lag)
+        return {"stage": name, "group": group, "lag": lag, "verdict": verdict.name,
+                "members": members,
+                "partitions": [{"topic": p.topic, "partition": p.partition, "log_end": p.log_end,
+                                "committed": p.committed, "lag": p.lag} for p in partitions]}
+
+    def _judge(self, group: str, topic: str, partition: int, committed: int | None,
+               log_end: int, now: float) -> Verdict:
+        track = self.tracks.setdefault((group, topic, partition), _Track())
+        done = committed if committed is not None else 0
+        if track.last_commit_at is None or committed != track.last_committed:
+            track.last_commit_at, track.last_committed = now, committed
+        track.samples.append(Sample(now, done, log_end))
+        while track.samples and track.samples[0].at_s < now - self.settings.lag_window_s:
+            track.samples.popleft()
+        return evaluate(list(track.samples), now, track.last_commit_at,
+                        self.settings.lag_stop_after_s)
+
+
+def _members(admin: Any, group: str) -> int:
+    described = admin.describe_groups([group]).get(group) or {}
+    return len(described.get("members") or [])

@@ -1,0 +1,33 @@
+"""``rowcast status`` as text: one screen from a :meth:`rowcast.monitor.Monitor.sample`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _num(value: object, unit: str = "") -> str:
+    return "–" if value is None else f"{value}{unit}"
+
+
+def render(s: dict[str, Any]) -> str:
+    """The operator's screen: what runs, how fast, how late, and a verdict per stage."""
+    lines = ["DEPLOYMENT            TABLE                          MODEL                      VERSION"]
+    lines += [f"{d['name']:<21} {d['table']:<30} {d['model']:<26} v{d['version']}"
+              for d in s["deployments"]] or ["(no deployments: rowcast deploy ...)"]
+    p, lat = s["predictions"], s["latency_ms"]
+    lines += ["", f"predictions {p['total']}   throughput {p['per_second']:.1f} rows/s (10 s)   "
+              f"commit→prediction p50 {_num(lat['p50'], ' ms')}  p95 {_num(lat['p95'], ' ms')}  "
+              f"p99 {_num(lat['p99'], ' ms')} (5 min)", "",
+              "STAGE     LAG              VERDICT   DETAIL"]
+    slot = s["slot"]
+    if slot is None:
+        lines.append("slot      –                ERROR     replication slot missing")
+    else:
+        lag = f"{slot['behind_bytes']} B / {slot['behind_seconds']} s"
+        lines.append(f"slot      {lag:<16} {slot['verdict']:<9} retains {slot['retained_bytes']} B of WAL")
+    for st in s["stages"]:
+        detail = f"group {st['group']}, {st.get('members', '?')} member(s)"
+        if st.get("error"):
+            detail = st["error"]
+        lines.append(f"{st['stage']:<9} {_num(st['lag'], ' records'):<16} {st['verdict']:<9} {detail}")
+    return "\n".join(lines)
