@@ -7,10 +7,11 @@ committed counts from the log start. The CLI, the demo and later the dashboard a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import psycopg
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
 
 from connectors import heartbeat
@@ -67,3 +68,29 @@ def consumer_lag(admin: KafkaAdminClient, group_id: str, topics: list[str]) -> l
         out.append(PartitionLag(tp.topic, tp.partition, end, done_offset, max(lag, 0)))
     return out
 
+
+
+def oldest_unconsumed_age_s(consumer: KafkaConsumer, lagging: list[PartitionLag],
+                            now_ms: int, timeout_ms: int = 2000) -> dict[tuple[str, int], float]:
+    """Age in seconds of the first record each lagging partition's group has not committed:
+    how long the oldest waiting event has waited (its record timestamp, the producer's time).
+
+    ``consumer`` is a group-less consumer the caller owns (reused across samples)."""
+    wanted = {TopicPartition(p.topic, p.partition): p for p in lagging if p.lag > 0}
+    if not wanted:
+        return {}
+    consumer.assign(list(wanted))
+    for tp, p in wanted.items():
+        if p.committed is None:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, p.committed)
+    ages: dict[tuple[str, int], float] = {}
+    deadline = time.monotonic() + timeout_ms / 1000
+    while len(ages) < len(wanted) and time.monotonic() < deadline:
+        for tp, records in consumer.poll(timeout_ms=200, max_records=len(wanted) * 10).items():
+            if records and (tp.topic, tp.partition) not in ages:
+                ages[(tp.topic, tp.partition)] = max(now_ms - records[0].timestamp, 0) / 1000
+            consumer.pause(tp)
+    consumer.resume(*consumer.paused())
+    return ages

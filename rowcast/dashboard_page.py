@@ -32,9 +32,9 @@ PAGE = r"""<!doctype html>
    <div class="big"><span id="slot-seconds">–</span> s</div>
    <div class="muted"><span id="slot-bytes">–</span> bytes behind · <span id="slot-retained">–</span> retained</div></div>
  <div class="card"><div class="muted">scorer lag<span class="badge UNKNOWN" id="verdict-scorer">–</span></div>
-   <div class="big" id="lag-scorer">–</div><svg id="chart-scorer"></svg></div>
+   <div class="big" id="lag-scorer">–</div><div class="muted">oldest waiting <span id="oldest-scorer">–</span> s</div><svg id="chart-scorer"></svg></div>
  <div class="card"><div class="muted">sink lag<span class="badge UNKNOWN" id="verdict-sink">–</span></div>
-   <div class="big" id="lag-sink">–</div><svg id="chart-sink"></svg></div>
+   <div class="big" id="lag-sink">–</div><div class="muted">oldest waiting <span id="oldest-sink">–</span> s</div><svg id="chart-sink"></svg></div>
  <div class="card"><div class="muted">throughput (rows/s) and p99 latency (ms)</div>
    <svg id="chart-throughput"></svg><svg id="chart-p99"></svg></div>
  <div class="card wide"><div class="muted">deployments</div>
@@ -70,6 +70,7 @@ async function refresh() {
   for (const st of now.stages) {
     badge($('verdict-' + st.stage), st.verdict);
     $('lag-' + st.stage).textContent = st.lag ?? '?';
+    $('oldest-' + st.stage).textContent = st.oldest_unconsumed_s ?? '–';
     spark($('chart-' + st.stage), s.history.map(h => (h.stages.find(x => x.stage === st.stage) || {}).lag), '#58a6ff');
   }
   spark($('chart-throughput'), s.history.map(h => h.predictions.per_second), '#3fb950');

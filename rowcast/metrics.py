@@ -47,6 +47,9 @@ END_TO_END_SECONDS = Histogram(
 # lag monitor (dashboard process)
 CONSUMER_LAG = Gauge("rowcast_consumer_lag_records", "Log end offset minus committed offset.",
                      ["group", "topic", "partition"])
+CONSUMER_OLDEST_SECONDS = Gauge(
+    "rowcast_consumer_oldest_unconsumed_seconds",
+    "Age of the oldest event a consumer group has not committed yet.", ["group"])
 CONSUMER_VERDICT = Gauge("rowcast_consumer_verdict",
                          "Burrow-style verdict: 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 ERROR.", ["group"])
 

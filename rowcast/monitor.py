@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from connectors import heartbeat
 from connectors.kafka_clients import make_admin
-from connectors.lag import consumer_lag, slot_lag
+from connectors.lag import consumer_lag, oldest_unconsumed_age_s, slot_lag
 from connectors.verdict import Sample, Verdict, evaluate, judge, slot_verdict
 from models.registry import list_deployments
 from rowcast import metrics
@@ -57,11 +58,15 @@ class Monitor:
         self.tracks: dict[tuple[str, str, int], _Track] = {}
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self._admin = None
+        self._reader: KafkaConsumer | None = None
 
     def close(self) -> None:
         if self._admin is not None:
             self._admin.close()
             self._admin = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def sample(self, latency_window_s: float = 300.0) -> dict[str, Any]:
         now = time.time()
@@ -100,6 +105,8 @@ class Monitor:
             admin = self._admin = self._admin or make_admin(self.settings)
             partitions = consumer_lag(admin, group, topics) if topics else []
             members = _members(admin, group)
+            self._reader = self._reader or make_reader(self.settings)
+            ages = oldest_unconsumed_age_s(self._reader, partitions, int(now * 1000))
         except KafkaError as exc:  # the broker cannot tell now (e.g. its coordinator loads)
             self.close()
             return {"stage": name, "group": group, "lag": None, "verdict": "UNKNOWN",
@@ -108,11 +115,13 @@ class Monitor:
                     for p in partitions]
         verdict = judge(verdicts, process_up=members > 0 or not topics)
         lag = sum(p.lag for p in partitions)
+        oldest = round(max(ages.values()), 2) if ages else 0.0
         metrics.CONSUMER_VERDICT.labels(group).set(int(verdict))
+        metrics.CONSUMER_OLDEST_SECONDS.labels(group).set(oldest)
         for p in partitions:
             metrics.CONSUMER_LAG.labels(group, p.topic, str(p.partition)).set(p.lag)
         return {"stage": name, "group": group, "lag": lag, "verdict": verdict.name,
-                "members": members,
+                "members": members, "oldest_unconsumed_s": oldest,
                 "partitions": [{"topic": p.topic, "partition": p.partition, "log_end": p.log_end,
                                 "committed": p.committed, "lag": p.lag} for p in partitions]}
 
@@ -127,6 +136,12 @@ class Monitor:
             track.samples.popleft()
         return evaluate(list(track.samples), now, track.last_commit_at,
                         self.settings.lag_stop_after_s)
+
+
+def make_reader(settings: Settings) -> KafkaConsumer:
+    """A group-less consumer that only peeks at the oldest unconsumed record's timestamp."""
+    return KafkaConsumer(**settings.kafka_client_config(), group_id=None, enable_auto_commit=False,
+                         client_id="rowcast-monitor", fetch_max_wait_ms=100)
 
 
 def _members(admin: Any, group: str) -> int:

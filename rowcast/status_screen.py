@@ -26,7 +26,8 @@ def render(s: dict[str, Any]) -> str:
         lag = f"{slot['behind_bytes']} B / {slot['behind_seconds']} s"
         lines.append(f"slot      {lag:<16} {slot['verdict']:<9} retains {slot['retained_bytes']} B of WAL")
     for st in s["stages"]:
-        detail = f"group {st['group']}, {st.get('members', '?')} member(s)"
+        detail = (f"oldest waiting {st.get('oldest_unconsumed_s', 0)} s, group {st['group']}, "
+                  f"{st.get('members', '?')} member(s)")
         if st.get("error"):
             detail = st["error"]
         lines.append(f"{st['stage']:<9} {_num(st['lag'], ' records'):<16} {st['verdict']:<9} {detail}")

@@ -73,3 +73,36 @@ def test_rowcast_lag_prints_each_partition_of_scorer_and_sink(settings, pg_conn)
     assert rows[(f"{settings.topic_prefix}-scorer", source_topic)] == ["0", "-", "0", "0"]
     assert out.stdout.startswith(f"slot {settings.slot_name}: behind ")
     assert settings.postgres_dsn.get_secret_value() not in out.stdout + out.stderr
+
+
+def test_oldest_unconsumed_event_age_reads_the_first_uncommitted_record(settings):
+    import time
+
+    from kafka import KafkaConsumer
+
+    from connectors.lag import oldest_unconsumed_age_s
+
+    topic = f"{settings.topic_prefix}.aged"
+    ensure_topics(settings.model_copy(update={"topic_partitions": 1}), [topic])
+    now_ms = int(time.time() * 1000)
+    producer = make_producer(settings)
+    for age_s in (50, 40, 30):  # records stamped 50, 40 and 30 seconds ago
+        producer.send(topic, value=b"x", partition=0, timestamp_ms=now_ms - age_s * 1000)
+    producer.flush()
+    producer.close()
+    group = f"{settings.topic_prefix}-aged"
+    consumer = make_consumer(settings, group)
+    consumer.assign([TopicPartition(topic, 0)])
+    consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, "", -1)})  # first consumed
+    consumer.close()
+    admin = make_admin(settings)
+    reader = KafkaConsumer(**settings.kafka_client_config(), group_id=None)
+    try:
+        lags = consumer_lag(admin, group, [topic])
+        ages = oldest_unconsumed_age_s(reader, lags, now_ms)
+        assert ages == {(topic, 0): 40.0}  # the record at the committed offset
+        caught_up = [p.__class__(p.topic, p.partition, p.log_end, p.log_end, 0) for p in lags]
+        assert oldest_unconsumed_age_s(reader, caught_up, now_ms) == {}
+    finally:
+        reader.close()
+        admin.close()

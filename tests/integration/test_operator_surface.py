@@ -110,9 +110,9 @@ def test_verdicts_follow_a_paused_stage_and_return_to_ok(settings, pg_conn, pg_s
                     insert(conn, table, range(i, i + 3))
                     i += 3
 
-    def verdict(stage: str) -> tuple[str, int | None]:
+    def verdict(stage: str) -> tuple[str, int | None, float]:
         s = next(s for s in monitor.sample()["stages"] if s["stage"] == stage)
-        return s["verdict"], s["lag"]
+        return s["verdict"], s["lag"], s.get("oldest_unconsumed_s", 0.0)
 
     writer = threading.Thread(target=write)
     writer.start()
@@ -121,7 +121,7 @@ def test_verdicts_follow_a_paused_stage_and_return_to_ok(settings, pg_conn, pg_s
             writing.set()
             wait_until(lambda: scored(pg_conn) > 30, timeout_s=90,
                        message=lambda: pipeline.log_tail("worker"))
-            seen: dict[str, list[tuple[str, int | None]]] = {}
+            seen: dict[str, list[tuple[str, int | None, float]]] = {}
             for stage in ("sink", "worker"):
                 name = "sink" if stage == "sink" else "scorer"
                 pid = pipeline.procs[stage].pid
@@ -134,10 +134,11 @@ def test_verdicts_follow_a_paused_stage_and_return_to_ok(settings, pg_conn, pg_s
                                message=lambda log=log: str(log))
                 finally:
                     os.killpg(pid, signal.SIGCONT)
-                states = [v for v, _ in log]
+                states = [v for v, _, _ in log]
                 assert "STALL" in states and states.index("STALL") < states.index("STOP")
-                lags = [lag for _, lag in log if lag is not None]
+                lags = [lag for _, lag, _ in log if lag is not None]
                 assert lags[-1] > lags[0]  # the lag grew while the stage was paused
+                assert log[-1][2] >= 5.0  # and the oldest waiting event aged with it
                 wait_until(lambda name=name: verdict(name)[0] == "OK", timeout_s=90, interval_s=0.5,
                            message=lambda name=name, stage=stage:
                                f"{verdict(name)}\n{pipeline.log_tail(stage)}")
