@@ -95,7 +95,7 @@ class Sampler:
     def stats(self) -> dict[str, dict[str, float]]:
         out = {}
         for name, proc in self.pipeline.procs.items():
-            stat = procstat.read(proc.pid)
+            stat = procstat.read_tree(proc.pid)
             if stat is not None:
                 self.peak[name] = max(self.peak.get(name, 0.0), stat.peak_rss_mb)
                 out[name] = {"cpu_s": round(stat.cpu_s, 2), "peak_rss_mb": round(self.peak[name], 1)}

@@ -30,3 +30,30 @@ def read(pid: int) -> ProcStat | None:
 
 def postgres_backends_cpu_s(pids: list[int]) -> float:
     return sum(s.cpu_s for s in (read(p) for p in pids) if s is not None)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+def read_tree(pid: int) -> ProcStat | None:
+    """A process with its descendants (``rowcast worker`` is a supervisor and a faust child):
+    CPU summed, peak RSS of the largest one (each is its own process, with its own memory)."""
+    stats, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        stat = read(current)
+        if stat is not None:
+            stats.append(stat)
+            todo += _children(current)
+    if not stats:
+        return None
+    return ProcStat(sum(s.cpu_s for s in stats), max(s.peak_rss_mb for s in stats),
+                    max(s.rss_mb for s in stats))

@@ -32,15 +32,15 @@ class DeploymentFollower:
         self.topics_made: set[str] = {settings.predictions_topic(m.deployment.name)
                                       for m in serving.models()}
         self._lock = threading.Lock()  # the timer and the agent may refresh at the same time
+        self._conn: psycopg.Connection | None = None
+        self._fingerprint: str | None = None
 
     @staticmethod
     def read(settings: Settings) -> tuple[list[Deployment], int]:
         """The deployments and the database clock they are current as of (µs since epoch)."""
         dsn = settings.postgres_dsn.get_secret_value()
-        with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-            now_us = conn.execute(
-                "SELECT (extract(epoch FROM now()) * 1000000)::bigint").fetchone()[0]
-            return list_deployments(conn), now_us
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return _read(conn)
 
     def needs_refresh(self, events: Iterable[ChangeEvent]) -> bool:
         return any(e.source.commit_us >= self.known_until_us for e in events)
@@ -48,15 +48,42 @@ class DeploymentFollower:
     def refresh(self) -> set[tuple[str, str]]:
         """Apply the registry now; returns (and accumulates) tables not yet subscribed.
 
-        A new deployment's predictions topic is created here, before anything is scored for
-        it (a deployment made with the SQL function has no topic yet).
+        Called before most batches under load, so it costs one small query on a kept
+        connection; the deployments are re-read only when their fingerprint changed. A new
+        deployment's predictions topic is created here, before anything is scored for it
+        (a deployment made with the SQL function has no topic yet).
         """
         with self._lock:
-            deployments, now_us = self.read(self.settings)
-            topics = {self.settings.predictions_topic(d.name) for d in deployments}
-            if topics - self.topics_made:
-                ensure_topics(self.settings, topics - self.topics_made)
-                self.topics_made |= topics
-            self.new_tables |= self.serving.update(deployments)
+            conn = self._connection()
+            now_us, fingerprint = conn.execute(_FINGERPRINT).fetchone()
+            if fingerprint != self._fingerprint:
+                deployments, now_us = _read(conn)
+                topics = {self.settings.predictions_topic(d.name) for d in deployments}
+                if topics - self.topics_made:
+                    ensure_topics(self.settings, topics - self.topics_made)
+                    self.topics_made |= topics
+                self.new_tables |= self.serving.update(deployments)
+                self._fingerprint = fingerprint
             self.known_until_us = now_us
             return set(self.new_tables)
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.settings.postgres_dsn.get_secret_value(),
+                                         autocommit=True)
+        return self._conn
+
+
+# the clock and a digest of every (name, version): changes whenever a deployment is added,
+# changed (rowcast.deploy bumps the version) or removed
+_FINGERPRINT = """
+SELECT (extract(epoch FROM now()) * 1000000)::bigint,
+       md5(coalesce(string_agg(name || ':' || version, ',' ORDER BY name), ''))
+FROM rowcast.deployments
+"""
+
+
+def _read(conn: psycopg.Connection) -> tuple[list[Deployment], int]:
+    with conn.transaction():
+        now_us = conn.execute("SELECT (extract(epoch FROM now()) * 1000000)::bigint").fetchone()[0]
+        return list_deployments(conn), now_us

@@ -11,7 +11,10 @@ at once.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +34,7 @@ from streams.scorer import RETRY_EXIT, attach_scorer
 
 log = logging.getLogger(__name__)
 
+SUPERVISOR_ENV = "ROWCAST_WORKER_SUPERVISOR_PID"  # how the child knows who its parent must be
 RELOAD_EXIT = RETRY_EXIT  # the child asks the supervisor to start it again (EX_TEMPFAIL)
 
 
@@ -58,7 +62,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         signal.signal(sig, forward)
     while True:
         child = subprocess.Popen([sys.executable, "-m", "rowcast", "worker", "--child",
-                                  "--log-level", loglevel])
+                                  "--log-level", loglevel],
+                                 env={**os.environ, SUPERVISOR_ENV: str(os.getpid())})
         code = child.wait()
         if code != RELOAD_EXIT or stopping.is_set():
             raise SystemExit(0 if stopping.is_set() else code)
@@ -66,8 +71,19 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         stopping.wait(0.5)  # a broker that refuses every batch is not hammered
 
 
+def _die_with_parent() -> None:
+    """The child must not outlive its supervisor (killed -9, it cannot forward a signal):
+    Linux sends the child SIGTERM when the parent dies; elsewhere the refresh timer checks."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def run_child(settings: Settings, loglevel: str = "info") -> None:
     """One faust worker over the tables deployed when it started."""
+    parent = int(os.environ.get(SUPERVISOR_ENV) or os.getppid())
+    _die_with_parent()
+    if os.getppid() != parent:  # the supervisor died before the line above took effect
+        raise SystemExit(1)
     metrics.serve(settings.worker_metrics_port, settings, "worker")
     deployments, as_of_us = wait_for_deployments(settings, threading.Event())
     serving = ServingSet.fresh(deployments)
@@ -91,6 +107,10 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
 
     @app.timer(interval=settings.deployment_refresh_s)
     async def refresh_deployments() -> None:
+        if os.getppid() != parent:
+            log.error("the supervising rowcast worker is gone; stopping")
+            signal.raise_signal(signal.SIGTERM)
+            return
         await refresh()
 
     log.info("scoring %d deployment(s): %s", len(deployments), [d.name for d in deployments])

@@ -1,0 +1,45 @@
+"""A worker's faust child never outlives its supervisor: no stray processes after a kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from rowcast.pipeline import Pipeline
+from rowcast.schema import init_database
+from tests.waiting import wait_until
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["while-starting", "running"])
+def test_the_child_stops_when_its_supervisor_is_killed(settings, pg_conn, tmp_path, started):
+    init_database(pg_conn, settings)
+    pipeline = Pipeline(settings, tmp_path / "logs", ("worker",)).start()
+    try:
+        supervisor = pipeline.procs["worker"]
+        wait_until(lambda: children(supervisor.pid), timeout_s=30)
+        child = children(supervisor.pid)[0]
+        if started:  # killed once the child runs its own code, or at once (during start-up)
+            wait_until(lambda: "no deployments yet" in pipeline.log_tail("worker"), timeout_s=30)
+        os.kill(supervisor.pid, signal.SIGKILL)  # the supervisor alone, as an OOM kill would
+        supervisor.wait(timeout=10)
+        wait_until(lambda: not alive(child), timeout_s=30,
+                   message=lambda: Path(f"/proc/{child}/status").read_text())
+    finally:
+        pipeline.stop()
