@@ -41,7 +41,7 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> KafkaC
         "auto_offset_reset": "earliest",
         "client_id": "rowcast",
         "metadata_max_age_ms": 5000,
-        "session_timeout_ms": 10000,
+        "session_timeout_ms": int(settings.kafka_session_timeout_s * 1000),
         "heartbeat_interval_ms": 1000,
     }
     config.update(overrides)

@@ -71,7 +71,7 @@ def consumer_lag(admin: KafkaAdminClient, group_id: str, topics: list[str]) -> l
 
 
 def oldest_unconsumed_age_s(consumer: KafkaConsumer, lagging: list[PartitionLag],
-                            now_ms: int, timeout_ms: int = 2000) -> dict[tuple[str, int], float]:
+                            now_ms: int, timeout_ms: int = 500) -> dict[tuple[str, int], float]:
     """Age in seconds of the first record each lagging partition's group has not committed:
     how long the oldest waiting event has waited (its record timestamp, the producer's time).
 
@@ -79,7 +79,8 @@ def oldest_unconsumed_age_s(consumer: KafkaConsumer, lagging: list[PartitionLag]
     wanted = {TopicPartition(p.topic, p.partition): p for p in lagging if p.lag > 0}
     if not wanted:
         return {}
-    consumer.assign(list(wanted))
+    if set(consumer.assignment()) != set(wanted):
+        consumer.assign(list(wanted))
     for tp, p in wanted.items():
         if p.committed is None:
             consumer.seek_to_beginning(tp)

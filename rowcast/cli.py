@@ -24,6 +24,8 @@ app.add_typer(dev_app, name="dev")
 def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python logs every metadata refresh at INFO: keep operators' logs readable
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _connect(settings: Settings) -> psycopg.Connection:

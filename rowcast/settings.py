@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     topic_prefix: str = Field("rowcast", description="Debezium topic.prefix: <prefix>.<schema>.<table>.")
+    kafka_session_timeout_s: float = Field(
+        10.0, gt=0, description="Consumer group session timeout: a silent member is dropped after it.")
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics rowcast creates.")
     slot_name: str = Field("rowcast", description="Logical replication slot of the CDC source.")
     publication_name: str = Field("rowcast", description="Publication the slot decodes.")

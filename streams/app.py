@@ -30,7 +30,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
+        broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=0.5,
         producer_acks=-1,

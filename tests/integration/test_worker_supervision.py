@@ -36,7 +36,7 @@ def test_the_child_stops_when_its_supervisor_is_killed(settings, pg_conn, tmp_pa
         wait_until(lambda: children(supervisor.pid), timeout_s=30)
         child = children(supervisor.pid)[0]
         if started:  # killed once the child runs its own code, or at once (during start-up)
-            wait_until(lambda: "no deployments yet" in pipeline.log_tail("worker"), timeout_s=30)
+            wait_until(lambda: "worker metrics on" in pipeline.log_tail("worker"), timeout_s=30)
         os.kill(supervisor.pid, signal.SIGKILL)  # the supervisor alone, as an OOM kill would
         supervisor.wait(timeout=10)
         wait_until(lambda: not alive(child), timeout_s=30,
