@@ -60,16 +60,17 @@ def insert(conn, table: str, ids: range) -> None:
         conn.execute(f"INSERT INTO public.{table} VALUES (%s, %s, %s)", (i, i, 2 * i))
 
 
-def scored(conn) -> int:
-    return conn.execute("SELECT count(*) FROM rowcast.predictions "
-                        "WHERE deployment = 'watched'").fetchone()[0]
+def scored(conn, table: str) -> int:
+    """This test's predictions only: earlier tests used the deployment name 'watched' too."""
+    return conn.execute("SELECT count(*) FROM rowcast.predictions WHERE deployment = 'watched' "
+                        "AND source_table = %s", (table,)).fetchone()[0]
 
 
 @pytest.mark.timeout(240)
 def test_status_and_metrics_of_a_running_pipeline(settings, pg_conn, table, tmp_path):
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         insert(pg_conn, table, range(1, 41))
-        wait_until(lambda: scored(pg_conn) == 40, timeout_s=90,
+        wait_until(lambda: scored(pg_conn, table) == 40, timeout_s=90,
                    message=lambda: pipeline.log_tail("worker"))
         env = {**os.environ, **settings.to_env()}
         out = subprocess.run([sys.executable, "-m", "rowcast", "status", "--json", "--samples", "2"],
@@ -123,7 +124,7 @@ def test_verdicts_follow_a_paused_stage_and_return_to_ok(settings, pg_conn, pg_s
     try:
         with Pipeline(settings, tmp_path / "logs") as pipeline:
             writing.set()
-            wait_until(lambda: scored(pg_conn) > 30, timeout_s=90,
+            wait_until(lambda: scored(pg_conn, table) > 30, timeout_s=90,
                        message=lambda: pipeline.log_tail("worker"))
             seen: dict[str, list[tuple[str, int | None, float]]] = {}
             for stage in ("sink", "worker"):
@@ -166,13 +167,15 @@ def test_dashboard_shows_live_data_in_headless_chromium(settings, pg_conn, table
     base = f"http://{settings.bind_host}:{settings.dashboard_port}"
     with Pipeline(settings, tmp_path / "logs", ("source", "worker", "sink", "dashboard")) as pipeline:
         insert(pg_conn, table, range(1, 26))
-        wait_until(lambda: scored(pg_conn) == 25, timeout_s=120, message=lambda: logs(pipeline))
+        wait_until(lambda: scored(pg_conn, table) == 25, timeout_s=120, message=lambda: logs(pipeline))
 
         def api() -> dict:
             status, body = http_get(f"{base}/api/state", token="s3cret-token")
             return orjson.loads(body) if status == 200 else {}
 
-        wait_until(lambda: (api().get("latest") or {}).get("predictions", {}).get("total") == 25
+        # the page counts every prediction in the database (earlier tests' too)
+        total = pg_conn.execute("SELECT count(*) FROM rowcast.predictions").fetchone()[0]
+        wait_until(lambda: (api().get("latest") or {}).get("predictions", {}).get("total") == total
                    and len(api()["history"]) >= 3, timeout_s=60,
                    message=lambda: pipeline.log_tail("dashboard"))
         assert http_get(f"{base}/api/state")[0] == 401  # the token guards every endpoint
@@ -185,7 +188,7 @@ def test_dashboard_shows_live_data_in_headless_chromium(settings, pg_conn, table
         dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True,
                              timeout=120)
         assert 'data-updated="1' in dom.stdout, dom.stderr[-2000:]  # the script ran and fetched
-        assert '<div class="big" id="scored-total">25</div>' in dom.stdout
+        assert f'<div class="big" id="scored-total">{total}</div>' in dom.stdout
         assert 'id="verdict-scorer">OK<' in dom.stdout and 'id="verdict-sink">OK<' in dom.stdout
         assert "<td>watched</td>" in dom.stdout and f"<td>public.{table}</td>" in dom.stdout
         assert "<polyline" in dom.stdout  # the charts drew
