@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections import Counter
 
 import orjson
@@ -12,10 +11,9 @@ import pytest
 from kafka import TopicPartition
 from kafka.admin import OffsetSpec
 
-from connectors.kafka_clients import ensure_topics, make_admin
-from connectors.slot import watch_table
+from connectors.kafka_clients import make_admin
 from rowcast.pipeline import Pipeline
-from rowcast.schema import init_database
+from tests.integration.test_cdc_shapes import watch
 from tests.kafka_reading import drain
 from tests.waiting import wait_until
 
@@ -25,12 +23,7 @@ ROWS = 1500
 @pytest.mark.timeout(240)
 def test_source_killed_mid_stream_resumes_without_loss(settings, pg_conn, pg_server, tmp_path):
     settings = settings.model_copy(update={"source_ack_every": 100})
-    table = f"crash_{uuid.uuid4().hex[:8]}"
-    pg_conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, x float8)")
-    init_database(pg_conn, settings)
-    watch_table(pg_conn, settings.publication_name, "public", table)
-    topic = settings.source_topic("public", table)
-    ensure_topics(settings.model_copy(update={"topic_partitions": 1}), [topic])
+    table, topic = watch(settings, pg_conn, "(id int PRIMARY KEY, x float8)")
     admin = make_admin(settings)
 
     def on_topic() -> int:

@@ -12,10 +12,9 @@ from decimal import Decimal
 import orjson
 
 from connectors.cdc_source import UNAVAILABLE, CdcSource
-from connectors.kafka_clients import ensure_topics, make_producer
+from connectors.kafka_clients import make_producer
 from connectors.lag import slot_lag
-from connectors.slot import watch_table
-from rowcast.schema import init_database
+from tests.integration.test_cdc_shapes import watch
 from tests.kafka_reading import drain
 from tests.waiting import wait_until
 
@@ -65,15 +64,10 @@ def debezium(value: object) -> object:
 
 
 def test_every_type_round_trips_to_what_select_returns(settings, pg_conn):
-    table = f"types_{uuid.uuid4().hex[:8]}"
     enum = f"mood_{uuid.uuid4().hex[:6]}"
     pg_conn.execute(f"CREATE TYPE {enum} AS ENUM ('sad', 'happy')")
     ddl = ", ".join(f"{name} {kind.format(enum=enum)}" for name, kind in COLUMNS.items())
-    pg_conn.execute(f"CREATE TABLE public.{table} ({ddl})")
-    init_database(pg_conn, settings)
-    watch_table(pg_conn, settings.publication_name, "public", table)
-    topic = settings.source_topic("public", table)
-    ensure_topics(settings.model_copy(update={"topic_partitions": 1}), [topic])
+    table, topic = watch(settings, pg_conn, f"({ddl})")
 
     pg_conn.execute(f"INSERT INTO public.{table} ({', '.join(VALUES)}) VALUES ({', '.join(VALUES.values())})")
     pg_conn.execute(f"UPDATE public.{table} SET t = 'changed' WHERE id = 1")  # big stays TOASTed
