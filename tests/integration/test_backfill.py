@@ -8,11 +8,11 @@ import orjson
 import pytest
 
 from connectors.cdc_source import CdcSource
-from connectors.kafka_clients import ensure_topics, make_producer
-from connectors.slot import watch_table
+from connectors.kafka_clients import make_producer
 from connectors.snapshot import emit_snapshot
 from rowcast.pipeline import Pipeline
 from rowcast.schema import init_database
+from tests.integration.test_cdc_shapes import watch
 from tests.integration.test_end_to_end import deploy_cli
 from tests.kafka_reading import drain
 from tests.waiting import wait_until
@@ -25,12 +25,7 @@ ROW = ("1, 12.5, 'NaN', 'héllo', 'ab', true, '1969-07-20', '2024-01-02 03:04:05
 
 
 def test_snapshot_rows_are_encoded_exactly_as_streamed_rows(settings, pg_conn):
-    table = f"snap_types_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute(f"CREATE TABLE public.{table} ({TYPES})")
-    init_database(pg_conn, settings)
-    watch_table(pg_conn, settings.publication_name, "public", table)
-    topic = settings.source_topic("public", table)
-    ensure_topics(settings.model_copy(update={"topic_partitions": 1}), [topic])
+    table, topic = watch(settings, pg_conn, f"({TYPES})")
     pg_conn.execute(f"INSERT INTO public.{table} VALUES ({ROW})")
     producer = make_producer(settings)
     assert CdcSource(settings, pg_conn, producer).poll_once() == 1
