@@ -1,23 +1,41 @@
 """Turn a row (as a Debezium ``after`` dict) into the feature dict a river model takes.
 
-Pure and total: a value that cannot be a feature of its kind raises
+Pure, total and deterministic: a value that cannot be a feature of its kind raises
 :class:`FeatureError`, which the stream turns into a dead letter; NULL simply leaves the feature
 out, which river models treat as "unknown" rather than zero.
+
+Numbers and booleans become floats, categories strings (the catalog's pipelines one-hot encode
+them). A timestamp column ``c`` becomes several numbers, all in UTC, because the raw instant alone
+tells a model little about daily or weekly patterns:
+
+==============  ==========================================
+``c``           seconds since 1970-01-01 (trend, age)
+``c__hour``     hour of the day, 0-23
+``c__dow``      day of the week, 0 (Monday) to 6 (Sunday)
+``c__month``    month, 1-12
+==============  ==========================================
 
 >>> from models.deployment import Feature
 >>> build_features({"age": 31, "city": "Lyon", "vip": None},
 ...                (Feature("age", "number"), Feature("city", "category"), Feature("vip", "boolean")))
 {'age': 31.0, 'city': 'Lyon'}
+>>> build_features({"seen": 1_700_000_000_000_000}, (Feature("seen", "timestamp"),))
+{'seen': 1700000000.0, 'seen__hour': 22.0, 'seen__dow': 1.0, 'seen__month': 11.0}
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from models.deployment import Feature, FeatureKind
 from rowcast.errors import RowcastError
+
+TIMESTAMP_PARTS = ("hour", "dow", "month")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class FeatureError(RowcastError):
@@ -60,19 +78,59 @@ def _boolean(column: str, value: Any) -> float:
     raise FeatureError(column, value, "expected a boolean")
 
 
+def _instant(column: str, value: Any) -> tuple[int, datetime]:
+    """Microseconds since epoch and the UTC moment of a timestamp value.
+
+    Accepts Debezium's MicroTimestamp (``timestamp``: an integer) and ZonedTimestamp
+    (``timestamptz``: an ISO-8601 string with its offset, ``Z`` for UTC).
+    """
+    if isinstance(value, str) and value in ("infinity", "-infinity"):
+        raise FeatureError(column, value, "a Postgres ±infinity timestamp has no hour, day or "
+                                          "month to learn from; store NULL for 'unknown' instead")
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, _EPOCH + timedelta(microseconds=value)
+        if isinstance(value, str):
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(UTC)
+                return (moment - _EPOCH) // _MICROSECOND, moment
+    except OverflowError:
+        raise FeatureError(column, value, "timestamp outside the years 1 to 9999") from None
+    except ValueError:
+        pass
+    raise FeatureError(column, value, "expected a timestamp: integer microseconds since epoch, "
+                                      "or an ISO-8601 string with a UTC offset")
+
+
 def _timestamp(column: str, value: Any) -> float:
-    """Debezium MicroTimestamp (µs since epoch) becomes seconds since epoch."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value / 1_000_000
-    raise FeatureError(column, value, "expected a timestamp in microseconds since epoch")
+    """A timestamp as seconds since epoch (the single-number form, e.g. for a target)."""
+    return _instant(column, value)[0] / 1_000_000
+
+
+def _timestamp_features(column: str, value: Any) -> dict[str, float | str]:
+    micros, moment = _instant(column, value)
+    return {column: micros / 1_000_000, f"{column}__hour": float(moment.hour),
+            f"{column}__dow": float(moment.weekday()), f"{column}__month": float(moment.month)}
 
 
 CONVERTERS = {"number": _number, "category": _category, "boolean": _boolean, "timestamp": _timestamp}
 
 
 def convert(column: str, kind: FeatureKind, value: Any) -> float | str:
-    """One column value as a feature of ``kind``."""
+    """One column value as a single feature of ``kind`` (a timestamp as epoch seconds)."""
     return CONVERTERS[kind](column, value)
+
+
+def expand(column: str, kind: FeatureKind, value: Any) -> dict[str, float | str]:
+    """The features one non-NULL column value becomes: one, or several for a timestamp.
+
+    >>> expand("at", "timestamp", "2024-03-09T23:30:00.000000Z")
+    {'at': 1710027000.0, 'at__hour': 23.0, 'at__dow': 5.0, 'at__month': 3.0}
+    """
+    if kind == "timestamp":
+        return _timestamp_features(column, value)
+    return {column: CONVERTERS[kind](column, value)}
 
 
 def build_features(row: Mapping[str, Any], features: Sequence[Feature]) -> dict[str, float | str]:
@@ -80,6 +138,10 @@ def build_features(row: Mapping[str, Any], features: Sequence[Feature]) -> dict[
     out: dict[str, float | str] = {}
     for feature in features:
         value = row.get(feature.name)
-        if value is not None:
+        if value is None:
+            continue
+        if feature.kind == "timestamp":
+            out.update(_timestamp_features(feature.name, value))
+        else:
             out[feature.name] = CONVERTERS[feature.kind](feature.name, value)
     return out
