@@ -284,7 +284,7 @@ class CdcSource:
         self._txn.order += 1
         rel = info.relation
         source = SourceInfo(self.settings.topic_prefix, self.db, rel.schema, rel.table, lsn,
-                            self._txn.xid, self._txn.commit_us)
+                            self._txn.xid, self._txn.commit_us, commit_lsn=self._txn.final_lsn)
         value = build_value(op=op, before=before, after=after, source=source,
                             tx_order=self._txn.order, now_us=time.time_ns() // 1000)
         self._send(info.topic, key, orjson.dumps(value))

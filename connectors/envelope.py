@@ -38,6 +38,7 @@ class SourceInfo:
     tx_id: int | None
     commit_us: int
     snapshot: str = "false"
+    commit_lsn: int | None = None  # end LSN of the transaction: orders events across transactions
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,10 @@ class SourceInfo:
             "table": self.table,
             "txId": self.tx_id,
             "lsn": self.lsn,
+            # Debezium's [commit LSN, change LSN] pair, as strings: with total_order it gives
+            # every change a position that only grows in commit order (see ChangeEvent.order)
+            "sequence": orjson.dumps([str(self.commit_lsn if self.commit_lsn is not None
+                                          else self.lsn), str(self.lsn)]).decode(),
         }
 
 
@@ -65,6 +70,14 @@ class ChangeEvent:
     source: SourceInfo
     key: dict[str, Any] | None
     only_for: str | None = None  # a snapshot event meant for one deployment only
+    origin: str = ""  # "topic:partition" it was read from ("" when unknown)
+    order: tuple[int, int, int] = (0, 0, 0)  # (commit LSN, change LSN, order in transaction)
+
+    @property
+    def stream_id(self) -> str:
+        """The stream in which :attr:`order` only grows: the partition it came from, with
+        snapshot reads (``op r``, published apart from the change stream) on their own."""
+        return f"{self.origin}:r" if self.op == "r" else self.origin
 
 
 def build_value(*, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
@@ -97,8 +110,24 @@ def _commit_us(source: dict[str, Any]) -> int:
     raise DecodeError("envelope source has neither ts_us nor ts_ms")
 
 
+def _order(doc: dict[str, Any], source: dict[str, Any], lsn: int) -> tuple[int, int, int]:
+    """Where the change sits in commit order: Debezium's ``sequence`` (``[last commit LSN,
+    LSN]``) and ``transaction.total_order``; (0, lsn, 0) when a producer gives neither."""
+    commit, total = 0, 0
+    sequence = source.get("sequence")
+    if isinstance(sequence, str):
+        try:
+            commit = int(orjson.loads(sequence)[0] or 0)
+        except (orjson.JSONDecodeError, IndexError, TypeError, ValueError):
+            commit = 0
+    txn = doc.get("transaction")
+    if isinstance(txn, dict) and isinstance(txn.get("total_order"), int):
+        total = txn["total_order"]
+    return commit, lsn, total
+
+
 def parse_event(key: bytes | None, value: bytes | None,
-                only_for: str | None = None) -> ChangeEvent | None:
+                only_for: str | None = None, origin: str = "") -> ChangeEvent | None:
     """Parse one record of a source topic; ``None`` for a tombstone.
 
     Raises :class:`DecodeError` with the reason for anything that is not a change event.
@@ -133,4 +162,5 @@ def parse_event(key: bytes | None, value: bytes | None,
         snapshot=str(source.get("snapshot", "false")),
     )
     return ChangeEvent(doc["op"], doc.get("before"), doc.get("after"), info,
-                       key_doc if isinstance(key_doc, dict) else None, only_for)
+                       key_doc if isinstance(key_doc, dict) else None, only_for, origin,
+                       _order(doc, source, info.lsn))

@@ -52,14 +52,17 @@ def make_admin(settings: Settings) -> KafkaAdminClient:
     return KafkaAdminClient(**settings.kafka_client_config(), client_id="rowcast-admin")
 
 
-def ensure_topics(settings: Settings, names: Iterable[str], compacted: bool = False) -> None:
-    """Create missing topics with the configured partition count; existing ones are left as is."""
+def ensure_topics(settings: Settings, names: Iterable[str], compacted: bool = False,
+                  partitions: int | None = None) -> None:
+    """Create missing topics (default: the configured partition count); existing ones are left
+    as is."""
     admin = make_admin(settings)
     try:
         existing = set(admin.list_topics())
         configs = {"cleanup.policy": "compact"} if compacted else {}
         missing = {
-            name: {"num_partitions": settings.topic_partitions, "replication_factor": 1,
+            name: {"num_partitions": partitions or settings.topic_partitions,
+                   "replication_factor": 1,
                    "configs": configs}
             for name in sorted(set(names)) if name not in existing
         }
@@ -69,3 +72,12 @@ def ensure_topics(settings: Settings, names: Iterable[str], compacted: bool = Fa
                 admin.create_topics(missing, wait_for_metadata=True)
     finally:
         admin.close()
+
+
+def ensure_deployment_topics(settings: Settings, deployments: Iterable[str]) -> None:
+    """Everything a deployment's records travel on: predictions (partitioned like the source),
+    labels (one partition, one learner), the compacted models topic and the dead letters."""
+    names = sorted(set(deployments))
+    ensure_topics(settings, [settings.predictions_topic(n) for n in names] + [settings.dlq_topic])
+    ensure_topics(settings, [settings.labels_topic(n) for n in names], partitions=1)
+    ensure_topics(settings, [settings.models_topic], compacted=True, partitions=1)

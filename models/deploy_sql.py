@@ -17,9 +17,12 @@ CREATE TABLE IF NOT EXISTS rowcast.models (name text PRIMARY KEY, task text NOT 
 """
 
 DEPLOY_FUNCTION = r"""
+DROP FUNCTION IF EXISTS rowcast.deploy(text, text, text, text[], text);
 CREATE OR REPLACE FUNCTION rowcast.deploy(
     p_name text, p_table text, p_target text,
-    p_features text[] DEFAULT NULL, p_model text DEFAULT 'linear_regression')
+    p_features text[] DEFAULT NULL, p_model text DEFAULT 'linear_regression',
+    p_labels_table text DEFAULT NULL, p_labels_key text DEFAULT NULL,
+    p_labels_column text DEFAULT NULL)
 RETURNS rowcast.deployments
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -40,6 +43,14 @@ DECLARE
     v_row rowcast.deployments;
     v_join text;
     v_cols text;
+    v_labels jsonb;
+    v_lident text[];
+    v_lschema text;
+    v_ltable text;
+    v_loid oid;
+    v_lcolumn text := coalesce(p_labels_column, p_target);
+    v_ltype oid;
+    v_ktype oid;
 BEGIN
     IF p_name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
@@ -58,6 +69,9 @@ BEGIN
             MESSAGE = format('table %I.%I does not exist', v_schema, v_table);
     END IF;
     SELECT task INTO v_task FROM rowcast.models WHERE name = p_model;
+    IF v_task IS NULL AND p_model ~ '^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$' THEN
+        v_task := 'custom';  -- module:factory: the worker imports it (the CLI checks it first)
+    END IF;
     IF v_task IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
             'unknown model %L; the catalog has: %s', p_model,
@@ -80,7 +94,7 @@ BEGIN
                WHEN t.typname IN ('int2', 'int4', 'int8', 'float4', 'float8', 'numeric') THEN 'number'
                WHEN t.typname = 'bool' THEN 'boolean'
                WHEN t.typname IN ('text', 'varchar', 'bpchar') THEN 'category'
-               WHEN t.typname = 'timestamp' THEN 'timestamp'
+               WHEN t.typname IN ('timestamp', 'timestamptz') THEN 'timestamp'
                ELSE 'unusable' END ORDER BY a.attnum)
       INTO v_names, v_kinds
       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
@@ -95,6 +109,7 @@ BEGIN
             WHEN 'regression' THEN ARRAY['number']
             WHEN 'binary' THEN ARRAY['boolean', 'number']
             WHEN 'multiclass' THEN ARRAY['category', 'boolean', 'number']
+            WHEN 'custom' THEN ARRAY['number', 'category', 'boolean']
             ELSE ARRAY['number', 'category', 'boolean', 'timestamp'] END)) THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
             'target %L is a %s column, which a %s model (%s) cannot learn',
@@ -129,22 +144,90 @@ BEGIN
         v_feature_json := v_feature_json || jsonb_build_array(jsonb_build_array(v_col, v_kind));
     END LOOP;
 
+    IF p_labels_table IS NOT NULL THEN
+        -- labels arrive later in another table: its row's p_labels_key names the scored row
+        v_lident := parse_ident(p_labels_table);
+        IF array_length(v_lident, 1) = 1 THEN
+            v_lschema := 'public'; v_ltable := v_lident[1];
+        ELSE
+            v_lschema := v_lident[1]; v_ltable := v_lident[2];
+        END IF;
+        SELECT c.oid INTO v_loid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = v_lschema AND c.relname = v_ltable AND c.relkind IN ('r', 'p');
+        IF v_loid IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001',
+                MESSAGE = format('labels table %I.%I does not exist', v_lschema, v_ltable);
+        END IF;
+        IF v_loid = v_oid THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE =
+                'the labels table is the scored table itself: leave --labels-table out, '
+                'labels set on the row (at insert or by a later UPDATE) are learned already';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = v_loid AND indisprimary) THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'labels table %I.%I has no primary key', v_lschema, v_ltable);
+        END IF;
+        IF p_labels_key IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'a labels table needs --labels-key: the column of %I.%I that holds the scored '
+                'row''s %s', v_lschema, v_ltable, array_to_string(v_keys, ', '));
+        END IF;
+        IF cardinality(v_keys) <> 1 THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'a labels table needs %I.%I to have a one-column primary key (it has %s)',
+                v_schema, v_table, array_to_string(v_keys, ', '));
+        END IF;
+        SELECT atttypid INTO v_ltype FROM pg_attribute
+         WHERE attrelid = v_loid AND attname = p_labels_key AND attnum > 0 AND NOT attisdropped;
+        SELECT atttypid INTO v_ktype FROM pg_attribute
+         WHERE attrelid = v_oid AND attname = v_keys[1];
+        IF v_ltype IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'labels key column %L is not in %I.%I', p_labels_key, v_lschema, v_ltable);
+        END IF;
+        IF v_ltype <> v_ktype THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'labels key %I.%I.%I is %s but the primary key %I of %I.%I is %s: they must match',
+                v_lschema, v_ltable, p_labels_key, format_type(v_ltype, NULL), v_keys[1],
+                v_schema, v_table, format_type(v_ktype, NULL));
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = v_loid
+                          AND attname = v_lcolumn AND attnum > 0 AND NOT attisdropped) THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'labels column %L is not in %I.%I (--labels-column names it; default: the target)',
+                v_lcolumn, v_lschema, v_ltable);
+        END IF;
+        v_labels := jsonb_build_object('schema', v_lschema, 'table', v_ltable,
+                                       'key', p_labels_key, 'column', v_lcolumn);
+    ELSIF p_labels_key IS NOT NULL OR p_labels_column IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001',
+            MESSAGE = '--labels-key and --labels-column need --labels-table';
+    END IF;
+
     INSERT INTO rowcast.deployments AS d (name, schema_name, table_name, target, target_kind,
-                                          features, model, key_columns)
+                                          features, model, key_columns, labels)
     VALUES (p_name, v_schema, v_table, p_target, v_target_kind, v_feature_json, p_model,
-            to_jsonb(v_keys))
+            to_jsonb(v_keys), v_labels)
     ON CONFLICT (name) DO UPDATE SET
         schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name,
         target = EXCLUDED.target, target_kind = EXCLUDED.target_kind,
         features = EXCLUDED.features, model = EXCLUDED.model,
-        key_columns = EXCLUDED.key_columns, version = d.version + 1, updated_at = now()
+        key_columns = EXCLUDED.key_columns, labels = EXCLUDED.labels,
+        version = d.version + 1, updated_at = now()
     RETURNING * INTO v_row;
+    -- features kept for labels not yet seen were built for the old definition
+    DELETE FROM rowcast.pending_labels WHERE deployment = p_name;
 
     SELECT value INTO v_pub FROM rowcast.config WHERE key = 'publication';
     IF v_pub IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM pg_publication_tables
          WHERE pubname = v_pub AND schemaname = v_schema AND tablename = v_table) THEN
         EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', v_pub, v_schema, v_table);
+    END IF;
+    IF v_pub IS NOT NULL AND v_labels IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+         WHERE pubname = v_pub AND schemaname = v_lschema AND tablename = v_ltable) THEN
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', v_pub, v_lschema, v_ltable);
     END IF;
 
     -- only the columns the deployment uses, so the view never blocks an unrelated DROP COLUMN
@@ -172,22 +255,32 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     v_row rowcast.deployments;
     v_pub text;
+    v_schema text;
+    v_table text;
 BEGIN
     DELETE FROM rowcast.deployments WHERE name = p_name RETURNING * INTO v_row;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
     EXECUTE format('DROP VIEW IF EXISTS rowcast.%I', p_name || '_scored');
-    -- the last deployment on a table takes the table out of the publication: no more events
+    DELETE FROM rowcast.pending_labels WHERE deployment = p_name;
+    DELETE FROM rowcast.model_versions WHERE deployment = p_name;
+    DELETE FROM rowcast.model_control WHERE deployment = p_name;
+    -- the last deployment reading a table takes it out of the publication: no more events
     SELECT value INTO v_pub FROM rowcast.config WHERE key = 'publication';
-    IF v_pub IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM rowcast.deployments
-                        WHERE schema_name = v_row.schema_name AND table_name = v_row.table_name)
-       AND EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = v_pub
-                      AND schemaname = v_row.schema_name AND tablename = v_row.table_name) THEN
-        EXECUTE format('ALTER PUBLICATION %I DROP TABLE %I.%I', v_pub, v_row.schema_name,
-                       v_row.table_name);
-    END IF;
+    FOR v_schema, v_table IN
+        SELECT v_row.schema_name, v_row.table_name
+        UNION SELECT v_row.labels->>'schema', v_row.labels->>'table' WHERE v_row.labels IS NOT NULL
+    LOOP
+        IF v_pub IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM rowcast.deployments d
+                            WHERE (d.schema_name = v_schema AND d.table_name = v_table)
+                               OR (d.labels->>'schema' = v_schema AND d.labels->>'table' = v_table))
+           AND EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = v_pub
+                          AND schemaname = v_schema AND tablename = v_table) THEN
+            EXECUTE format('ALTER PUBLICATION %I DROP TABLE %I.%I', v_pub, v_schema, v_table);
+        END IF;
+    END LOOP;
     RETURN true;
 END
 $fn$;

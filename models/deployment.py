@@ -26,6 +26,18 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class LabelSource:
+    """A separate table whose rows carry labels: ``column`` holds the label of the scored row
+    whose primary key equals ``key`` (``--labels-table T --labels-key K``). A deployment with
+    one learns from it alone: the scored row's own target column is then not read."""
+
+    schema: str
+    table: str
+    key: str
+    column: str
+
+
+@dataclass(frozen=True)
 class Deployment:
     """A model deployed on ``schema.table``, predicting ``target`` from ``features``.
 
@@ -44,6 +56,8 @@ class Deployment:
     key_columns: tuple[str, ...]
     target_kind: FeatureKind = "number"
     version: int = field(default=1, compare=False)
+    labels: LabelSource | None = None
+    created_us: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -67,3 +81,9 @@ class Deployment:
     @property
     def qualified_table(self) -> str:
         return f"{self.schema}.{self.table}"
+
+    @property
+    def generation(self) -> str:
+        """Which incarnation of the name this is: a redeploy (new version) or an undeploy and
+        deploy again (new creation time) starts a new model, and old label events are ignored."""
+        return f"{self.created_us}.{self.version}"

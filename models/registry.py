@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 import psycopg
 
+from models import versions
 from models.catalog import CATALOG
 from models.deploy_sql import CONFIG_DDL, DEPLOY_FUNCTION, UNDEPLOY_FUNCTION
-from models.deployment import Deployment, Feature
+from models.deployment import Deployment, Feature, LabelSource
 from rowcast.errors import ConfigError
 
 DEPLOY_REFUSED = "RC001"  # SQLSTATE raised by rowcast.deploy for a definition it refuses
@@ -33,13 +34,18 @@ CREATE TABLE IF NOT EXISTS rowcast.deployments (
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE rowcast.deployments ADD COLUMN IF NOT EXISTS labels jsonb;
 """
+
+_COLUMNS = ("name, schema_name, table_name, target, features, model, key_columns, target_kind, "
+            "version, labels, (extract(epoch FROM created_at) * 1000000)::bigint")
 
 
 def ensure_schema(conn: psycopg.Connection, publication: str) -> None:
     """Tables, the model catalog as rows (so SQL can check model names), the deploy function."""
     conn.execute(DDL)
     conn.execute(CONFIG_DDL)
+    versions.ensure_schema(conn)
     conn.execute("INSERT INTO rowcast.config VALUES ('publication', %s) "
                  "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (publication,))
     with conn.cursor() as cur:
@@ -60,13 +66,15 @@ def remove_deployment(conn: psycopg.Connection, name: str) -> None:
 
 
 def create_deployment(conn: psycopg.Connection, name: str, table: str, target: str,
-                      features: Sequence[str] | None, model: str) -> Deployment:
+                      features: Sequence[str] | None, model: str,
+                      labels_table: str | None = None, labels_key: str | None = None,
+                      labels_column: str | None = None) -> Deployment:
     """Validate against the live table and store (or replace) a deployment, via ``rowcast.deploy``."""
     try:
         row = conn.execute(
-            "SELECT name, schema_name, table_name, target, features, model, key_columns, "
-            "target_kind, version FROM rowcast.deploy(%s, %s, %s, %s, %s)",
-            (name, table, target, list(features) if features is not None else None, model),
+            f"SELECT {_COLUMNS} FROM rowcast.deploy(%s, %s, %s, %s, %s, %s, %s, %s)",
+            (name, table, target, list(features) if features is not None else None, model,
+             labels_table, labels_key, labels_column),
         ).fetchone()
     except psycopg.DatabaseError as exc:
         if exc.sqlstate == DEPLOY_REFUSED:
@@ -76,15 +84,15 @@ def create_deployment(conn: psycopg.Connection, name: str, table: str, target: s
 
 
 def list_deployments(conn: psycopg.Connection) -> list[Deployment]:
-    rows = conn.execute(
-        "SELECT name, schema_name, table_name, target, features, model, key_columns, "
-        "target_kind, version FROM rowcast.deployments ORDER BY name").fetchall()
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM rowcast.deployments ORDER BY name").fetchall()
     return [_deployment(r) for r in rows]
 
 
 def _deployment(r: tuple) -> Deployment:
+    labels = LabelSource(r[9]["schema"], r[9]["table"], r[9]["key"], r[9]["column"]) \
+        if r[9] else None
     return Deployment(r[0], r[1], r[2], r[3], tuple(Feature(n, k) for n, k in r[4]), r[5],
-                      tuple(r[6]), r[7], r[8])
+                      tuple(r[6]), r[7], r[8], labels, r[10])
 
 
 def delete_deployment(conn: psycopg.Connection, name: str) -> bool:

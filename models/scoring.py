@@ -47,7 +47,7 @@ class OnlineModel:
     """A deployment's river estimator, with the bookkeeping of what it has learned."""
 
     def __init__(self, deployment: Deployment, spec: ModelSpec, estimator: base.Estimator,
-                 version: int = 1, samples_learned: int = 0) -> None:
+                 version: int = 0, samples_learned: int = 0) -> None:
         self.deployment = deployment
         self.spec = spec
         self.estimator = estimator
@@ -65,16 +65,21 @@ class OnlineModel:
     def label(self, row: Mapping[str, Any]) -> Any:
         """The row's target as the model's task wants it, or None when not yet known."""
         value = row.get(self.deployment.target)
-        if value is None:
-            return None
+        return None if value is None else self.label_value(value)
+
+    def label_value(self, value: Any) -> Any:
+        """A label value (from the row, an update or a labels table) as the task wants it."""
+        target = self.deployment.target
         if self.spec.task == "regression":
-            return convert(self.deployment.target, "number", value)
+            return convert(target, "number", value)
         if self.spec.task == "binary":
             if isinstance(value, bool):
                 return value
             if isinstance(value, int | float) and value in (0, 1):
                 return bool(value)
-            raise FeatureError(self.deployment.target, value, "a binary target must be boolean or 0/1")
+            raise FeatureError(target, value, "a binary target must be boolean or 0/1")
+        if isinstance(value, dict | list):
+            raise FeatureError(target, value, "a class label must be text, a number or boolean")
         return value if isinstance(value, str | int | bool) else str(value)
 
     def score(self, x: Mapping[str, float | str]) -> Score:

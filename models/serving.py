@@ -1,26 +1,37 @@
-"""Route change events to the deployments on their table: score, then learn when labelled.
+"""Route change events to the deployments on their table: score, and tell the learner.
 
-Pure: it takes parsed events and returns prediction records and dead letters, so the faust agent
-that calls it stays a thin loop and this logic is tested without a broker.
+Pure: it takes parsed events and returns prediction records, label events and rejections, so the
+faust agent that calls it stays a thin loop and this logic is tested without a broker.
 
-Only inserts (``c``) and snapshot reads (``r``) are scored. Updates and deletes are not rescored:
-that keeps rowcast loop-safe when predictions are written back into the source table.
+Scorers never learn (learning has one owner per model, see :mod:`models.learning`); they serve
+the snapshot the learner last published, installed with :meth:`ServingSet.install`. Only inserts
+(``c``) and snapshot reads (``r``) are scored. Updates are not rescored, which keeps rowcast
+loop-safe when predictions are written back into the source table; an update that sets the
+target is a label for the row scored earlier.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from connectors.envelope import ChangeEvent
 from models.deployment import Deployment
 from models.features import FeatureError
+from models.label_events import LabelEvent, Served
 from models.prediction import PredictionRecord
-from models.scoring import OnlineModel
+from models.scoring import OnlineModel, Score
 
 SCORED_OPS = frozenset({"c", "r"})
+LABEL_OPS = frozenset({"c", "u", "r"})
+UNAVAILABLE = "__debezium_unavailable_value"  # an unchanged TOASTed value: not a label
+
+# what the scorer serves for a deployment before and between snapshots: (version, estimator)
+SnapshotLookup = Callable[[Deployment], tuple[int, Any] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,54 +47,99 @@ class Rejected:
 @dataclass
 class BatchResult:
     predictions: list[PredictionRecord] = field(default_factory=list)
+    labels: list[LabelEvent] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
 
 
 class ServingSet:
-    """The online models of every deployment, indexed by the table they watch."""
+    """The served models of every deployment, indexed by the tables they read."""
 
-    def __init__(self, models: Iterable[OnlineModel]) -> None:
-        self.by_table: dict[tuple[str, str], list[OnlineModel]] = defaultdict(list)
-        for model in models:
-            d = model.deployment
-            self.by_table[(d.schema, d.table)].append(model)
+    def __init__(self, models: Iterable[OnlineModel],
+                 snapshots: SnapshotLookup | None = None) -> None:
+        self.snapshots = snapshots
+        self._lock = threading.Lock()  # update (registry) and install (model feed) may race
+        self._index(list(models))
 
     @classmethod
-    def fresh(cls, deployments: Iterable[Deployment]) -> ServingSet:
-        return cls(OnlineModel.fresh(d) for d in deployments)
+    def fresh(cls, deployments: Iterable[Deployment],
+              snapshots: SnapshotLookup | None = None) -> ServingSet:
+        serving = cls((), snapshots)
+        serving.update(deployments)
+        return serving
+
+    def _index(self, models: list[OnlineModel]) -> None:
+        by_table: dict[tuple[str, str], list[OnlineModel]] = defaultdict(list)
+        by_labels: dict[tuple[str, str], list[OnlineModel]] = defaultdict(list)
+        for model in models:
+            d = model.deployment
+            by_table[(d.schema, d.table)].append(model)
+            if d.labels is not None:
+                by_labels[(d.labels.schema, d.labels.table)].append(model)
+        # swapped whole: the scoring thread sees the old index or the new one, never half
+        self.by_table, self.by_labels = dict(by_table), dict(by_labels)
 
     def tables(self) -> list[tuple[str, str]]:
-        return sorted(t for t, models in self.by_table.items() if models)
+        """Every table whose change topic the scorer must read (scored and labels tables)."""
+        return sorted(set(self.by_table) | set(self.by_labels))
 
     def models(self) -> list[OnlineModel]:
         return [m for models in self.by_table.values() for m in models]
 
-    def update(self, deployments: Iterable[Deployment]) -> set[tuple[str, str]]:
-        """Apply the registry's current deployments in place; return tables not yet served.
+    def _build(self, d: Deployment) -> OnlineModel:
+        model = OnlineModel.fresh(d)
+        snapshot = self.snapshots(d) if self.snapshots is not None else None
+        if snapshot is not None:
+            model.version, model.estimator = snapshot
+        return model
 
-        Unchanged deployments keep their learned model; changed ones (a new version) and new
-        ones start fresh; removed ones stop scoring. Tables in the result need a new topic
-        subscription, which the caller arranges.
+    def update(self, deployments: Iterable[Deployment]) -> set[tuple[str, str]]:
+        """Apply the registry's current deployments; return tables not yet served.
+
+        Unchanged deployments keep their model; changed ones (a new generation) and new ones
+        get the learner's latest snapshot for that generation, or a fresh model (version 0);
+        removed ones stop scoring. Tables in the result need a new topic subscription, which
+        the caller arranges.
         """
-        current = {m.deployment.name: m for m in self.models()}
-        served = set(self.tables())
-        rebuilt: dict[tuple[str, str], list[OnlineModel]] = defaultdict(list)
-        for d in deployments:
-            kept = current.get(d.name)
-            model = kept if kept is not None and kept.deployment == d \
-                and kept.deployment.version == d.version else OnlineModel.fresh(d)
-            rebuilt[(d.schema, d.table)].append(model)
-        self.by_table = rebuilt
-        return set(rebuilt) - served
+        with self._lock:
+            current = {m.deployment.name: m for m in self.models()}
+            served = set(self.tables())
+            models = []
+            for d in deployments:
+                kept = current.get(d.name)
+                same = kept is not None and kept.deployment == d \
+                    and kept.deployment.generation == d.generation
+                models.append(kept if same else self._build(d))
+            self._index(models)
+            return set(self.tables()) - served
+
+    def install(self, name: str, generation: str, version: int, estimator: Any) -> bool:
+        """Serve ``estimator`` as ``version`` of deployment ``name`` (a hot swap); False when
+        no deployment of that name and generation is served here."""
+        with self._lock:
+            models = self.models()
+            for i, m in enumerate(models):
+                if m.deployment.name == name and m.deployment.generation == generation:
+                    models[i] = OnlineModel(m.deployment, m.spec, estimator, version)
+                    self._index(models)
+                    return True
+            return False
 
     def handle(self, events: Iterable[ChangeEvent], now_us: int | None = None) -> BatchResult:
         result = BatchResult()
         for event in events:
-            if event.op not in SCORED_OPS or event.after is None:
+            if event.after is None:
                 continue
-            for model in self.by_table.get((event.source.schema, event.source.table), ()):
-                if event.only_for is None or event.only_for == model.deployment.name:
+            table = (event.source.schema, event.source.table)
+            for model in self.by_table.get(table, ()):
+                if event.only_for is not None and event.only_for != model.deployment.name:
+                    continue
+                if event.op in SCORED_OPS:
                     self._score_one(model, event, result, now_us)
+                elif event.op == "u":
+                    self._label_from_update(model, event, result)
+            if event.op in LABEL_OPS:
+                for model in self.by_labels.get(table, ()):
+                    self._label_from_table(model, event, result)
         return result
 
     @staticmethod
@@ -94,7 +150,8 @@ class ServingSet:
         assert row is not None
         try:
             x = model.features(row)
-            y = model.label(row)
+            # with a labels table, labels come from it alone (the row's own column is ignored)
+            y = model.label(row) if model.spec.task != "anomaly" and d.labels is None else None
         except FeatureError as exc:
             result.rejected.append(Rejected(d.name, event, "bad_feature", str(exc)))
             return
@@ -106,5 +163,51 @@ class ServingSet:
             source_lsn=event.source.lsn, source_commit_us=event.source.commit_us,
             scored_at_us=now_us if now_us is not None else time.time_ns() // 1000,
         ))
-        if y is not None:
-            model.learn(x, y)
+        # an anomaly model learns every row; others learn what carries a label, now or later
+        kind = "labelled" if y is not None or model.spec.task == "anomaly" else "scored"
+        result.labels.append(LabelEvent(
+            kind, d.name, d.generation, key, event.stream_id, event.order, event.source.commit_us,
+            x, y, _served(model.version, scored)))
+
+    @staticmethod
+    def _label_from_update(model: OnlineModel, event: ChangeEvent, result: BatchResult) -> None:
+        d = model.deployment
+        row = event.after
+        assert row is not None
+        value = row.get(d.target)
+        if value is None or value == UNAVAILABLE or model.spec.task == "anomaly" \
+                or d.labels is not None:
+            return
+        if event.before is not None and event.before.get(d.target) == value:
+            return  # the label did not change (REPLICA IDENTITY FULL tells us)
+        _append_label(model, event, value, {k: row.get(k) for k in d.key_columns}, result)
+
+    @staticmethod
+    def _label_from_table(model: OnlineModel, event: ChangeEvent, result: BatchResult) -> None:
+        d = model.deployment
+        assert d.labels is not None and event.after is not None
+        row = event.after
+        value, ref = row.get(d.labels.column), row.get(d.labels.key)
+        if value is None or ref is None or value == UNAVAILABLE:
+            return
+        if event.op == "u" and event.before is not None \
+                and event.before.get(d.labels.column) == value:
+            return
+        _append_label(model, event, value, {d.key_columns[0]: ref}, result)
+
+
+def _append_label(model: OnlineModel, event: ChangeEvent, value: Any, key: dict[str, Any],
+                  result: BatchResult) -> None:
+    d = model.deployment
+    try:
+        y = model.label_value(value)
+    except FeatureError as exc:
+        result.rejected.append(Rejected(d.name, event, "bad_label", str(exc)))
+        return
+    result.labels.append(LabelEvent("label", d.name, d.generation, key, event.stream_id,
+                                    event.order, event.source.commit_us, y=y))
+
+
+def _served(version: int, scored: Score) -> Served:
+    proba = tuple(scored.proba.items()) if scored.proba else None
+    return Served(version, scored.prediction, proba)

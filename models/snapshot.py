@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import pickle
+import secrets
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -61,3 +64,36 @@ def load_snapshot(blob: bytes, key: bytes) -> Any:
                             f"{river.__version__} is installed; pickles do not survive river "
                             "upgrades: roll back river or retrain (rowcast model rollback)")
     return pickle.loads(body)  # verified above: written by rowcast with this key
+
+
+def snapshot_key(secret: str | None, state_dir: Path) -> bytes:
+    """The HMAC key: ``ROWCAST_SNAPSHOT_KEY`` when set (production: the same on every rowcast
+    process), else a random key kept in ``<state_dir>/snapshot.key`` (mode 0600), which every
+    process of one machine's dev stack shares. Never stored in the database it protects."""
+    if secret:
+        return secret.encode()
+    path = state_dir / "snapshot.key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def encode_record(header: dict[str, Any], blob: bytes) -> bytes:
+    """A snapshot on the models topic: one JSON header line (deployment, generation, version,
+    samples), then the signed snapshot."""
+    return orjson.dumps(header) + b"\n" + blob
+
+
+def decode_record(value: bytes) -> tuple[dict[str, Any], bytes]:
+    end = value.find(b"\n")
+    if end < 0:
+        raise SnapshotError("models topic record has no header line")
+    try:
+        header = orjson.loads(value[:end])
+        str(header["deployment"]), str(header["generation"]), int(header["version"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise SnapshotError("models topic record header is unreadable") from None
+    return header, value[end + 1:]

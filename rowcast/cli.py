@@ -19,6 +19,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Score every new Postgres row the moment it lands.")
 dev_app = typer.Typer(no_args_is_help=True, help="The local dev stack (Postgres + Kafka).")
 app.add_typer(dev_app, name="dev")
+model_app = typer.Typer(no_args_is_help=True, help="Model versions: list, pin, roll back.")
+app.add_typer(model_app, name="model")
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -50,21 +52,39 @@ def deploy(
     target: Annotated[str, typer.Option(help="Column holding the label to learn.")],
     features: Annotated[str | None, typer.Option(help="Comma-separated feature columns "
                                                  "(default: every usable column).")] = None,
-    model: Annotated[str, typer.Option(help="Catalog model name.")] = "linear_regression",
+    model: Annotated[str, typer.Option(help="Catalog model name, or module:factory returning "
+                                       "a river estimator.")] = "linear_regression",
+    labels_table: Annotated[str | None, typer.Option(
+        help="Labels arrive later as rows of this table...")] = None,
+    labels_key: Annotated[str | None, typer.Option(
+        help="...whose column holds the scored row's primary key.")] = None,
+    labels_column: Annotated[str | None, typer.Option(
+        help="Column of the labels table with the label (default: the target's name).")] = None,
     backfill: Annotated[bool, typer.Option(help="Also score the rows already in the table.")] = True,
 ) -> None:
-    """Deploy a model on a table: existing rows are scored, then every new row as it lands."""
-    from connectors.kafka_clients import ensure_topics
+    """Deploy a model on a table: existing rows are scored, then every new row as it lands.
+
+    Labels are learned from the inserted row (score first, then learn), from a later UPDATE
+    that sets the target, or from a separate labels table joined by key.
+    """
+    from connectors.kafka_clients import ensure_deployment_topics, ensure_topics
+    from models.catalog import get_model, is_custom
     from models.registry import create_deployment
     from rowcast.schema import init_database
 
     settings = Settings()
+    if is_custom(model):
+        get_model(model)  # import it here: a typo fails now, not in every worker
     feature_list = [f.strip() for f in features.split(",") if f.strip()] if features else None
     with _connect(settings) as conn:
         init_database(conn, settings)
-        d = create_deployment(conn, name, table, target, feature_list, model)
-    ensure_topics(settings, [settings.source_topic(d.schema, d.table),
-                             settings.predictions_topic(d.name), settings.dlq_topic])
+        d = create_deployment(conn, name, table, target, feature_list, model,
+                              labels_table, labels_key, labels_column)
+    sources = [settings.source_topic(d.schema, d.table)]
+    if d.labels is not None:
+        sources.append(settings.source_topic(d.labels.schema, d.labels.table))
+    ensure_topics(settings, sources)
+    ensure_deployment_topics(settings, [d.name])
     typer.echo(f"deployed {d.name}: {d.model} on {d.qualified_table}, target {d.target}, "
                f"features {', '.join(f.name for f in d.features)}; "
                f"query it with SELECT * FROM rowcast.{d.name}_scored")
@@ -263,6 +283,95 @@ def sink(log_level: str = "INFO") -> None:
 
     _setup_logging(log_level)
     run_sink(Settings())
+
+
+@app.command()
+def learner(log_level: str = "INFO") -> None:
+    """Run a learner: label events → models, checkpointed as versions, published to scorers."""
+    from rowcast.processes import run_learner
+
+    _setup_logging(log_level)
+    run_learner(Settings())
+
+
+@model_app.command("versions")
+def model_versions(
+    name: str,
+    limit: Annotated[int, typer.Option(help="Newest versions to show.")] = 20,
+) -> None:
+    """A deployment's model versions, newest first, with samples and online metrics."""
+    from models import versions
+
+    with _connect(Settings()) as conn:
+        rows = versions.history(conn, name, limit)
+        pin = versions.pinned(conn, name)
+    if not rows:
+        raise ConfigError(f"{name!r} has no model versions yet (is `rowcast learner` running "
+                          "and have labels arrived?)")
+    typer.echo(f"{'version':>7}  {'samples':>9}  {'created':<26} metrics")
+    for ck in rows:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in ck.metrics.get("progressive", {}).items())
+        flags = [f for f, on in (("pinned", ck.version == pin), (ck.note or "", bool(ck.note)))
+                 if on]
+        typer.echo(f"{ck.version:>7}  {ck.samples:>9}  {ck.created_at:%Y-%m-%d %H:%M:%S%z}  "
+                   f"{shown}{'  [' + '; '.join(flags) + ']' if flags else ''}")
+
+
+def _publish_pin(settings: Settings, name: str, ck: object | None) -> None:
+    from connectors.kafka_clients import ensure_topics, make_producer
+    from models.snapshot import encode_record
+    from streams.model_feed import PIN_SUFFIX
+
+    ensure_topics(settings, [settings.models_topic], compacted=True, partitions=1)
+    producer = make_producer(settings)
+    try:
+        value = None if ck is None else encode_record(
+            {"deployment": name, "generation": ck.generation, "version": ck.version,
+             "samples": ck.samples}, ck.snapshot)
+        producer.send(settings.models_topic, key=(name + PIN_SUFFIX).encode(), value=value,
+                      partition=0).get(timeout=30)
+    finally:
+        producer.close()
+
+
+@model_app.command("pin")
+def model_pin(name: str, version: int) -> None:
+    """Score with VERSION on every worker while the learner keeps learning."""
+    from models import versions
+    from models.snapshot import load_snapshot, snapshot_key
+
+    settings = Settings()
+    key = snapshot_key(settings.snapshot_key.get_secret_value() if settings.snapshot_key else None,
+                       settings.state_dir)
+    with _connect(settings) as conn, conn.transaction():
+        ck = versions.set_pin(conn, name, version)
+        load_snapshot(ck.snapshot, key)  # a tampered row is refused here, not on every worker
+        _publish_pin(settings, name, ck)  # before the commit: a failed publish leaves no pin
+    typer.echo(f"{name} pinned to version {version}; `rowcast model unpin {name}` follows the "
+               "learner again")
+
+
+@model_app.command("unpin")
+def model_unpin(name: str) -> None:
+    """Serve the learner's newest version again."""
+    from models import versions
+
+    settings = Settings()
+    with _connect(settings) as conn, conn.transaction():
+        versions.set_pin(conn, name, None)
+        _publish_pin(settings, name, None)
+    typer.echo(f"{name} follows the learner's newest version")
+
+
+@model_app.command("rollback")
+def model_rollback(name: str, version: int) -> None:
+    """Continue learning from VERSION's model and metrics (as a new version)."""
+    from models import versions
+
+    with _connect(Settings()) as conn:
+        ck = versions.request_rollback(conn, name, version)
+    typer.echo(f"{name}: the learner continues from version {version} ({ck.samples} samples) "
+               "at its next checkpoint, as a new version")
 
 
 @app.command()

@@ -65,7 +65,9 @@ class Dashboard:
     def state(self) -> dict[str, Any]:
         return {"latest": self.latest, "error": self.error, "history": [
             {"at": h["at"], "predictions": h["predictions"], "latency_ms": h["latency_ms"],
-             "stages": [{"stage": s["stage"], "lag": s["lag"]} for s in h["stages"]]}
+             "stages": [{"stage": s["stage"], "lag": s["lag"]} for s in h["stages"]],
+             "deployments": [{"name": d["name"], "metrics": d["metrics"]}
+                             for d in h["deployments"]]}
             for h in self.monitor.history]}
 
     def serve_forever(self) -> None:

@@ -33,12 +33,16 @@ PAGE = r"""<!doctype html>
    <div class="muted"><span id="slot-bytes">–</span> bytes behind · <span id="slot-retained">–</span> retained</div></div>
  <div class="card"><div class="muted">scorer lag<span class="badge UNKNOWN" id="verdict-scorer">–</span></div>
    <div class="big" id="lag-scorer">–</div><div class="muted">oldest waiting <span id="oldest-scorer">–</span> s</div><svg id="chart-scorer"></svg></div>
+ <div class="card"><div class="muted">learner lag (labels not yet learned)<span class="badge UNKNOWN" id="verdict-learner">–</span></div>
+   <div class="big" id="lag-learner">–</div><div class="muted">oldest waiting <span id="oldest-learner">–</span> s</div><svg id="chart-learner"></svg></div>
  <div class="card"><div class="muted">sink lag<span class="badge UNKNOWN" id="verdict-sink">–</span></div>
    <div class="big" id="lag-sink">–</div><div class="muted">oldest waiting <span id="oldest-sink">–</span> s</div><svg id="chart-sink"></svg></div>
  <div class="card"><div class="muted">throughput (rows/s) and p99 latency (ms)</div>
    <svg id="chart-throughput"></svg><svg id="chart-p99"></svg></div>
+ <div class="card"><div class="muted">online metric <span id="metric-name">–</span></div>
+   <div class="big" id="metric-value">–</div><svg id="chart-metric"></svg></div>
  <div class="card wide"><div class="muted">deployments</div>
-   <table><thead><tr><th>name</th><th>table</th><th>model</th><th>version</th><th>target</th></tr></thead>
+   <table><thead><tr><th>name</th><th>table</th><th>model</th><th>model version</th><th>learned</th><th>online metric</th><th>target</th></tr></thead>
    <tbody id="deployments"></tbody></table></div>
 </main>
 <script>
@@ -75,10 +79,19 @@ async function refresh() {
   }
   spark($('chart-throughput'), s.history.map(h => h.predictions.per_second), '#3fb950');
   spark($('chart-p99'), s.history.map(h => h.latency_ms.p99), '#d29922');
+  const first = now.deployments.find(d => Object.keys(d.metrics || {}).length);
+  if (first) {  // the first deployment with a metric: its first metric over time
+    const name = ['MAE', 'Accuracy'].find(k => k in first.metrics) || Object.keys(first.metrics)[0];
+    $('metric-name').textContent = first.name + ' ' + name;
+    $('metric-value').textContent = first.metrics[name].toPrecision(4);
+    spark($('chart-metric'), s.history.map(h => (((h.deployments || []).find(d => d.name === first.name) || {}).metrics || {})[name]), '#bc8cff');
+  }
+  const fmt = m => Object.entries(m || {}).slice(0, 2).map(([k, v]) => k + ' ' + v.toPrecision(4)).join(', ') || '–';
   const body = $('deployments');  // built with textContent: table names may hold any character
   body.replaceChildren(...now.deployments.map(d => {
     const tr = document.createElement('tr');
-    for (const v of [d.name, d.table, d.model, 'v' + d.version, d.target]) {
+    for (const v of [d.name, d.table, d.model, d.model_version == null ? '–' : 'v' + d.model_version,
+                     d.samples, fmt(d.metrics), d.target]) {
       const td = document.createElement('td'); td.textContent = v; tr.appendChild(td);
     }
     return tr;

@@ -15,7 +15,7 @@ import time
 import psycopg
 from kafka.errors import KafkaError
 
-from connectors.kafka_clients import ensure_topics, make_admin
+from connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_admin
 from connectors.lag import consumer_lag, slot_lag
 from models.registry import create_deployment
 from rowcast.devstack.stack import DevStack
@@ -54,8 +54,8 @@ def prepare(settings: Settings) -> None:
         conn.execute(TABLE_DDL)
         create_deployment(conn, DEPLOYMENT, "public.customers", "purchase_amount",
                           ["age", "income", "credit_score"], "linear_regression")
-    ensure_topics(settings, [settings.source_topic("public", "customers"),
-                             settings.predictions_topic(DEPLOYMENT), settings.dlq_topic])
+    ensure_topics(settings, [settings.source_topic("public", "customers")])
+    ensure_deployment_topics(settings, [DEPLOYMENT])
 
 
 SCREEN_SQL = """
@@ -92,10 +92,15 @@ def render(conn: psycopg.Connection, settings: Settings, inserted: int, admin) -
     scorer = _total_lag(admin, app_id(settings), settings.source_topic("public", "customers"))
     sink = _total_lag(admin, sink_group(settings), settings.predictions_topic(DEPLOYMENT))
     slot_text = f"{slot.behind_bytes} B / {slot.behind_seconds:.1f} s" if slot else "-"
+    model = conn.execute("SELECT version, samples, metrics->'progressive'->>'MAE' "
+                         "FROM rowcast.model_metrics WHERE deployment = %s", (DEPLOYMENT,)).fetchone()
+    model_text = (f"model v{model[0]}: learned {model[1]} labels, online MAE {float(model[2]):.2f}"
+                  if model else "model: untrained (the learner has not checkpointed yet)")
     lines = [
         f"rows inserted {inserted:>7}   scored {scored:>7}   "
         f"commit→prediction p50 {_ms(p50)}  p99 {_ms(p99)} (last 10 s)",
         f"lag: slot {slot_text}   scorer {scorer} events   sink {sink} predictions",
+        model_text,
         "latest:  id   predicted   actual",
     ]
     lines += [f"     {i:>7}   {s:>9.2f}   {a:>6.2f}" for i, s, a in latest]

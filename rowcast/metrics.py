@@ -1,9 +1,10 @@
 """Prometheus metrics of every rowcast process, named once here (prometheus-client).
 
 Each process serves ``/metrics`` on its own port (``ROWCAST_SOURCE_METRICS_PORT`` 9464,
-``ROWCAST_WORKER_METRICS_PORT`` 9465, ``ROWCAST_SINK_METRICS_PORT`` 9466, the dashboard on its
-own port), bound to ``ROWCAST_BIND_HOST`` (127.0.0.1 by default). Names follow Prometheus
-conventions: a ``rowcast_`` prefix, base units in the name, ``_total`` on counters.
+``ROWCAST_WORKER_METRICS_PORT`` 9465, ``ROWCAST_SINK_METRICS_PORT`` 9466,
+``ROWCAST_LEARNER_METRICS_PORT`` 9467, the dashboard on its own port), bound to
+``ROWCAST_BIND_HOST`` (127.0.0.1 by default). Names follow Prometheus conventions: a
+``rowcast_`` prefix, base units in the name, ``_total`` on counters.
 """
 
 from __future__ import annotations
@@ -35,6 +36,26 @@ DEAD_LETTERS = Counter("rowcast_dead_letters_total", "Records set aside on the d
                        ["stage", "reason"])
 SCORE_BATCH_SECONDS = Histogram("rowcast_score_batch_seconds",
                                 "Time to score and publish one batch.", buckets=LATENCY_BUCKETS)
+
+MODEL_VERSION_SERVED = Gauge("rowcast_model_version_served",
+                             "Model version the scorers of this worker serve.", ["deployment"])
+
+# learner
+LEARNED = Counter("rowcast_learned_total", "Labels learned (each exactly once).", ["deployment"])
+LABEL_EVENTS = Gauge("rowcast_learner_label_events",
+                     "Label events of the current model generation by outcome (learned, joined, "
+                     "pending_added, unmatched, duplicates, stale, expired).",
+                     ["deployment", "outcome"])
+MODEL_VERSION = Gauge("rowcast_model_version", "Latest checkpointed model version.",
+                      ["deployment"])
+MODEL_METRIC = Gauge("rowcast_model_metric",
+                     "Progressive validation metric of the learning model (river's definition).",
+                     ["deployment", "metric"])
+CHECKPOINT_SECONDS = Histogram("rowcast_learner_checkpoint_seconds",
+                               "Time to checkpoint a model (Postgres transaction and publish).",
+                               buckets=LATENCY_BUCKETS)
+RESTORE_SECONDS = Gauge("rowcast_learner_restore_seconds",
+                        "Time the last restore from a checkpoint took.", ["deployment"])
 
 # sink
 WRITTEN = Counter("rowcast_predictions_written_total", "Predictions upserted into Postgres.",

@@ -1,7 +1,8 @@
 """What the operator screens show, sampled in one place: `rowcast status` and the dashboard.
 
 Every ``sample()`` reads each stage once: the replication slot (bytes, seconds, retained WAL),
-the scorer's and the sink's consumer groups (per-partition lag, membership), throughput and
+the scorer's, the learner's (labels not yet learned and checkpointed) and the sink's consumer
+groups (per-partition lag, membership), each deployment's model version and online metric, throughput and
 commit→prediction latency percentiles from ``rowcast.predictions``, and the deployments. It
 keeps the samples of the last ``lag_window_s`` to judge each consumer with Burrow's rules
 (:mod:`connectors.verdict`), and a longer history for the dashboard's charts.
@@ -77,8 +78,12 @@ class Monitor:
             deployments = list_deployments(conn)
             per_s, recent, cuts = conn.execute(RECENT_SQL, (latency_window_s,)).fetchone()
             total = conn.execute("SELECT count(*) FROM rowcast.predictions").fetchone()[0]
+            models = {r[0]: r[1:] for r in conn.execute(
+                "SELECT deployment, version, samples, metrics FROM rowcast.model_metrics")}
         stages = [self._stage("scorer", app_id(self.settings), now, sorted(
                       {self.settings.source_topic(d.schema, d.table) for d in deployments})),
+                  self._stage("learner", self.settings.learner_group, now, sorted(
+                      self.settings.labels_topic(d.name) for d in deployments)),
                   self._stage("sink", sink_group(self.settings), now, sorted(
                       self.settings.predictions_topic(d.name) for d in deployments))]
         snapshot = {
@@ -94,8 +99,7 @@ class Monitor:
             "latency_ms": dict(zip(("p50", "p95", "p99"),
                                    [round(c, 1) for c in cuts] if cuts else [None] * 3,
                                    strict=True)),
-            "deployments": [{"name": d.name, "table": d.qualified_table, "model": d.model,
-                             "version": d.version, "target": d.target} for d in deployments],
+            "deployments": [_deployment(d, models.get(d.name)) for d in deployments],
         }
         self.history.append(snapshot)
         return snapshot
@@ -136,6 +140,14 @@ class Monitor:
             track.samples.popleft()
         return evaluate(list(track.samples), now, track.last_commit_at,
                         self.settings.lag_stop_after_s)
+
+
+def _deployment(d: Any, model: tuple | None) -> dict[str, Any]:
+    """A deployment with its learner's latest version, samples and online metrics."""
+    version, samples, metrics_ = model if model is not None else (None, 0, {})
+    return {"name": d.name, "table": d.qualified_table, "model": d.model, "version": d.version,
+            "target": d.target, "model_version": version, "samples": samples,
+            "metrics": (metrics_ or {}).get("progressive", {})}
 
 
 def make_reader(settings: Settings) -> KafkaConsumer:

@@ -1,4 +1,4 @@
-"""Run rowcast's three processes (source, worker, sink) as children, with one set of settings.
+"""Run rowcast's processes (source, worker, learner, sink) as children, with one set of settings.
 
 Used by the demo and the end-to-end tests; in production each runs under its own supervisor
 (systemd, Kubernetes, docker compose). Output goes to log files, never to pipes that could fill.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rowcast.settings import Settings
 
-PROCESSES = ("source", "worker", "sink")
+PROCESSES = ("source", "worker", "learner", "sink")
 
 
 class Pipeline:

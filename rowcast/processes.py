@@ -1,4 +1,5 @@
-"""The long-running rowcast processes: CDC source and Postgres sink (the worker is faust's).
+"""The long-running rowcast processes: CDC source, learner and Postgres sink (the worker is
+faust's).
 
 Each stops cleanly on SIGTERM or Ctrl-C: the current batch finishes (published and acked, or
 written and committed) before the process exits.
@@ -61,6 +62,28 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
                                   DeadLetterWriter(producer, settings.dlq_topic))
             log.info("sink writing predictions to rowcast.predictions")
             sink.run(stop)
+        finally:
+            consumer.close()
+            producer.close()
+
+
+def run_learner(settings: Settings, stop: threading.Event | None = None) -> None:
+    from models.snapshot import snapshot_key
+    from streams.learner import Learner
+
+    stop = stop or stop_on_signals()
+    metrics.serve(settings.learner_metrics_port, settings, "learner")
+    ensure_topics(settings, [settings.dlq_topic])
+    ensure_topics(settings, [settings.models_topic], compacted=True, partitions=1)
+    key = snapshot_key(settings.snapshot_key.get_secret_value() if settings.snapshot_key else None,
+                       settings.state_dir)
+    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+        init_database(conn, settings)
+        producer = make_producer(settings)
+        consumer = make_consumer(settings, settings.learner_group)
+        try:
+            log.info("learner: one owner per deployment, checkpoints in rowcast.model_versions")
+            Learner(settings, conn, consumer, producer, key).run(stop)
         finally:
             consumer.close()
             producer.close()

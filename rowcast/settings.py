@@ -90,6 +90,20 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Window over which consumer verdicts are judged (Burrow).")
     lag_stop_after_s: float = Field(
         60.0, gt=0, description="No offset commit for this long while lagging: verdict STOP.")
+    learner_checkpoint_s: float = Field(
+        1.0, gt=0, description="The learner checkpoints (a new model version) at most this often "
+        "while labels arrive; scorers hot-swap to each new version.")
+    learner_checkpoint_every: int = Field(
+        5000, ge=1, description="...or after this many label events, whichever comes first.")
+    learner_batch_size: int = Field(2000, ge=1, description="Label events a learner polls at once.")
+    label_retention_s: float = Field(
+        7 * 86400.0, gt=0, description="How long a scored row's features wait for a label; what "
+        "expires unlabelled is counted (rowcast_labels_expired_total).")
+    model_versions_keep: int = Field(
+        100, ge=1, description="Snapshots kept per deployment (older versions keep their metrics).")
+    snapshot_key: SecretStr | None = Field(
+        None, description="HMAC key signing model snapshots; default: a random key in state_dir.")
+    learner_metrics_port: int = Field(9467, ge=0, description="/metrics of rowcast learner (0: off).")
     state_dir: Path = Field(Path(".rowcast"), description="Dev stack data, logs and pid files.")
     kafka_version: str = Field("3.9.1", description="Apache Kafka broker version of the dev stack.")
     cache_dir: Path = Field(
@@ -103,6 +117,19 @@ class Settings(BaseSettings):
 
     def predictions_topic(self, deployment: str) -> str:
         return f"{self.topic_prefix}.predictions.{deployment}"
+
+    def labels_topic(self, deployment: str) -> str:
+        """One partition: the deployment's single learner reads its label events in one order."""
+        return f"{self.topic_prefix}.labels.{deployment}"
+
+    @property
+    def models_topic(self) -> str:
+        """Compacted: the latest snapshot per deployment (and pins), read by every scorer."""
+        return f"{self.topic_prefix}.models"
+
+    @property
+    def learner_group(self) -> str:
+        return f"{self.topic_prefix}-learner"
 
     @property
     def dlq_topic(self) -> str:

@@ -9,10 +9,17 @@ def _num(value: object, unit: str = "") -> str:
     return "–" if value is None else f"{value}{unit}"
 
 
+def _metric(d: dict[str, Any]) -> str:
+    shown = list((d.get("metrics") or {}).items())[:2]
+    return ", ".join(f"{k} {v:.4g}" for k, v in shown) or "–"
+
+
 def render(s: dict[str, Any]) -> str:
     """The operator's screen: what runs, how fast, how late, and a verdict per stage."""
-    lines = ["DEPLOYMENT            TABLE                          MODEL                      VERSION"]
-    lines += [f"{d['name']:<21} {d['table']:<30} {d['model']:<26} v{d['version']}"
+    lines = ["DEPLOYMENT            TABLE                          MODEL                      "
+             "MODEL VERSION  LEARNED   ONLINE METRIC"]
+    lines += [f"{d['name']:<21} {d['table']:<30} {d['model']:<26} "
+              f"{_num(d.get('model_version')):<14} {d.get('samples', 0):<9} {_metric(d)}"
               for d in s["deployments"]] or ["(no deployments: rowcast deploy ...)"]
     p, lat = s["predictions"], s["latency_ms"]
     lines += ["", f"predictions {p['total']}   throughput {p['per_second']:.1f} rows/s (10 s)   "

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import psycopg
 
 from connectors.envelope import ChangeEvent
-from connectors.kafka_clients import ensure_topics
+from connectors.kafka_clients import ensure_deployment_topics
 from models.deployment import Deployment
 from models.registry import list_deployments
 from models.serving import ServingSet
@@ -29,8 +29,7 @@ class DeploymentFollower:
         self.serving = serving
         self.known_until_us = known_until_us
         self.new_tables: set[tuple[str, str]] = set()
-        self.topics_made: set[str] = {settings.predictions_topic(m.deployment.name)
-                                      for m in serving.models()}
+        self.topics_made: set[str] = {m.deployment.name for m in serving.models()}
         self._lock = threading.Lock()  # the timer and the agent may refresh at the same time
         self._conn: psycopg.Connection | None = None
         self._fingerprint: str | None = None
@@ -50,18 +49,18 @@ class DeploymentFollower:
 
         Called before most batches under load, so it costs one small query on a kept
         connection; the deployments are re-read only when their fingerprint changed. A new
-        deployment's predictions topic is created here, before anything is scored for it
-        (a deployment made with the SQL function has no topic yet).
+        deployment's topics are created here, before anything is scored for it (a deployment
+        made with the SQL function has none yet).
         """
         with self._lock:
             conn = self._connection()
             now_us, fingerprint = conn.execute(_FINGERPRINT).fetchone()
             if fingerprint != self._fingerprint:
                 deployments, now_us = _read(conn)
-                topics = {self.settings.predictions_topic(d.name) for d in deployments}
-                if topics - self.topics_made:
-                    ensure_topics(self.settings, topics - self.topics_made)
-                    self.topics_made |= topics
+                names = {d.name for d in deployments}
+                if names - self.topics_made:
+                    ensure_deployment_topics(self.settings, names - self.topics_made)
+                    self.topics_made |= names
                 self.new_tables |= self.serving.update(deployments)
                 self._fingerprint = fingerprint
             self.known_until_us = now_us
@@ -78,7 +77,8 @@ class DeploymentFollower:
 # changed (rowcast.deploy bumps the version) or removed
 _FINGERPRINT = """
 SELECT (extract(epoch FROM now()) * 1000000)::bigint,
-       md5(coalesce(string_agg(name || ':' || version, ',' ORDER BY name), ''))
+       md5(coalesce(string_agg(name || ':' || version || ':' || created_at, ',' ORDER BY name),
+                    ''))
 FROM rowcast.deployments
 """
 

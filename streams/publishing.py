@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from kafka import KafkaProducer
 
+from models.label_events import LabelEvent
 from models.prediction import PredictionRecord
 from rowcast.errors import RetryableError
 from rowcast.settings import Settings
@@ -28,11 +29,16 @@ class BatchPublisher:
         self.producer = producer
 
     def publish(self, predictions: Iterable[PredictionRecord],
-                dead_letters: Iterable[tuple[bytes | None, bytes]] = ()) -> int:
-        """Send predictions (keyed by source key) and dead letters; return once all are acked."""
+                dead_letters: Iterable[tuple[bytes | None, bytes]] = (),
+                labels: Iterable[LabelEvent] = ()) -> int:
+        """Send predictions (keyed by source key), label events for the learners and dead
+        letters; return once all are acked."""
         futures = [self.producer.send(self.settings.predictions_topic(p.deployment),
                                       key=p.key_bytes(), value=p.to_json())
                    for p in predictions]
+        futures += [self.producer.send(self.settings.labels_topic(e.deployment),
+                                       key=e.key_bytes(), value=e.to_json(), partition=0)
+                    for e in labels]
         futures += [self.producer.send(self.settings.dlq_topic, key=key, value=value)
                     for key, value in dead_letters]
         if not futures:

@@ -64,7 +64,8 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
             for event in events:
                 msg = event.message
                 try:
-                    parsed = parse_event(msg.key, msg.value, _only_for(msg.headers))
+                    parsed = parse_event(msg.key, msg.value, _only_for(msg.headers),
+                                         f"{msg.topic}:{msg.partition}")
                 except DecodeError as exc:
                     dead.append(_dead("bad_envelope", str(exc), msg.topic, msg.partition,
                                       msg.offset, msg.key, msg.value))
@@ -83,7 +84,7 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
             try:
                 with metrics.SCORE_BATCH_SECONDS.time():
                     await app.loop.run_in_executor(sender, publisher.publish,
-                                                   result.predictions, dead)
+                                                   result.predictions, dead, result.labels)
             except RetryableError as exc:
                 # faust would ack this batch on the way out; exit before it can commit, so the
                 # restarted worker scores the batch again from the last committed offset

@@ -22,13 +22,15 @@ import threading
 
 import faust
 
-from connectors.kafka_clients import ensure_topics, make_producer
+from connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_producer
 from models.deployment import Deployment
 from models.serving import ServingSet
+from models.snapshot import snapshot_key
 from rowcast import metrics
 from rowcast.settings import Settings
 from streams.app import create_app
 from streams.following import DeploymentFollower
+from streams.model_feed import ModelFeed
 from streams.publishing import BatchPublisher
 from streams.scorer import RETRY_EXIT, attach_scorer
 
@@ -86,11 +88,15 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
         raise SystemExit(1)
     metrics.serve(settings.worker_metrics_port, settings, "worker")
     deployments, as_of_us = wait_for_deployments(settings, threading.Event())
-    serving = ServingSet.fresh(deployments)
+    ensure_deployment_topics(settings, [d.name for d in deployments])
+    feed = ModelFeed(settings, snapshot_key(
+        settings.snapshot_key.get_secret_value() if settings.snapshot_key else None,
+        settings.state_dir))
+    feed.catch_up()  # serve the learner's latest versions from the first row on
+    serving = ServingSet.fresh(deployments, feed.lookup)
+    feed.serve(serving)
     follower = DeploymentFollower(settings, serving, as_of_us)
-    ensure_topics(settings, [settings.source_topic(s, t) for s, t in serving.tables()]
-                  + [settings.predictions_topic(d.name) for d in deployments]
-                  + [settings.dlq_topic])
+    ensure_topics(settings, [settings.source_topic(s, t) for s, t in serving.tables()])
     app = create_app(settings)
     reload_requested = threading.Event()
 
@@ -113,6 +119,13 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
             return
         await refresh()
 
+    @app.on_partitions_assigned.connect
+    async def serve_newest_versions(*_args: object, **_kwargs: object) -> None:
+        if not await app.loop.run_in_executor(None, feed.sync):
+            log.warning("model feed did not catch up within 10 s of the assignment")
+
+    feed_stop = threading.Event()
+    threading.Thread(target=feed.run, args=(feed_stop,), name="model-feed", daemon=True).start()
     log.info("scoring %d deployment(s): %s", len(deployments), [d.name for d in deployments])
     try:
         faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -64,11 +64,17 @@ def settings(pg_server: PostgresServer, kafka_server: KafkaServer, services_dir:
                  topic_prefix=name, slot_name=name, publication_name=name,
                  state_dir=services_dir / "state" / name, worker_web_port=free_port(),
                  source_metrics_port=free_port(), worker_metrics_port=free_port(),
-                 sink_metrics_port=free_port(), dashboard_port=free_port(),
+                 sink_metrics_port=free_port(), learner_metrics_port=free_port(),
+                 dashboard_port=free_port(),
                  _env_file=None)
     yield s
     with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
         drop_slot_and_publication(conn, s.slot_name, s.publication_name)
+        # deployments live in the one shared database: the next test starts without them
+        # (their models were signed with this test's snapshot key)
+        if conn.execute("SELECT to_regclass('rowcast.deployments')").fetchone()[0]:
+            conn.execute("TRUNCATE rowcast.deployments, rowcast.model_versions, "
+                         "rowcast.model_control, rowcast.pending_labels")
 
 
 @pytest.fixture

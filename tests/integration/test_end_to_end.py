@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
+import urllib.request
 import uuid
 
 import orjson
 import pytest
+from river import evaluate
+from river import metrics as river_metrics
 
 from models.catalog import get_model
+from models.snapshot import load_snapshot, snapshot_key
 from rowcast.pipeline import Pipeline
 from tests.kafka_reading import drain
 from tests.waiting import wait_until
@@ -37,16 +42,40 @@ def deploy_cli(settings, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def reference_scores(rows: list[tuple]) -> dict[int, float]:
-    """The same catalog pipeline, fed the same rows in the same order: predict, then learn."""
-    model = get_model("linear_regression").build()
-    out = {}
-    for i, age, income, credit, amount in rows:
-        x = {"age": float(age), "income": float(income)}
-        if credit is not None:
-            x["credit_score"] = float(credit)
-        out[i] = model.predict_one(x)
-        model.learn_one(x, amount)
+def features_of(row: tuple) -> dict[str, float]:
+    _, age, income, credit, _ = row
+    x = {"age": float(age), "income": float(income)}
+    if credit is not None:
+        x["credit_score"] = float(credit)
+    return x
+
+
+def latest_version(conn, deployment: str) -> tuple[int, int, dict] | None:
+    return conn.execute("SELECT version, samples, metrics FROM rowcast.model_versions "
+                        "WHERE deployment = %s ORDER BY version DESC LIMIT 1",
+                        (deployment,)).fetchone()
+
+
+def served_version(settings, deployment: str) -> float:
+    """The model version the worker serves, from its /metrics (0 before any snapshot)."""
+    try:
+        with urllib.request.urlopen(f"http://{settings.bind_host}:"
+                                    f"{settings.worker_metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0
+    match = re.search(rf'rowcast_model_version_served\{{deployment="{deployment}"\}} (\S+)', text)
+    return float(match.group(1)) if match else 0
+
+
+def served_estimators(conn, settings, deployment: str) -> dict[int, object]:
+    """Every stored version's estimator (verified), plus the untrained version 0."""
+    key = snapshot_key(None, settings.state_dir)
+    out = {0: get_model("linear_regression").build()}
+    for version, blob in conn.execute("SELECT version, snapshot FROM rowcast.model_versions "
+                                      "WHERE deployment = %s AND snapshot IS NOT NULL",
+                                      (deployment,)):
+        out[version] = load_snapshot(bytes(blob), key)["estimator"]
     return out
 
 
@@ -71,6 +100,11 @@ def test_each_inserted_row_gets_exactly_one_prediction_equal_to_river(settings, 
         # a mix of transaction shapes: one big transaction, then single-row autocommits
         with pg_conn.transaction():
             pg_conn.cursor().executemany(insert, rows[:200])
+        # the learner checkpoints what it learned, the worker hot-swaps to it...
+        wait_until(lambda: served_version(settings, "spend") > 0, timeout_s=90,
+                   message=lambda: f"{latest_version(pg_conn, 'spend')}\n"
+                   f"{pipeline.log_tail('learner')}\n{pipeline.log_tail('worker')}")
+        # ...and scores the next rows with it
         for row in rows[200:]:
             pg_conn.execute(insert, row)
 
@@ -82,21 +116,38 @@ def test_each_inserted_row_gets_exactly_one_prediction_equal_to_river(settings, 
         wait_until(lambda: scored() >= N_ROWS, timeout_s=120,
                    message=lambda: f"{scored()} of {N_ROWS} rows scored")
         on_topic = drain(settings, settings.predictions_topic("spend"), N_ROWS)
+        # the single learner learns every label once, and checkpoints it as a model version
+        wait_until(lambda: (latest_version(pg_conn, "spend") or (0, 0))[1] >= N_ROWS,
+                   timeout_s=60, message=lambda: f"learned: {latest_version(pg_conn, 'spend')}"
+                   f"\n{pipeline.log_tail('learner')}")
+        label_events = drain(settings, settings.labels_topic("spend"), N_ROWS)
 
     stored = pg_conn.execute(
         "SELECT (pk->>'id')::bigint, score, model_version, source_table, "
         "written_at >= source_committed_at FROM rowcast.predictions WHERE deployment = 'spend'"
     ).fetchall()
     assert sorted(r[0] for r in stored) == [r[0] for r in rows]  # exactly one row per key
-    assert all(r[3] == table and r[2] == 1 and r[4] for r in stored)
+    assert all(r[3] == table and r[4] for r in stored)
 
     topic_keys = [orjson.loads(m.key)["id"] for m in on_topic]
     assert sorted(topic_keys) == [r[0] for r in rows]  # exactly once on the topic
 
-    expected = reference_scores(rows)
-    from_topic = {orjson.loads(m.value)["key"]["id"]: orjson.loads(m.value)["score"]
-                  for m in on_topic}
-    for key, score, *_ in stored:
-        assert score == pytest.approx(expected[key], rel=1e-9, abs=1e-9), key
-        assert from_topic[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-9), key
-    assert len({round(s, 6) for s in expected.values()}) > N_ROWS // 2  # the model really learned
+    # every prediction is what the model version it names says about the row
+    by_id = {r[0]: r for r in rows}
+    estimators = served_estimators(pg_conn, settings, "spend")
+    versions_seen = [orjson.loads(m.value)["model_version"] for m in on_topic]
+    assert versions_seen == sorted(versions_seen)  # one partition: versions only move forward
+    for key, score, version, *_ in stored:
+        expected = estimators[version].predict_one(features_of(by_id[key]))
+        assert score == pytest.approx(expected, rel=1e-9, abs=1e-9), (key, version)
+    assert max(versions_seen) > 0  # rows were scored by learned versions, hot-swapped in
+
+    # progressive validation equals river's on the rows in the order the learner saw them
+    version, samples, metrics = latest_version(pg_conn, "spend")
+    assert samples == N_ROWS and metrics["labels"] == N_ROWS
+    order = [orjson.loads(m.value)["key"]["id"] for m in label_events]
+    assert sorted(order) == [r[0] for r in rows]
+    dataset = [(features_of(by_id[i]), by_id[i][4]) for i in order]
+    river_mae = evaluate.progressive_val_score(dataset, get_model("linear_regression").build(),
+                                               river_metrics.MAE())
+    assert metrics["progressive"]["MAE"] == river_mae.get()

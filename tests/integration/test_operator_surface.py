@@ -4,6 +4,7 @@ and the dashboard in a real headless Chromium."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -60,6 +61,12 @@ def insert(conn, table: str, ids: range) -> None:
         conn.execute(f"INSERT INTO public.{table} VALUES (%s, %s, %s)", (i, i, 2 * i))
 
 
+def learned(conn) -> int:
+    row = conn.execute("SELECT samples FROM rowcast.model_metrics WHERE deployment = 'watched'"
+                       ).fetchone()
+    return 0 if row is None else row[0]
+
+
 def scored(conn, table: str) -> int:
     """This test's predictions only: earlier tests used the deployment name 'watched' too."""
     return conn.execute("SELECT count(*) FROM rowcast.predictions WHERE deployment = 'watched' "
@@ -72,14 +79,20 @@ def test_status_and_metrics_of_a_running_pipeline(settings, pg_conn, table, tmp_
         insert(pg_conn, table, range(1, 41))
         wait_until(lambda: scored(pg_conn, table) == 40, timeout_s=90,
                    message=lambda: pipeline.log_tail("worker"))
+        wait_until(lambda: learned(pg_conn) == 40, timeout_s=60,
+                   message=lambda: pipeline.log_tail("learner"))
         env = {**os.environ, **settings.to_env()}
         out = subprocess.run([sys.executable, "-m", "rowcast", "status", "--json", "--samples", "2"],
                              env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         state = orjson.loads(out.stdout)
         assert [d["name"] for d in state["deployments"]] == ["watched"]
+        watched = state["deployments"][0]
+        assert watched["samples"] == 40 and watched["model_version"] >= 1
+        assert set(watched["metrics"]) == {"MAE", "RMSE", "R2"}
         assert state["predictions"]["total"] >= 40 and state["latency_ms"]["p50"] > 0
-        assert {s["stage"]: s["verdict"] for s in state["stages"]} == {"scorer": "OK", "sink": "OK"}
+        assert {s["stage"]: s["verdict"] for s in state["stages"]} == {
+            "scorer": "OK", "learner": "OK", "sink": "OK"}
         assert state["slot"]["verdict"] == "OK"
         screen = subprocess.run([sys.executable, "-m", "rowcast", "status", "--samples", "1"],
                                 env=env, capture_output=True, text=True, timeout=60)
@@ -90,6 +103,11 @@ def test_status_and_metrics_of_a_running_pipeline(settings, pg_conn, table, tmp_
         source = http_get(f"http://{host}:{settings.source_metrics_port}/metrics")[1].decode()
         worker = http_get(f"http://{host}:{settings.worker_metrics_port}/metrics")[1].decode()
         sink = http_get(f"http://{host}:{settings.sink_metrics_port}/metrics")[1].decode()
+        learner = http_get(f"http://{host}:{settings.learner_metrics_port}/metrics")[1].decode()
+        assert metric(learner, 'rowcast_learned_total{deployment="watched"}') == 40
+        assert metric(learner, 'rowcast_model_version{deployment="watched"}') >= 1
+        assert metric(learner, 'rowcast_model_metric{deployment="watched",metric="MAE"}') >= 0
+        assert metric(worker, 'rowcast_model_version_served{deployment="watched"}') >= 0
         assert metric(source, "rowcast_source_events_total") >= 40
         assert metric(worker, 'rowcast_scored_total{deployment="watched"}') >= 40
         assert metric(sink, 'rowcast_predictions_written_total{deployment="watched"}') >= 40
@@ -165,9 +183,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_dashboard_shows_live_data_in_headless_chromium(settings, pg_conn, table, tmp_path):
     settings = settings.model_copy(update={"dashboard_token": "s3cret-token"})
     base = f"http://{settings.bind_host}:{settings.dashboard_port}"
-    with Pipeline(settings, tmp_path / "logs", ("source", "worker", "sink", "dashboard")) as pipeline:
+    with Pipeline(settings, tmp_path / "logs",
+                  ("source", "worker", "learner", "sink", "dashboard")) as pipeline:
         insert(pg_conn, table, range(1, 26))
         wait_until(lambda: scored(pg_conn, table) == 25, timeout_s=120, message=lambda: logs(pipeline))
+        wait_until(lambda: learned(pg_conn) == 25, timeout_s=60, message=lambda: logs(pipeline))
 
         def api() -> dict:
             status, body = http_get(f"{base}/api/state", token="s3cret-token")
@@ -184,12 +204,16 @@ def test_dashboard_shows_live_data_in_headless_chromium(settings, pg_conn, table
         page = f"{base}/?token=s3cret-token"
         browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
                    "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}",
-                   "--virtual-time-budget=6000", "--window-size=1280,900"]
+                   "--virtual-time-budget=6000", "--window-size=1280,900",
+                   "--enable-logging=stderr", "--v=0"]
         dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True,
                              timeout=120)
         assert 'data-updated="1' in dom.stdout, dom.stderr[-2000:]  # the script ran and fetched
         assert f'<div class="big" id="scored-total">{total}</div>' in dom.stdout
         assert 'id="verdict-scorer">OK<' in dom.stdout and 'id="verdict-sink">OK<' in dom.stdout
+        assert 'id="verdict-learner">OK<' in dom.stdout
+        assert re.search(r'<span id="metric-name">watched MAE</span>', dom.stdout), \
+            re.findall(r'id="metric-[a-z]+"[^<]*<', dom.stdout)
         assert "<td>watched</td>" in dom.stdout and f"<td>public.{table}</td>" in dom.stdout
         assert "<polyline" in dom.stdout  # the charts drew
         shot = tmp_path / "dashboard.png"

@@ -34,7 +34,8 @@ def test_compose_runs_real_commands_and_publishes_on_loopback_only() -> None:
             assert service["command"][0] in commands, name
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
-    assert {"rowcast-source", "rowcast-worker", "rowcast-sink", "rowcast-dashboard", "prometheus",
+    assert {"rowcast-source", "rowcast-worker", "rowcast-learner", "rowcast-sink",
+            "rowcast-dashboard", "prometheus",
             "grafana"} <= set(compose["services"])
 
 
@@ -46,6 +47,7 @@ def test_prometheus_scrapes_every_rowcast_process_on_its_port() -> None:
     assert targets == {f"rowcast-source:{s.source_metrics_port}",
                        f"rowcast-worker:{s.worker_metrics_port}",
                        f"rowcast-sink:{s.sink_metrics_port}",
+                       f"rowcast-learner:{s.learner_metrics_port}",
                        f"rowcast-dashboard:{s.dashboard_port}"}
 
 

@@ -8,9 +8,10 @@ import pytest
 from river import compose, linear_model, preprocessing
 
 from connectors.envelope import ChangeEvent, SourceInfo
-from models.catalog import CATALOG, get_model
-from models.deployment import Deployment, Feature
+from models.catalog import get_model
+from models.deployment import Deployment, Feature, LabelSource
 from models.features import FeatureError, build_features
+from models.learning import DeploymentLearner, MemoryPending
 from models.prediction import PredictionRecord
 from models.scoring import OnlineModel
 from models.serving import ServingSet
@@ -25,7 +26,8 @@ def deployment(model: str = "linear_regression", target: str = "amount") -> Depl
 
 def event(i: int, after: dict, op: str = "c", table: str = "customers") -> ChangeEvent:
     src = SourceInfo("rowcast", "app", "public", table, lsn=1000 + i, tx_id=i, commit_us=10 * i)
-    return ChangeEvent(op, None, after, src, {"id": i})
+    return ChangeEvent(op, None, after, src, {"id": i}, origin=f"{table}:0",
+                       order=(1000 + i, 1000 + i, 1))
 
 
 def rows(n: int) -> list[dict]:
@@ -33,29 +35,98 @@ def rows(n: int) -> list[dict]:
              "city": ["Lyon", "Oslo", None][i % 3], "amount": 3.0 * (i % 11)} for i in range(n)]
 
 
-def test_predictions_equal_a_river_pipeline_fed_the_same_rows() -> None:
-    serving = ServingSet([OnlineModel.fresh(deployment())])
-    data = rows(200)
-    result = serving.handle([event(r["id"], r) for r in data], now_us=1)
-    reference = (
+def reference_pipeline():
+    return (
         (compose.SelectType(numbers.Number) | preprocessing.StandardScaler())
         + (compose.SelectType(str) | preprocessing.OneHotEncoder())
     ) | linear_model.LinearRegression()
-    expected = []
+
+
+def as_x(r: dict) -> dict:
+    return {k: v for k, v in {"age": float(r["age"]), "income": float(r["income"]),
+                              "city": r["city"]}.items() if v is not None}
+
+
+def test_learner_fed_by_the_scorer_equals_a_river_pipeline_on_the_same_rows() -> None:
+    d = deployment()
+    serving = ServingSet.fresh([d])
+    data = rows(200)
+    result = serving.handle([event(r["id"], r) for r in data], now_us=1)
+    assert [e.kind for e in result.labels] == ["labelled"] * 200
+    learner = DeploymentLearner.fresh(d, MemoryPending())
+    assert learner.apply(result.labels) == 200
+
+    reference, expected = reference_pipeline(), []
     for r in data:
-        x = {k: v for k, v in {"age": float(r["age"]), "income": float(r["income"]),
-                                 "city": r["city"]}.items() if v is not None}
-        expected.append(reference.predict_one(x))
-        reference.learn_one(x, r["amount"])
-    assert [p.score for p in result.predictions] == pytest.approx(expected, rel=1e-12, abs=1e-12)
-    assert [p.key for p in result.predictions] == [{"id": r["id"]} for r in data]
-    assert len({p.score for p in result.predictions}) > 10  # it really learned
+        expected.append(reference.predict_one(as_x(r)))
+        reference.learn_one(as_x(r), r["amount"])
+    mae = sum(abs(p - r["amount"]) for p, r in zip(expected, data, strict=True)) / len(data)
+    assert learner.progressive.values()["MAE"] == pytest.approx(mae, rel=1e-12)
+    # the scorer served the untrained version 0 until the learner's snapshot is installed
+    assert {p.model_version for p in result.predictions} == {0}
+    serving.install("spend", d.generation, 7, learner.model.estimator)
+    again = serving.handle([event(999, data[5])], now_us=2).predictions[0]
+    assert again.model_version == 7
+    assert again.score == pytest.approx(reference.predict_one(as_x(data[5])), rel=1e-12)
 
 
-def test_rows_without_label_are_scored_but_not_learned() -> None:
-    model = OnlineModel.fresh(deployment())
-    ServingSet([model]).handle([event(1, {"id": 1, "age": 3, "amount": None})])
-    assert model.samples_learned == 0
+def test_rows_without_label_wait_for_an_update_that_sets_it() -> None:
+    d = deployment()
+    serving, learner = ServingSet.fresh([d]), DeploymentLearner.fresh(d, MemoryPending())
+    first = serving.handle([event(1, {"id": 1, "age": 3, "amount": None})])
+    assert [e.kind for e in first.labels] == ["scored"] and first.predictions
+    assert learner.apply(first.labels) == 0 and learner.model.samples_learned == 0
+    update = ChangeEvent("u", None, {"id": 1, "age": 3, "amount": 9.0},
+                         SourceInfo("rowcast", "app", "public", "customers", 2000, 9, 99),
+                         {"id": 1}, origin="t:0", order=(2000, 2000, 1))
+    second = serving.handle([update])
+    assert second.predictions == [] and [e.kind for e in second.labels] == ["label"]
+    assert learner.apply(second.labels) == 1
+    assert learner.state.counters["joined"] == 1
+    # a later update of the same row is not a second label: its features were used up
+    later = ChangeEvent("u", None, {"id": 1, "age": 4, "amount": 9.5}, update.source, {"id": 1},
+                        origin="t:0", order=(3000, 3000, 1))
+    assert learner.apply(serving.handle([later]).labels) == 0
+    assert learner.state.counters["unmatched"] == 1
+
+
+def test_labels_table_rows_are_joined_by_key() -> None:
+    d = Deployment("spend", "public", "customers", "amount", FEATURES, "linear_regression",
+                   ("id",), labels=LabelSource("public", "outcomes", "customer_id", "amount"))
+    serving, learner = ServingSet.fresh([d]), DeploymentLearner.fresh(d, MemoryPending())
+    assert serving.tables() == [("public", "customers"), ("public", "outcomes")]
+    scored = serving.handle([event(i, {"id": i, "age": i}) for i in (1, 2)])
+    learner.apply(scored.labels)
+    outcome = ChangeEvent("c", None, {"oid": 50, "customer_id": 2, "amount": 4.5},
+                          SourceInfo("rowcast", "app", "public", "outcomes", 5000, 3, 5),
+                          {"oid": 50}, origin="o:0", order=(5000, 5000, 1))
+    labels = serving.handle([outcome]).labels
+    assert [(e.kind, e.key, e.y) for e in labels] == [("label", {"id": 2}, 4.5)]
+    assert learner.apply(labels) == 1
+
+
+def test_replays_and_other_generations_are_not_learned() -> None:
+    d = deployment()
+    serving, learner = ServingSet.fresh([d]), DeploymentLearner.fresh(d, MemoryPending())
+    events = [event(i, r) for i, r in enumerate(rows(10))]
+    labels = serving.handle(events).labels
+    assert learner.apply(labels[:6]) == 6
+    assert learner.apply(labels[3:]) == 4  # 3..5 replayed (a scorer restart): skipped
+    assert learner.state.counters["duplicates"] == 3
+    redeployed = Deployment(d.name, d.schema, d.table, d.target, d.features, d.model,
+                            d.key_columns, version=2)
+    assert learner.apply(ServingSet.fresh([redeployed]).handle(events).labels) == 0
+    assert learner.state.counters["stale"] == 10
+
+
+def test_a_bad_label_is_rejected_with_its_reason() -> None:
+    d = deployment("logistic_regression", target="vip")
+    serving = ServingSet.fresh([d])
+    update = ChangeEvent("u", None, {"id": 1, "age": 3, "vip": "maybe"},
+                         SourceInfo("rowcast", "app", "public", "customers", 2000, 9, 99),
+                         {"id": 1})
+    out = serving.handle([update])
+    assert out.labels == [] and out.rejected[0].reason == "bad_label"
 
 
 def test_updates_deletes_and_other_tables_are_not_scored() -> None:
@@ -87,16 +158,6 @@ def test_binary_model_scores_probability_of_true() -> None:
     assert scored.prediction is True and 0.5 < scored.score <= 1.0
 
 
-def test_every_catalog_model_scores_and_learns() -> None:
-    for name, spec in CATALOG.items():
-        target = {"regression": 1.5, "binary": True, "multiclass": "gold"}[spec.task]
-        model = OnlineModel.fresh(deployment(name))
-        x = model.features({"age": 30, "income": "12.5", "city": "Lyon"})
-        model.score(x)
-        model.learn(x, target)
-        assert model.score(x).score is not None, name
-
-
 def test_deployment_definitions_are_validated() -> None:
     with pytest.raises(ConfigError, match="also listed as a feature"):
         Deployment("d", "public", "t", "age", FEATURES, "linear_regression", ("id",))
@@ -115,24 +176,25 @@ def test_prediction_record_round_trips_and_rejects_garbage() -> None:
         PredictionRecord.from_json(b'{"deployment": "d"}')
 
 
-def test_update_keeps_learned_models_and_reports_new_tables() -> None:
+def test_update_keeps_served_models_and_reports_new_tables() -> None:
     spend = deployment()
     serving = ServingSet.fresh([spend])
-    serving.handle([event(i, {"id": i, "age": i, "amount": 2.0 * i}) for i in range(1, 20)])
-    learned = serving.models()[0]
-    assert learned.samples_learned == 19
+    estimator = get_model("linear_regression").build()
+    assert serving.install("spend", spend.generation, 3, estimator)
+    served = serving.models()[0]
 
     orders = Deployment("orders", "public", "orders", "amount", FEATURES, "linear_regression",
                         ("id",))
     assert serving.update([spend, orders]) == {("public", "orders")}
-    assert serving.models()[0] is learned  # unchanged: same learned state
+    assert serving.models()[0] is served  # unchanged: same served version
 
     changed = Deployment("spend", "public", "customers", "amount", FEATURES,
                          "hoeffding_tree_regressor", ("id",), version=2)
     assert serving.update([changed, orders]) == set()
     now = {m.deployment.name: m for m in serving.models()}
     assert now["spend"].deployment.model == "hoeffding_tree_regressor"
-    assert now["spend"].samples_learned == 0
+    assert now["spend"].version == 0  # a new generation starts untrained
+    assert not serving.install("spend", spend.generation, 4, estimator)  # old generation
 
     assert serving.update([orders]) == set()  # removed: its table is no longer scored
     assert serving.tables() == [("public", "orders")]
@@ -150,5 +212,5 @@ def test_snapshot_events_for_one_deployment_are_scored_by_it_only() -> None:
     out = serving.handle([backfill, event(2, {"id": 2, "age": 4})])
     assert sorted((p.deployment, p.key["id"]) for p in out.predictions) == [
         ("other", 1), ("other", 2), ("spend", 2)]
-    learned = {m.deployment.name: m.samples_learned for m in serving.models()}
-    assert learned == {"spend": 0, "other": 1}
+    assert sorted((e.deployment, e.key["id"]) for e in out.labels) == [
+        ("other", 1), ("other", 2), ("spend", 2)]

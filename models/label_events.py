@@ -1,0 +1,93 @@
+"""Label events: what scorers tell the single learner of a deployment.
+
+Scorers run on every partition; learning has one owner per model. So a scorer does not learn:
+for each row it scores it sends the learner one record on ``<prefix>.labels.<deployment>``
+(one partition, so the learner sees one total order):
+
+``labelled``  the row arrived with its label: features, label and the score the row got
+``scored``    no label yet: features and score, kept by the learner until a label comes
+``label``     a label for a row scored earlier (an UPDATE that set the target, or a row of
+              the deployment's labels table), joined by the row's primary key
+
+Every event carries the position of the change that caused it (``stream`` and ``order``, see
+:attr:`connectors.envelope.ChangeEvent.order`), so the learner can drop the replays a crash
+causes anywhere upstream: per stream, positions only grow.
+
+>>> e = LabelEvent("labelled", "spend", "1.1", {"id": 7}, "t:0", (9, 8, 1), 5, {"x": 1.0}, 2.5)
+>>> LabelEvent.from_json(e.to_json()) == e
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from rowcast.errors import DecodeError
+
+Kind = Literal["labelled", "scored", "label"]
+KINDS = frozenset({"labelled", "scored", "label"})
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The score a row received from the scorer: model version, prediction, class probabilities."""
+
+    version: int
+    prediction: Any
+    proba: tuple[tuple[Any, float], ...] | None = None
+
+    def proba_dict(self) -> dict[Any, float] | None:
+        return dict(self.proba) if self.proba is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class LabelEvent:
+    kind: Kind
+    deployment: str
+    generation: str
+    key: dict[str, Any]
+    stream: str
+    order: tuple[int, int, int]
+    at_us: int
+    x: dict[str, float | str] | None = None
+    y: Any = None
+    served: Served | None = None
+
+    def key_bytes(self) -> bytes:
+        return orjson.dumps(self.key, option=orjson.OPT_SORT_KEYS)
+
+    def to_json(self) -> bytes:
+        doc: dict[str, Any] = {"kind": self.kind, "deployment": self.deployment,
+                               "generation": self.generation, "key": self.key,
+                               "stream": self.stream, "order": list(self.order), "at_us": self.at_us}
+        if self.x is not None:
+            doc["x"] = self.x
+        if self.y is not None:
+            doc["y"] = self.y
+        if self.served is not None:
+            doc["served"] = {"version": self.served.version, "prediction": self.served.prediction,
+                             "proba": None if self.served.proba is None
+                             else [list(p) for p in self.served.proba]}
+        return orjson.dumps(doc)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> LabelEvent:
+        try:
+            doc = orjson.loads(data)
+            if doc["kind"] not in KINDS:
+                raise ValueError(f"unknown kind {doc['kind']!r}")
+            s = doc.get("served")
+            served = None if s is None else Served(
+                int(s["version"]), s["prediction"],
+                None if s["proba"] is None else tuple((k, float(p)) for k, p in s["proba"]))
+            order = tuple(int(v) for v in doc["order"])
+            if len(order) != 3:
+                raise ValueError("order must have three parts")
+            return cls(doc["kind"], str(doc["deployment"]), str(doc["generation"]),
+                       dict(doc["key"]), str(doc["stream"]), order,  # type: ignore[arg-type]
+                       int(doc["at_us"]), doc.get("x"), doc.get("y"), served)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"not a label event: {exc!r}") from None

@@ -1,0 +1,286 @@
+"""``rowcast learner``: the single owner of each deployment's model.
+
+Each deployment's labels topic has one partition, and learners share one consumer group, so
+Kafka gives every deployment to exactly one learner; ``rowcast.model_control.epoch`` fences a
+learner that lost its partition but has not noticed yet. On assignment the learner restores the
+latest checkpoint of the deployment's generation and seeks to the offset stored with it; then
+it applies label events (:class:`models.learning.DeploymentLearner`) and, every
+``learner_checkpoint_s`` or ``learner_checkpoint_every`` events, writes model, metrics, resume
+state, pending features and the next offset in one Postgres transaction (a new model version),
+publishes the snapshot to the compacted models topic for the scorers, and commits the Kafka
+offset (only so lag tools see the learner's progress: the truth is the checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from connectors.dead_letters import DeadLetterWriter
+from models import versions
+from models.deployment import Deployment
+from models.label_events import LabelEvent
+from models.learning import DeploymentLearner, LearnerState
+from models.registry import list_deployments
+from models.scoring import OnlineModel
+from models.snapshot import dump_snapshot, encode_record, load_snapshot
+from models.versions import Checkpoint, Fenced, PgPending
+from rowcast import metrics
+from rowcast.errors import DecodeError, SnapshotError
+from rowcast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Owned:
+    """A deployment this learner owns right now."""
+
+    tp: TopicPartition
+    learner: DeploymentLearner
+    pending: PgPending
+    epoch: int
+    offset: int  # next labels-topic offset to apply
+    checkpointed_offset: int
+    last_checkpoint: float = field(default_factory=time.monotonic)
+
+
+def snapshot_payload(learner: DeploymentLearner) -> dict:
+    """What a snapshot holds: the estimator (all a scorer needs) and the running metrics."""
+    return {"estimator": learner.model.estimator, "progressive": learner.progressive,
+            "served": learner.served}
+
+
+class Learner(ConsumerRebalanceListener):
+    def __init__(self, settings: Settings, conn: psycopg.Connection, consumer: KafkaConsumer,
+                 producer: KafkaProducer, key: bytes) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.consumer = consumer
+        self.producer = producer
+        self.key = key
+        self.dead_letters = DeadLetterWriter(producer, settings.dlq_topic)
+        self.deployments: dict[str, Deployment] = {}
+        self.active: dict[str, Owned] = {}
+        self.subscribed: tuple[str, ...] = ()
+        self.paused: set[TopicPartition] = set()  # assigned, but its checkpoint is unusable
+        self.prefix = f"{settings.topic_prefix}.labels."
+
+    # -- group membership ------------------------------------------------------------------
+    def refresh(self) -> None:
+        self.deployments = {d.name: d for d in list_deployments(self.conn)}
+        topics = tuple(sorted(self.settings.labels_topic(n) for n in self.deployments))
+        if topics != self.subscribed:
+            log.info("learning %d deployment(s): %s", len(topics), sorted(self.deployments))
+            if topics:
+                self.consumer.subscribe(topics=list(topics), listener=self)
+            else:
+                self.consumer.unsubscribe()
+            self.subscribed = topics
+        for owned in list(self.active.values()):
+            if versions.rollback_target(self.conn, owned.learner.deployment.name) is not None:
+                self._checkpoint(owned)
+        for tp in list(self.paused):
+            if versions.rollback_target(self.conn, tp.topic[len(self.prefix):]) is not None:
+                self.paused.discard(tp)
+                self.on_partitions_assigned([tp])
+                if tp not in self.paused:
+                    self.consumer.resume(tp)
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.paused -= set(revoked)
+        for tp in revoked:
+            owned = self.active.pop(tp.topic[len(self.prefix):], None)
+            if owned is not None:
+                self._checkpoint(owned, dropping=True)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            try:
+                self._restore(tp)
+            except SnapshotError as exc:
+                # never unpickle what fails verification; the other deployments go on
+                log.error("cannot restore %s: %s. Not learning it until its checkpoint is "
+                          "fixed (rowcast model rollback NAME VERSION to a good version)",
+                          tp.topic[len(self.prefix):], exc)
+                metrics.DEAD_LETTERS.labels("learner", "bad_snapshot").inc()
+                self.consumer.pause(tp)
+                self.paused.add(tp)
+
+    def _restore(self, tp: TopicPartition) -> None:
+        name = tp.topic[len(self.prefix):]
+        d = self.deployments.get(name)
+        if d is None:
+            return
+        started = time.monotonic()
+        epoch = versions.claim(self.conn, name)
+        ck = versions.latest(self.conn, name, d.generation)
+        pending = PgPending(self.conn, name)
+        learner = DeploymentLearner.fresh(d, pending)
+        offset = 0
+        if ck is not None:
+            # resume position and state come from the latest checkpoint; the model too, unless
+            # a rollback is pending (then from that version: also the way out of a bad snapshot)
+            target = versions.rollback_target(self.conn, name)
+            source = ck if target is None else versions.get(self.conn, name, target)
+            if source.snapshot is None:
+                raise SnapshotError(f"version {source.version} has no snapshot any more")
+            payload = load_snapshot(source.snapshot, self.key)
+            learner.model = OnlineModel(d, learner.model.spec, payload["estimator"], ck.version,
+                                        source.samples)
+            learner.progressive, learner.served = payload["progressive"], payload["served"]
+            learner.state = LearnerState.from_json(ck.state)
+            offset = ck.labels_offset
+        self.consumer.seek(tp, offset)
+        self.active[name] = Owned(tp, learner, pending, epoch, offset, offset)
+        took = time.monotonic() - started
+        metrics.RESTORE_SECONDS.labels(name).set(took)
+        log.info("learner owns %s: restored version %s (%d samples) in %.3f s, resuming at "
+                 "offset %d", name, ck.version if ck else "none (fresh model)",
+                 learner.model.samples_learned, took, offset)
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        next_refresh = 0.0
+        while not stop.is_set():
+            if time.monotonic() >= next_refresh:
+                self.refresh()
+                next_refresh = time.monotonic() + self.settings.deployment_refresh_s
+            if not self.subscribed:
+                stop.wait(self.settings.deployment_refresh_s)
+                continue
+            self.poll_once()
+        for owned in list(self.active.values()):
+            self._checkpoint(owned)
+
+    def poll_once(self) -> int:
+        batch = self.consumer.poll(timeout_ms=100, max_records=self.settings.learner_batch_size)
+        applied = 0
+        for tp, records in batch.items():
+            owned = self.active.get(tp.topic[len(self.prefix):])
+            records = [r for r in records if owned is not None and r.offset >= owned.offset]
+            if owned is None or not records:
+                continue
+            events = []
+            for r in records:
+                try:
+                    events.append(LabelEvent.from_json(r.value))
+                except DecodeError as exc:
+                    self.dead_letters.send(stage="learner", reason="bad_label_event",
+                                           error=str(exc), topic=r.topic, partition=r.partition,
+                                           offset=r.offset, key=r.key, value=r.value)
+            self._follow_generation(owned, events)
+            learned = owned.learner.apply(events)
+            owned.offset = records[-1].offset + 1
+            applied += len(records)
+            metrics.LEARNED.labels(owned.learner.deployment.name).inc(learned)
+        now = time.monotonic()
+        for owned in list(self.active.values()):
+            due = owned.offset - owned.checkpointed_offset
+            if due and (due >= self.settings.learner_checkpoint_every
+                        or now - owned.last_checkpoint >= self.settings.learner_checkpoint_s):
+                self._checkpoint(owned)
+        return applied
+
+    def _follow_generation(self, owned: Owned, events: list[LabelEvent]) -> None:
+        """A redeploy starts a new model: when events of another generation show up, re-read
+        the registry, and start fresh if the deployment really changed."""
+        current = owned.learner.deployment
+        if all(e.generation == current.generation for e in events):
+            return
+        self.deployments = {d.name: d for d in list_deployments(self.conn)}
+        d = self.deployments.get(current.name)
+        if d is not None and d.generation != current.generation:
+            log.info("%s was redeployed (generation %s): learning a fresh model", d.name,
+                     d.generation)
+            owned.pending.forget()
+            owned.learner = DeploymentLearner.fresh(d, owned.pending)
+
+    def _checkpoint(self, owned: Owned, dropping: bool = False) -> None:
+        learner = owned.learner
+        d = learner.deployment
+        started = time.monotonic()
+        try:
+            with self.conn.transaction():
+                control = versions.lock_control(self.conn, d.name, owned.epoch, d.generation)
+                note = None
+                if control.rollback_to is not None:
+                    try:
+                        note = self._roll_back(learner, control.rollback_to)
+                    except SnapshotError as exc:
+                        log.error("cannot roll %s back to version %d: %s", d.name,
+                                  control.rollback_to, exc)
+                    versions.clear_rollback(self.conn, d.name)
+                learner.state.counters["expired"] += owned.pending.flush(
+                    self.settings.label_retention_s)
+                blob = dump_snapshot(snapshot_payload(learner), self.key)
+                version = versions.write(self.conn, Checkpoint(
+                    d.name, 0, d.generation, d.model, blob, learner.model.samples_learned,
+                    learner.metrics(), learner.state.to_dict(), owned.offset, note),
+                    self.settings.model_versions_keep)
+        except Fenced as exc:
+            log.warning("%s; letting go of it", exc)
+            self.active.pop(d.name, None)
+            return
+        except psycopg.Error as exc:
+            log.error("checkpoint of %s failed (%s); restoring the last one", d.name, exc)
+            self.active.pop(d.name, None)
+            if not dropping:
+                self._recover(owned.tp)
+            return
+        learner.model.version = version
+        owned.checkpointed_offset = owned.offset
+        owned.last_checkpoint = time.monotonic()
+        self._publish(d, version, learner.model.samples_learned, blob)
+        if not dropping:
+            try:
+                self.consumer.commit({owned.tp: OffsetAndMetadata(owned.offset, "", -1)})
+            except KafkaError as exc:  # lag display only; the checkpoint is the truth
+                log.info("could not commit the learner offset of %s: %s", d.name, exc)
+        metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
+        metrics.MODEL_VERSION.labels(d.name).set(version)
+        for metric, value in learner.progressive.values().items():
+            metrics.MODEL_METRIC.labels(d.name, metric).set(value)
+        for outcome, count in learner.state.counters.items():
+            metrics.LABEL_EVENTS.labels(d.name, outcome).set(count)
+
+    def _roll_back(self, learner: DeploymentLearner, version: int) -> str:
+        ck = versions.get(self.conn, learner.deployment.name, version)
+        if ck.snapshot is None:
+            raise SnapshotError(f"version {version} has no snapshot any more")
+        payload = load_snapshot(ck.snapshot, self.key)
+        learner.model.estimator = payload["estimator"]
+        learner.model.samples_learned = ck.samples
+        learner.progressive, learner.served = payload["progressive"], payload["served"]
+        log.info("%s rolled back to version %d", learner.deployment.name, version)
+        return f"rolled back to version {version}"
+
+    def _recover(self, tp: TopicPartition) -> None:
+        """After a failed checkpoint: reconnect if needed and resume from the last good one."""
+        while True:
+            try:
+                if self.conn.closed or self.conn.broken:
+                    self.conn = psycopg.connect(self.settings.postgres_dsn.get_secret_value(),
+                                                autocommit=True)
+                self._restore(tp)
+                return
+            except psycopg.Error as exc:
+                log.error("restore failed (%s); retrying in 1 s", exc)
+                time.sleep(1.0)
+
+    def _publish(self, d: Deployment, version: int, samples: int, blob: bytes) -> None:
+        header = {"deployment": d.name, "generation": d.generation, "version": version,
+                  "samples": samples}
+        try:
+            self.producer.send(self.settings.models_topic, key=d.name.encode(),
+                               value=encode_record(header, blob), partition=0)
+            self.producer.flush(timeout=30)
+        except KafkaError as exc:  # scorers keep the previous version until the next one
+            log.error("could not publish version %d of %s: %s", version, d.name, exc)

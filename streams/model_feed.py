@@ -1,0 +1,157 @@
+"""Scorers follow the learners: read the compacted models topic and hot-swap snapshots.
+
+Every worker reads the whole ``<prefix>.models`` topic (no consumer group: each needs every
+record). Records keyed ``<deployment>`` are the learner's newest version; records keyed
+``<deployment>#pin`` are pins set by ``rowcast model pin`` (a tombstone unpins). A pin wins
+over the learner's versions until it is removed; otherwise a version is installed only when
+it is not older than the one served, so, per deployment and generation, the versions in the
+predictions only move forward. Snapshots are verified before unpickling
+(:func:`models.snapshot.load_snapshot`); one that fails is logged, counted as a dead letter
+and skipped, and the previous version keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import orjson
+from kafka import TopicPartition
+
+from connectors.dead_letters import dead_letter
+from connectors.kafka_clients import make_consumer, make_producer
+from models.deployment import Deployment
+from models.serving import ServingSet
+from models.snapshot import decode_record, load_snapshot
+from rowcast import metrics
+from rowcast.errors import SnapshotError
+from rowcast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PIN_SUFFIX = "#pin"
+
+Entry = tuple[str, int, Any]  # generation, version, estimator
+
+
+class ModelFeed:
+    """What each deployment should serve, kept current from the models topic."""
+
+    def __init__(self, settings: Settings, key: bytes) -> None:
+        self.settings = settings
+        self.key = key
+        self.latest: dict[str, Entry] = {}
+        self.pins: dict[str, Entry] = {}
+        self.serving: ServingSet | None = None
+        self.consumer = make_consumer(settings, group_id=None, enable_auto_commit=False)
+        tp = TopicPartition(settings.models_topic, 0)
+        self.consumer.assign([tp])
+        self.consumer.seek_to_beginning(tp)
+        self._tp = tp
+        self._lock = threading.Lock()  # the feed's state
+        self._client_lock = threading.Lock()  # kafka-python consumers are not thread-safe
+        self._advanced = threading.Condition()
+        self._position = 0
+
+    def lookup(self, deployment: Deployment) -> tuple[int, Any] | None:
+        """The (version, estimator) to serve for this deployment, if any was published."""
+        for entries in (self.pins, self.latest):
+            entry = entries.get(deployment.name)
+            if entry is not None and entry[0] == deployment.generation:
+                return entry[1], entry[2]
+        return None
+
+    def serve(self, serving: ServingSet) -> None:
+        self.serving = serving
+
+    def catch_up(self, timeout_s: float = 30.0) -> None:
+        """Read up to the end of the topic as it is now (call before scoring starts)."""
+        end = self.consumer.end_offsets([self._tp])[self._tp]
+        while self.consumer.position(self._tp) < end:
+            self.poll(timeout_ms=int(timeout_s * 1000))
+
+    def sync(self, timeout_s: float = 10.0) -> bool:
+        """While :meth:`run` is going: wait until every snapshot published before this call is
+        applied. A worker calls it when partitions are assigned, so a partition that moves
+        from another worker never goes back to an older version than that worker served."""
+        with self._client_lock:
+            end = self.consumer.end_offsets([self._tp])[self._tp]
+        with self._advanced:
+            return self._advanced.wait_for(lambda: self._position >= end, timeout=timeout_s)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.poll(timeout_ms=200)
+            except Exception:  # keep serving the current versions; retry
+                log.exception("model feed poll failed")
+                stop.wait(1.0)
+
+    def poll(self, timeout_ms: int) -> int:
+        with self._client_lock:
+            batch = self.consumer.poll(timeout_ms=timeout_ms)
+            position = self.consumer.position(self._tp)
+        n = 0
+        for records in batch.values():
+            for record in records:
+                self.apply(record.key, record.value, record.offset)
+                n += 1
+        with self._advanced:
+            self._position = position
+            self._advanced.notify_all()
+        return n
+
+    def apply(self, key: bytes | None, value: bytes | None, offset: int = -1) -> None:
+        name = (key or b"").decode(errors="replace")
+        pin = name.endswith(PIN_SUFFIX)
+        if pin:
+            name = name[: -len(PIN_SUFFIX)]
+        with self._lock:
+            if value is None:
+                if pin and self.pins.pop(name, None) is not None:
+                    log.info("%s unpinned", name)
+                    self._install(name)
+                return
+            try:
+                header, blob = decode_record(value)
+                payload = load_snapshot(blob, self.key)
+                estimator = payload["estimator"] if isinstance(payload, dict) else payload
+            except SnapshotError as exc:
+                self._refuse(name, str(exc), key, value, offset)
+                return
+            entry = (str(header["generation"]), int(header["version"]), estimator)
+            if pin:
+                self.pins[name] = entry
+                log.info("%s pinned to version %d", name, entry[1])
+            else:
+                current = self.latest.get(name)
+                if current is not None and current[0] == entry[0] and entry[1] < current[1]:
+                    return  # an older version than the one served: versions only move forward
+                self.latest[name] = entry
+            self._install(name)
+
+    def _install(self, name: str) -> None:
+        if self.serving is None:
+            return
+        for model in self.serving.models():
+            d = model.deployment
+            if d.name == name:
+                chosen = self.lookup(d)
+                if chosen is not None and (chosen[0], chosen[1]) != (model.version, model.estimator):
+                    self.serving.install(name, d.generation, chosen[0], chosen[1])
+                    metrics.MODEL_VERSION_SERVED.labels(name).set(chosen[0])
+
+    def _refuse(self, name: str, why: str, key: bytes | None, value: bytes, offset: int) -> None:
+        log.error("refusing model snapshot for %s: %s (still serving the previous version)",
+                  name, why)
+        metrics.DEAD_LETTERS.labels("model_feed", "bad_snapshot").inc()
+        record = dead_letter(stage="model_feed", reason="bad_snapshot", error=why,
+                             topic=self.settings.models_topic, partition=0, offset=offset,
+                             key=key, value=value[:4096])
+        producer = make_producer(self.settings)
+        try:
+            producer.send(self.settings.dlq_topic, key=b"model_feed", value=orjson.dumps(record))
+            producer.flush(timeout=10)
+        finally:
+            producer.close()

@@ -1,0 +1,232 @@
+"""Online learning on the real services: one learner per model, labels from three places,
+progressive metrics equal to river's, versioned checkpoints that survive kill -9."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import orjson
+import pytest
+from psycopg import sql
+from river import datasets, evaluate
+from river import metrics as river_metrics
+
+from models.catalog import get_model
+from rowcast.pipeline import Pipeline
+from tests.integration.test_end_to_end import deploy_cli, latest_version
+from tests.kafka_reading import drain
+from tests.waiting import wait_until
+
+
+def rowcast_cli(settings, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **settings.to_env()}
+    return subprocess.run([sys.executable, "-m", "rowcast", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def learned(conn, deployment: str) -> int:
+    v = latest_version(conn, deployment)
+    return 0 if v is None else v[1]
+
+
+def counters(conn, deployment: str) -> dict:
+    return conn.execute("SELECT state->'counters' FROM rowcast.model_versions WHERE deployment = %s "
+                        "ORDER BY version DESC LIMIT 1", (deployment,)).fetchone()[0]
+
+
+def fast(settings):
+    return settings.model_copy(update={"learner_checkpoint_s": 0.3, "deployment_refresh_s": 0.5})
+
+
+@pytest.mark.timeout(300)
+def test_progressive_metrics_equal_river_on_bundled_datasets(settings, pg_conn, tmp_path):
+    """Bananas (binary) and ChickWeights (regression) loaded through real INSERTs."""
+    settings = fast(settings)
+    suffix = uuid.uuid4().hex[:6]
+    bananas, chicks = f"bananas_{suffix}", f"chicks_{suffix}"
+    pg_conn.execute(f'CREATE TABLE {bananas} (id int PRIMARY KEY, "1" float8, "2" float8, y bool)')
+    pg_conn.execute(f"CREATE TABLE {chicks} (id int PRIMARY KEY, time int, chick int, diet int, "
+                    "weight float8)")
+    runs = {"bananas": (bananas, "y", "logistic_regression", list(datasets.Bananas()),
+                        {"Accuracy": river_metrics.Accuracy, "LogLoss": river_metrics.LogLoss,
+                         "ROCAUC": river_metrics.ROCAUC}),
+            "chicks": (chicks, "weight", "linear_regression", list(datasets.ChickWeights()),
+                       {"MAE": river_metrics.MAE, "RMSE": river_metrics.RMSE,
+                        "R2": river_metrics.R2})}
+    for name, (table, target, model, *_rest) in runs.items():
+        done = deploy_cli(settings, name, "--table", table, "--target", target, "--model", model)
+        assert done.returncode == 0, done.stderr
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        for table, target, _, rows, _ in runs.values():
+            columns = ["id", *rows[0][0], target]
+            insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)),
+                sql.SQL(", ").join(sql.Placeholder() * len(columns)))
+            with pg_conn.transaction():
+                pg_conn.cursor().executemany(
+                    insert, [(i, *x.values(), y) for i, (x, y) in enumerate(rows)])
+        for name, (_, _, _, rows, _) in runs.items():
+            n = len(rows)
+            wait_until(lambda name=name, n=n: learned(pg_conn, name) >= n, timeout_s=120,
+                       message=lambda name=name: f"{name}: {latest_version(pg_conn, name)}\n"
+                       f"{pipeline.log_tail('learner')}")
+
+    report = {}
+    for name, (_, _, model, rows, wanted) in runs.items():
+        _, samples, stored = latest_version(pg_conn, name)
+        assert samples == len(rows) and stored["labels"] == len(rows)
+        order = [orjson.loads(m.key)["id"]
+                 for m in drain(settings, settings.labels_topic(name), len(rows))]
+        assert sorted(order) == list(range(len(rows)))
+        stream = [rows[i] for i in order]
+        for metric, make in wanted.items():
+            river_value = evaluate.progressive_val_score(stream, get_model(model).build(),
+                                                         make()).get()
+            report[(name, metric)] = (stored["progressive"][metric], river_value)
+            assert stored["progressive"][metric] == river_value, (name, metric)
+    print("\nrowcast vs river progressive_val_score:",
+          {f"{n}.{m}": v for (n, m), v in report.items()})
+
+
+@pytest.mark.timeout(240)
+def test_labels_from_a_later_update_and_from_a_labels_table(settings, pg_conn, tmp_path):
+    settings = fast(settings)
+    suffix = uuid.uuid4().hex[:6]
+    loans, outcomes = f"loans_{suffix}", f"outcomes_{suffix}"
+    pg_conn.execute(f"CREATE TABLE {loans} (id int PRIMARY KEY, amount float8, region text, "
+                    "repaid float8)")
+    pg_conn.execute(f"CREATE TABLE {outcomes} (oid serial PRIMARY KEY, loan_id int, "
+                    "repaid float8)")
+    assert deploy_cli(settings, "by_update", "--table", loans, "--target", "repaid")\
+        .returncode == 0
+    refused = deploy_cli(settings, "by_table", "--table", loans, "--target", "repaid",
+                         "--labels-table", outcomes, "--labels-key", "oops")
+    assert refused.returncode != 0 and "labels key column 'oops'" in refused.stderr
+    done = deploy_cli(settings, "by_table", "--table", loans, "--target", "repaid",
+                      "--labels-table", outcomes, "--labels-key", "loan_id")
+    assert done.returncode == 0, done.stderr
+
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        with pg_conn.transaction():
+            pg_conn.cursor().executemany(
+                f"INSERT INTO {loans} (id, amount, region) VALUES (%s, %s, %s)",
+                [(i, 100.0 * i, ["north", "south"][i % 2]) for i in range(1, 41)])
+        wait_until(lambda: pg_conn.execute(
+            "SELECT count(*) FROM rowcast.pending_labels WHERE deployment = 'by_update'"
+        ).fetchone()[0] == 40, timeout_s=90, message=lambda: pipeline.log_tail("learner"))
+        assert learned(pg_conn, "by_update") == 0  # nothing labelled yet: features wait
+
+        # labels arrive later: 30 rows by UPDATE, 25 by rows of the labels table
+        for i in range(1, 31):
+            pg_conn.execute(f"UPDATE {loans} SET repaid = %s WHERE id = %s", (i * 0.5, i))
+        pg_conn.execute(f"UPDATE {loans} SET region = 'east' WHERE id = 1")  # not a label
+        with pg_conn.transaction():
+            pg_conn.cursor().executemany(f"INSERT INTO {outcomes} (loan_id, repaid) VALUES (%s, %s)",
+                                         [(i, i * 0.25) for i in range(11, 36)])
+        pg_conn.execute(f"INSERT INTO {outcomes} (loan_id, repaid) VALUES (999, 1)")  # unknown
+        wait_until(lambda: learned(pg_conn, "by_update") >= 30 and learned(pg_conn, "by_table") >= 25,
+                   timeout_s=90, message=lambda: f"{latest_version(pg_conn, 'by_update')} "
+                   f"{latest_version(pg_conn, 'by_table')}\n{pipeline.log_tail('learner')}")
+        wait_until(lambda: counters(pg_conn, "by_table")["unmatched"] >= 1, timeout_s=30)
+
+    assert learned(pg_conn, "by_update") == 30
+    by_update = counters(pg_conn, "by_update")
+    assert by_update["joined"] == 30 and by_update["pending_added"] == 40
+    by_table = counters(pg_conn, "by_table")
+    assert by_table["joined"] == 25 and by_table["unmatched"] == 1
+    assert learned(pg_conn, "by_table") == 25
+    pending = dict(pg_conn.execute(
+        "SELECT deployment, count(*) FROM rowcast.pending_labels WHERE deployment IN "
+        "('by_update', 'by_table') GROUP BY deployment").fetchall())
+    assert pending == {"by_update": 10, "by_table": 15}
+
+
+@pytest.mark.timeout(300)
+def test_learner_killed_at_any_moment_learns_each_label_exactly_once(settings, pg_conn, tmp_path):
+    settings = fast(settings)
+    table = f"kills_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
+    assert deploy_cli(settings, "killed", "--table", table, "--target", "y").returncode == 0
+    total = 0
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        for round_ in range(4):
+            with pg_conn.transaction():
+                pg_conn.cursor().executemany(
+                    f"INSERT INTO {table} VALUES (%s, %s, %s)",
+                    [(total + i, float(i), 2.0 * i + 1) for i in range(300)])
+            total += 300
+            if round_ < 3:
+                # kill -9 once the learner is midway through this round
+                wait_until(lambda t=total: learned(pg_conn, "killed") > t - 300, timeout_s=60,
+                           message=lambda: pipeline.log_tail("learner"))
+                pipeline.kill("learner")
+                pipeline.start_one("learner")
+        wait_until(lambda: learned(pg_conn, "killed") >= total, timeout_s=120,
+                   message=lambda: f"{latest_version(pg_conn, 'killed')}\n"
+                   f"{pipeline.log_tail('learner')}")
+        versions = [r[0] for r in pg_conn.execute(
+            "SELECT version FROM rowcast.model_versions WHERE deployment = 'killed' "
+            "ORDER BY created_at")]
+    version, samples, metrics = latest_version(pg_conn, "killed")
+    assert samples == total and metrics["labels"] == total  # none twice, none lost
+    assert counters(pg_conn, "killed")["learned"] == total
+    assert versions == sorted(versions)
+    assert "restored version" in pipeline.log_tail("learner", 400)
+
+
+@pytest.mark.timeout(240)
+def test_model_versions_pin_and_rollback(settings, pg_conn, tmp_path):
+    settings = fast(settings)
+    table = f"pins_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
+    assert deploy_cli(settings, "pinned", "--table", table, "--target", "y").returncode == 0
+
+    def insert(start: int, n: int) -> None:
+        with pg_conn.transaction():
+            pg_conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
+                                         [(i, float(i % 10), 3.0 * (i % 10)) for i in
+                                          range(start, start + n)])
+
+    def served(since_id: int) -> set[int]:
+        return {r[0] for r in pg_conn.execute(
+            "SELECT model_version FROM rowcast.predictions WHERE deployment = 'pinned' "
+            "AND (pk->>'id')::int >= %s", (since_id,))}
+
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        insert(0, 100)
+        wait_until(lambda: learned(pg_conn, "pinned") >= 100, timeout_s=90,
+                   message=lambda: pipeline.log_tail("learner"))
+        first = latest_version(pg_conn, "pinned")[0]
+        listing = rowcast_cli(settings, "model", "versions", "pinned")
+        assert listing.returncode == 0 and "MAE" in listing.stdout, listing.stderr
+
+        pin = rowcast_cli(settings, "model", "pin", "pinned", str(first))
+        assert pin.returncode == 0, pin.stderr
+        insert(1000, 100)  # scored by the pinned version while the learner goes on
+        wait_until(lambda: learned(pg_conn, "pinned") >= 200, timeout_s=90)
+        wait_until(lambda: len(served(1000)) > 0 and pg_conn.execute(
+            "SELECT count(*) FROM rowcast.predictions WHERE deployment = 'pinned'"
+        ).fetchone()[0] >= 200, timeout_s=60)
+        assert served(1000) == {first}
+        assert latest_version(pg_conn, "pinned")[0] > first
+
+        assert rowcast_cli(settings, "model", "unpin", "pinned").returncode == 0
+        rollback = rowcast_cli(settings, "model", "rollback", "pinned", str(first))
+        assert rollback.returncode == 0, rollback.stderr
+        wait_until(lambda: pg_conn.execute(
+            "SELECT note FROM rowcast.model_versions WHERE deployment = 'pinned' "
+            "ORDER BY version DESC LIMIT 1").fetchone()[0] == f"rolled back to version {first}",
+            timeout_s=30, message=lambda: pipeline.log_tail("learner"))
+        rolled = latest_version(pg_conn, "pinned")
+        assert rolled[1] == 100  # the samples of the version rolled back to
+
+        # a tampered snapshot is refused, never unpickled
+        pg_conn.execute("UPDATE rowcast.model_versions SET snapshot = snapshot || 'x'::bytea "
+                        "WHERE deployment = 'pinned' AND version = %s", (first,))
+        bad = rowcast_cli(settings, "model", "pin", "pinned", str(first))
+        assert bad.returncode != 0 and "failed verification" in bad.stderr
+        missing = rowcast_cli(settings, "model", "pin", "pinned", "9999")
+        assert missing.returncode != 0 and "no model version 9999" in missing.stderr
