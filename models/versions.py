@@ -173,6 +173,14 @@ def rollback_target(conn: psycopg.Connection, deployment: str) -> int | None:
     return None if row is None else row[0]
 
 
+def has_expired(conn: psycopg.Connection, deployment: str, retention_s: float) -> bool:
+    """Pending features older than the retention wait to be expired by a checkpoint."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM rowcast.pending_labels WHERE deployment = %s "
+        "AND scored_at < now() - make_interval(secs => %s))", (deployment, retention_s)
+    ).fetchone()[0]
+
+
 def clear_rollback(conn: psycopg.Connection, deployment: str) -> None:
     conn.execute("UPDATE rowcast.model_control SET rollback_to = NULL WHERE deployment = %s",
                  (deployment,))

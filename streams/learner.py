@@ -85,8 +85,10 @@ class Learner(ConsumerRebalanceListener):
                 self.consumer.unsubscribe()
             self.subscribed = topics
         for owned in list(self.active.values()):
-            if versions.rollback_target(self.conn, owned.learner.deployment.name) is not None:
-                self._checkpoint(owned)
+            name = owned.learner.deployment.name
+            if versions.rollback_target(self.conn, name) is not None \
+                    or versions.has_expired(self.conn, name, self.settings.label_retention_s):
+                self._checkpoint(owned)  # applies the rollback / counts what expired
         for tp in list(self.paused):
             if versions.rollback_target(self.conn, tp.topic[len(self.prefix):]) is not None:
                 self.paused.discard(tp)

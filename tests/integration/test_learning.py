@@ -230,3 +230,58 @@ def test_model_versions_pin_and_rollback(settings, pg_conn, tmp_path):
         assert bad.returncode != 0 and "failed verification" in bad.stderr
         missing = rowcast_cli(settings, "model", "pin", "pinned", "9999")
         assert missing.returncode != 0 and "no model version 9999" in missing.stderr
+
+
+@pytest.mark.timeout(240)
+def test_unlabelled_rows_expire_after_the_retention_and_are_counted(settings, pg_conn, tmp_path):
+    settings = fast(settings).model_copy(update={"label_retention_s": 2.0})
+    table = f"expiring_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
+    assert deploy_cli(settings, "expiring", "--table", table, "--target", "y").returncode == 0
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        with pg_conn.transaction():
+            pg_conn.cursor().executemany(f"INSERT INTO {table} (id, x) VALUES (%s, %s)",
+                                         [(i, float(i)) for i in range(20)])
+        wait_until(lambda: latest_version(pg_conn, "expiring") is not None
+                   and counters(pg_conn, "expiring")["expired"] == 20, timeout_s=60,
+                   message=lambda: pipeline.log_tail("learner"))
+        assert pg_conn.execute("SELECT count(*) FROM rowcast.pending_labels "
+                               "WHERE deployment = 'expiring'").fetchone()[0] == 0
+        # a label for an expired row is counted, not learned
+        pg_conn.execute(f"UPDATE {table} SET y = 1 WHERE id = 3")
+        wait_until(lambda: counters(pg_conn, "expiring")["unmatched"] == 1, timeout_s=60)
+    assert learned(pg_conn, "expiring") == 0
+
+
+@pytest.mark.timeout(300)
+def test_two_workers_serve_versions_that_only_move_forward(settings, pg_conn, tmp_path):
+    settings = fast(settings)
+    table = f"scaled_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
+    assert deploy_cli(settings, "scaled", "--table", table, "--target", "y").returncode == 0
+    total = 0
+    with Pipeline(settings, tmp_path / "logs",
+                  ("source", "worker", "worker#2", "learner", "sink")) as pipeline:
+        for _ in range(8):  # batches, each learned (a new version) before the next lands
+            with pg_conn.transaction():
+                pg_conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
+                                             [(total + i, float(i), 3.0 * i) for i in range(60)])
+            total += 60
+            wait_until(lambda t=total: learned(pg_conn, "scaled") >= t, timeout_s=90,
+                       message=lambda: pipeline.log_tail("learner"))
+        wait_until(lambda: pg_conn.execute(
+            "SELECT count(*) FROM rowcast.predictions WHERE deployment = 'scaled'"
+        ).fetchone()[0] == total, timeout_s=90, message=lambda: pipeline.log_tail("worker"))
+        records = drain(settings, settings.predictions_topic("scaled"), total)
+        members = rowcast_cli(settings, "lag")
+    # at least once on the topic (a batch in flight when worker#2 joined is scored again by the
+    # partition's new owner); exactly one row per key in Postgres (counted above)
+    assert {orjson.loads(r.key)["id"] for r in records} == set(range(total))
+    by_partition: dict[int, list[int]] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_partition.setdefault(r.partition, []).append(orjson.loads(r.value)["model_version"])
+    assert len(by_partition) == settings.topic_partitions
+    for partition, seen in by_partition.items():
+        assert seen == sorted(seen), (partition, seen)  # only forward
+    assert max(max(v) for v in by_partition.values()) >= 3  # hot swaps happened
+    assert members.returncode == 0
