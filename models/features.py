@@ -66,9 +66,16 @@ def _number(column: str, value: Any) -> float:
     return number
 
 
+MAX_CATEGORY_CHARS = 1000  # longer text is a document, not a category: refused, not one-hot encoded
+
+
 def _category(column: str, value: Any) -> str:
     if isinstance(value, str | int | bool):
-        return str(value)
+        text = str(value)
+        if len(text) > MAX_CATEGORY_CHARS:
+            raise FeatureError(column, text[:40], f"text of {len(text)} characters is too long "
+                               f"for a category (limit {MAX_CATEGORY_CHARS})")
+        return text
     raise FeatureError(column, value, "expected a text or integer category")
 
 

@@ -150,11 +150,16 @@ class ServingSet:
         assert row is not None
         try:
             x = model.features(row)
-            # with a labels table, labels come from it alone (the row's own column is ignored)
-            y = model.label(row) if model.spec.task != "anomaly" and d.labels is None else None
         except FeatureError as exc:
             result.rejected.append(Rejected(d.name, event, "bad_feature", str(exc)))
             return
+        y = None
+        # with a labels table, labels come from it alone (the row's own column is ignored)
+        if model.spec.task != "anomaly" and d.labels is None:
+            try:
+                y = model.label(row)
+            except FeatureError as exc:  # the row is still scored; its label is set aside
+                result.rejected.append(Rejected(d.name, event, "bad_label", str(exc)))
         scored = model.score(x)
         key = event.key if event.key is not None else {k: row.get(k) for k in d.key_columns}
         result.predictions.append(PredictionRecord(

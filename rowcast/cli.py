@@ -21,6 +21,8 @@ dev_app = typer.Typer(no_args_is_help=True, help="The local dev stack (Postgres 
 app.add_typer(dev_app, name="dev")
 model_app = typer.Typer(no_args_is_help=True, help="Model versions: list, pin, roll back.")
 app.add_typer(model_app, name="model")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list them, replay them after a fix.")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -283,6 +285,82 @@ def sink(log_level: str = "INFO") -> None:
 
     _setup_logging(log_level)
     run_sink(Settings())
+
+
+@app.command(name="reconcile")
+def reconcile_command(
+    repair: Annotated[bool, typer.Option(help="Re-emit rows that have no prediction.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check every row has one prediction and every label was learned; exit 1 if not."""
+    import orjson
+
+    from connectors.kafka_clients import make_admin
+    from rowcast.reconcile import reconcile, render
+
+    settings = Settings()
+    admin = make_admin(settings)
+    try:
+        with _connect(settings) as conn:
+            reports = reconcile(conn, admin, settings)
+    finally:
+        admin.close()
+    if as_json:
+        typer.echo(orjson.dumps([r.to_dict() for r in reports]).decode())
+    else:
+        typer.echo(render(reports) if reports else "no deployments")
+    if repair:
+        for r in reports:
+            if r.missing:
+                _backfill(settings, r.deployment, missing_only=True)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    stage: Annotated[str | None, typer.Option(help="Only this stage (score, sink, ...).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Full records as JSON lines.")] = False,
+) -> None:
+    """The dead letters on <prefix>.dlq, oldest first: stage, reason, origin, error."""
+    import orjson
+
+    from rowcast.dlq import read_letters, render, select
+
+    letters = select(read_letters(Settings()), stage, reason)
+    if as_json:
+        for le in letters:
+            typer.echo(orjson.dumps({"offset": le.offset, **le.record}).decode())
+    else:
+        typer.echo(render(letters) if letters else "no dead letters")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    stage: Annotated[str | None, typer.Option(help="Only this stage.")] = None,
+    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+    offset: Annotated[list[int] | None, typer.Option(help="Only these dead-letter offsets.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Send dead letters' original records back to their topics, to be processed again."""
+    from connectors.kafka_clients import make_producer
+    from rowcast.dlq import read_letters, replay, select
+
+    settings = Settings()
+    letters = select(read_letters(settings), stage, reason, offset or ())
+    if not letters:
+        typer.echo("no matching dead letters")
+        return
+    if not yes:
+        typer.confirm(f"Replay {len(letters)} dead letter(s) to their original topics?", abort=True)
+    producer = make_producer(settings)
+    try:
+        replayed, skipped = replay(producer, letters)
+    finally:
+        producer.close()
+    typer.echo(f"replayed {replayed} record(s); skipped {skipped} without an original record to "
+               "send (e.g. a refused model snapshot)")
 
 
 @app.command()

@@ -51,6 +51,15 @@ class Pipeline:
     def alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self.procs.items()}
 
+    def restart_dead(self) -> list[str]:
+        """Start again whatever exited: what systemd's Restart=always or compose's
+        ``restart: unless-stopped`` do in production (a process whose database or broker went
+        away exits; its successor resumes from its durable position)."""
+        dead = [name for name, proc in self.procs.items() if proc.poll() is not None]
+        for name in dead:
+            self.start_one(name)
+        return dead
+
     def kill(self, name: str) -> None:
         """kill -9 of the process and its children (a worker's faust child too): fault injection."""
         proc = self.procs[name]

@@ -71,6 +71,8 @@ class Learner(ConsumerRebalanceListener):
         self.active: dict[str, Owned] = {}
         self.subscribed: tuple[str, ...] = ()
         self.paused: set[TopicPartition] = set()  # assigned, but its checkpoint is unusable
+        self._rejoined_for: set[str] = set()
+        self._subscribed_at = 0.0
         self.prefix = f"{settings.topic_prefix}.labels."
 
     # -- group membership ------------------------------------------------------------------
@@ -84,6 +86,8 @@ class Learner(ConsumerRebalanceListener):
             else:
                 self.consumer.unsubscribe()
             self.subscribed = topics
+            self._subscribed_at = time.monotonic()
+        self._rejoin_for_unowned_topics()
         for owned in list(self.active.values()):
             name = owned.learner.deployment.name
             if versions.rollback_target(self.conn, name) is not None \
@@ -95,6 +99,23 @@ class Learner(ConsumerRebalanceListener):
                 self.on_partitions_assigned([tp])
                 if tp not in self.paused:
                     self.consumer.resume(tp)
+
+    def _rejoin_for_unowned_topics(self) -> None:
+        """A labels topic created just before the group formed can be left out of the
+        assignment ("No partition metadata"), and kafka-python 3.0 was seen not to rejoin when
+        its metadata arrived: the deployment then had no learner. Once per such topic, a
+        member that does not own it re-subscribes, which makes the group assign again."""
+        if not self.subscribed or time.monotonic() - self._subscribed_at < 5.0:
+            return
+        owned = {tp.topic for tp in self.consumer.assignment()}
+        unowned = [t for t in self.subscribed if t not in owned and t not in self._rejoined_for
+                   and self.consumer.partitions_for_topic(t)]
+        if unowned:
+            log.info("re-joining the learner group so %s get an owner", unowned)
+            self._rejoined_for |= set(unowned)
+            self.consumer.unsubscribe()
+            self.consumer.subscribe(topics=list(self.subscribed), listener=self)
+            self._subscribed_at = time.monotonic()
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.paused -= set(revoked)

@@ -61,6 +61,7 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
                                                within=settings.score_batch_within_s):
             changes: list[ChangeEvent] = []
             dead: list[tuple[bytes | None, bytes]] = []
+            originals: dict[int, object] = {}  # id(parsed event) -> its message, for dead letters
             for event in events:
                 msg = event.message
                 try:
@@ -72,15 +73,23 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
                     continue
                 if parsed is not None:
                     changes.append(parsed)
+                    originals[id(parsed)] = msg
             if before_batch is not None:
                 pending = before_batch(changes)
                 if pending is not None:
                     await pending
             result = serving.handle(changes)
             for r in result.rejected:
-                payload = orjson.dumps({"after": r.event.after, "source": r.event.source.to_json()})
-                dead.append(_dead(r.reason, r.message, None, None, None,
-                                  orjson.dumps(r.event.key), payload))
+                # the original record, so `rowcast dlq replay` can send it again after a fix
+                msg = originals.get(id(r.event))
+                if msg is not None:
+                    dead.append(_dead(r.reason, f"{r.deployment}: {r.message}", msg.topic,
+                                      msg.partition, msg.offset, msg.key, msg.value))
+                else:
+                    payload = orjson.dumps({"after": r.event.after,
+                                            "source": r.event.source.to_json()})
+                    dead.append(_dead(r.reason, f"{r.deployment}: {r.message}", None, None,
+                                      None, orjson.dumps(r.event.key), payload))
             try:
                 with metrics.SCORE_BATCH_SECONDS.time():
                     await app.loop.run_in_executor(sender, publisher.publish,

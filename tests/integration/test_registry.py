@@ -22,7 +22,7 @@ def odd_table(settings, pg_conn):
     name = f'Odd "T" {uuid.uuid4().hex[:6]}'
     pg_conn.execute(psycopg.sql.SQL(
         "CREATE TABLE public.{} (id int PRIMARY KEY, \"a b\" int, city text, amt float8, "
-        "vip bool, ts timestamptz, note text)").format(psycopg.sql.Identifier(name)))
+        "vip bool, ts timestamptz, doc jsonb, note text)").format(psycopg.sql.Identifier(name)))
     return name
 
 
@@ -34,7 +34,7 @@ def test_deploy_by_sql_call_stores_publishes_and_creates_the_view(settings, pg_c
     assert ("public", odd_table) in published_tables(pg_conn, settings.publication_name)
     assert [d.name for d in list_deployments(pg_conn)].count("by_sql") == 1
 
-    pg_conn.execute(psycopg.sql.SQL("INSERT INTO {} VALUES (7, 1, 'x', 2.5, true, now(), 'n')")
+    pg_conn.execute(psycopg.sql.SQL("INSERT INTO {} VALUES (7, 1, 'x', 2.5, true, now(), '[]', 'n')")
                     .format(psycopg.sql.Identifier("public", odd_table)))
     upsert(pg_conn, [PredictionRecord("by_sql", "linear_regression", 1, "public", odd_table,
                                       {"id": 7}, 2.0, 2.0, 10, 1_700_000_000_000_000,
@@ -52,7 +52,9 @@ def test_redeploying_bumps_the_version(pg_conn, odd_table):
                               "amt", None, "linear_regression")
     second = create_deployment(pg_conn, "again", f'public."{odd_table.replace(chr(34), 2 * chr(34))}"',
                                "amt", ["a b"], "hoeffding_tree_regressor")
-    assert [f.name for f in first.features] == ["a b", "city", "vip", "note"]  # usable columns
+    assert [(f.name, f.kind) for f in first.features] == [  # usable columns, kinds by type
+        ("a b", "number"), ("city", "category"), ("vip", "boolean"), ("ts", "timestamp"),
+        ("note", "category")]
     assert (second.version, second.model) == (first.version + 1, "hoeffding_tree_regressor")
 
 
@@ -60,7 +62,7 @@ def test_redeploying_bumps_the_version(pg_conn, odd_table):
     (("Bad", "amt", None, "linear_regression"), "lower-case letters"),
     (("d", "zz", None, "linear_regression"), "target column 'zz' is not in"),
     (("d", "amt", ["amt"], "linear_regression"), "also listed as a feature"),
-    (("d", "amt", ["ts"], "linear_regression"), "type rowcast cannot use yet"),
+    (("d", "amt", ["doc"], "linear_regression"), "type rowcast cannot use yet"),
     (("d", "amt", ["nope"], "linear_regression"), "feature column 'nope' is not in"),
     (("d", "city", None, "linear_regression"), "category column, which a regression model"),
     (("d", "amt", None, "gpt"), "unknown model .gpt.; the catalog has: .*hoeffding_tree_classifier"),

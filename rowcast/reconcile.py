@@ -1,0 +1,119 @@
+"""``rowcast reconcile``: does every row have its prediction, and is every label learned?
+
+The check users (and the fault tests) run after an incident. Per deployment:
+
+- every row of the table has exactly one current prediction in ``rowcast.predictions`` (the
+  primary key makes "more than one" impossible; ``missing`` counts rows with none), and
+  ``orphans`` counts predictions whose row is gone (deleted rows: information, not an error);
+- the learner's latest checkpoint has consumed the whole labels topic (``unlearned`` label
+  events), and no stage's consumer group has lag left.
+
+``--repair`` re-emits the rows without a prediction (as ``rowcast backfill NAME`` does), so they
+are scored again; run it once the pipeline is up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.admin import OffsetSpec
+from psycopg import sql
+
+from connectors.lag import consumer_lag
+from models.deployment import Deployment
+from models.registry import list_deployments
+from rowcast.processes import sink_group
+from rowcast.settings import Settings
+from streams.app import app_id
+
+
+@dataclass
+class Reconciled:
+    deployment: str
+    table: str
+    rows: int
+    predicted: int
+    missing: int
+    orphans: int
+    learned: int
+    unlearned: int
+    lag: dict[str, int] = field(default_factory=dict)
+    missing_sample: list[Any] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == 0 and self.unlearned == 0 and not any(self.lag.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def _pk(d: Deployment, alias: str) -> sql.Composed:
+    """``jsonb_build_object('id', t.id, ...)``: the key as the predictions table stores it."""
+    parts = [sql.SQL("{}, {}.{}").format(sql.Literal(k), sql.Identifier(alias), sql.Identifier(k))
+             for k in d.key_columns]
+    return sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(parts))
+
+
+def _table_counts(conn: psycopg.Connection, d: Deployment) -> tuple[int, int, int, list[Any]]:
+    table = sql.Identifier(d.schema, d.table)
+    match = sql.SQL("p.deployment = {} AND p.source_schema = {} AND p.source_table = {} "
+                    "AND p.pk = {}").format(sql.Literal(d.name), sql.Literal(d.schema),
+                                            sql.Literal(d.table), _pk(d, "t"))
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
+    missing = conn.execute(sql.SQL(
+        "SELECT {} FROM {} t WHERE NOT EXISTS (SELECT 1 FROM rowcast.predictions p WHERE {}) "
+    ).format(_pk(d, "t"), table, match)).fetchall()
+    orphans = conn.execute(sql.SQL(
+        "SELECT count(*) FROM rowcast.predictions p WHERE p.deployment = {} "
+        "AND p.source_schema = {} AND p.source_table = {} "
+        "AND NOT EXISTS (SELECT 1 FROM {} t WHERE {})"
+    ).format(sql.Literal(d.name), sql.Literal(d.schema), sql.Literal(d.table), table,
+             match)).fetchone()[0]
+    return rows, len(missing), orphans, [m[0] for m in missing[:20]]
+
+
+def reconcile(conn: psycopg.Connection, admin: KafkaAdminClient,
+              settings: Settings) -> list[Reconciled]:
+    out = []
+    for d in list_deployments(conn):
+        rows, missing, orphans, sample = _table_counts(conn, d)
+        predicted = conn.execute(
+            "SELECT count(*) FROM rowcast.predictions WHERE deployment = %s AND source_schema = %s "
+            "AND source_table = %s", (d.name, d.schema, d.table)).fetchone()[0]
+        learned, offset = conn.execute(
+            "SELECT samples, labels_offset FROM rowcast.model_versions WHERE deployment = %s "
+            "ORDER BY version DESC LIMIT 1", (d.name,)).fetchone() or (0, 0)
+        labels = TopicPartition(settings.labels_topic(d.name), 0)
+        try:
+            end = admin.list_partition_offsets({labels: OffsetSpec.LATEST})[labels].offset
+        except Exception:  # no labels topic yet: nothing to learn
+            end = 0
+        sources = [settings.source_topic(d.schema, d.table)]
+        if d.labels is not None:
+            sources.append(settings.source_topic(d.labels.schema, d.labels.table))
+        lag = {stage: sum(p.lag for p in consumer_lag(admin, group, topics))
+               for stage, group, topics in (
+                   ("scorer", app_id(settings), sources),
+                   ("learner", settings.learner_group, [labels.topic]),
+                   ("sink", sink_group(settings), [settings.predictions_topic(d.name)]))}
+        out.append(Reconciled(d.name, d.qualified_table, rows, predicted, missing, orphans,
+                              learned, max(end - offset, 0), lag, sample))
+    return out
+
+
+def render(reports: list[Reconciled]) -> str:
+    lines = [f"{'DEPLOYMENT':<20} {'ROWS':>8} {'PREDICTED':>9} {'MISSING':>7} {'ORPHANS':>7} "
+             f"{'LEARNED':>8} {'UNLEARNED':>9}  LAG (scorer/learner/sink)  RESULT"]
+    for r in reports:
+        lag = "/".join(str(r.lag.get(s, 0)) for s in ("scorer", "learner", "sink"))
+        lines.append(f"{r.deployment:<20} {r.rows:>8} {r.predicted:>9} {r.missing:>7} "
+                     f"{r.orphans:>7} {r.learned:>8} {r.unlearned:>9}  {lag:<26} "
+                     f"{'OK' if r.ok else 'NOT RECONCILED'}")
+        if r.missing_sample:
+            lines.append(f"    rows without a prediction (first {len(r.missing_sample)}): "
+                         f"{r.missing_sample}")
+    return "\n".join(lines)
