@@ -167,9 +167,13 @@ def deployments() -> None:
         rows = list_deployments(conn)
     if not rows:
         typer.echo("no deployments")
+    with _connect(Settings()) as conn:
+        present = {(r[0], r[1]) for r in conn.execute(
+            "SELECT schemaname, tablename FROM pg_tables")}
     for d in rows:
+        gone = "" if (d.schema, d.table) in present else "\tTABLE DROPPED: rowcast undeploy " + d.name
         typer.echo(f"{d.name}\t{d.qualified_table}\t{d.model}\ttarget={d.target}\t"
-                   f"features={','.join(f.name for f in d.features)}\tv{d.version}")
+                   f"features={','.join(f.name for f in d.features)}\tv{d.version}{gone}")
 
 
 @app.command()
@@ -221,8 +225,8 @@ def status(
 
 @app.command()
 def lag() -> None:
-    """Per-partition lag of the scorer and the sink, like kafka-consumer-groups --describe,
-    and the replication slot's lag in bytes and seconds."""
+    """Per-partition lag of the scorer, the learner and the sink, like kafka-consumer-groups
+    --describe, and the replication slot's lag in bytes and seconds."""
     from connectors import heartbeat
     from connectors.kafka_clients import make_admin
     from connectors.lag import consumer_lag, slot_lag
@@ -241,7 +245,10 @@ def lag() -> None:
         typer.echo(f"slot {slot.slot}: behind {slot.behind_bytes} B / {slot.behind_seconds:.1f} s, "
                    f"retains {slot.retained_bytes} B of WAL, {'active' if slot.active else 'idle'}")
     groups = {
-        app_id(settings): sorted({settings.source_topic(d.schema, d.table) for d in deployments}),
+        app_id(settings): sorted({settings.source_topic(d.schema, d.table) for d in deployments}
+                                 | {settings.source_topic(d.labels.schema, d.labels.table)
+                                    for d in deployments if d.labels is not None}),
+        settings.learner_group: sorted(settings.labels_topic(d.name) for d in deployments),
         sink_group(settings): sorted(settings.predictions_topic(d.name) for d in deployments),
     }
     typer.echo(f"{'GROUP':<28} {'TOPIC':<44} {'PARTITION':>9} {'COMMITTED':>10} "

@@ -80,8 +80,10 @@ class Monitor:
             total = conn.execute("SELECT count(*) FROM rowcast.predictions").fetchone()[0]
             models = {r[0]: r[1:] for r in conn.execute(
                 "SELECT deployment, version, samples, metrics FROM rowcast.model_metrics")}
-        stages = [self._stage("scorer", app_id(self.settings), now, sorted(
-                      {self.settings.source_topic(d.schema, d.table) for d in deployments})),
+        sources = {self.settings.source_topic(d.schema, d.table) for d in deployments} | {
+            self.settings.source_topic(d.labels.schema, d.labels.table)
+            for d in deployments if d.labels is not None}
+        stages = [self._stage("scorer", app_id(self.settings), now, sorted(sources)),
                   self._stage("learner", self.settings.learner_group, now, sorted(
                       self.settings.labels_topic(d.name) for d in deployments)),
                   self._stage("sink", sink_group(self.settings), now, sorted(

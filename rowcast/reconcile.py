@@ -42,10 +42,12 @@ class Reconciled:
     unlearned: int
     lag: dict[str, int] = field(default_factory=dict)
     missing_sample: list[Any] = field(default_factory=list)
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.missing == 0 and self.unlearned == 0 and not any(self.lag.values())
+        return self.error is None and self.missing == 0 and self.unlearned == 0 \
+            and not any(self.lag.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -80,7 +82,13 @@ def reconcile(conn: psycopg.Connection, admin: KafkaAdminClient,
               settings: Settings) -> list[Reconciled]:
     out = []
     for d in list_deployments(conn):
-        rows, missing, orphans, sample = _table_counts(conn, d)
+        try:
+            rows, missing, orphans, sample = _table_counts(conn, d)
+        except psycopg.errors.UndefinedTable:
+            out.append(Reconciled(d.name, d.qualified_table, 0, 0, 0, 0, 0, 0, error=(
+                f"table {d.qualified_table} no longer exists: `rowcast undeploy {d.name}` "
+                "removes the deployment")))
+            continue
         predicted = conn.execute(
             "SELECT count(*) FROM rowcast.predictions WHERE deployment = %s AND source_schema = %s "
             "AND source_table = %s", (d.name, d.schema, d.table)).fetchone()[0]
@@ -110,6 +118,9 @@ def render(reports: list[Reconciled]) -> str:
              f"{'LEARNED':>8} {'UNLEARNED':>9}  LAG (scorer/learner/sink)  RESULT"]
     for r in reports:
         lag = "/".join(str(r.lag.get(s, 0)) for s in ("scorer", "learner", "sink"))
+        if r.error is not None:
+            lines.append(f"{r.deployment:<20} ERROR: {r.error}")
+            continue
         lines.append(f"{r.deployment:<20} {r.rows:>8} {r.predicted:>9} {r.missing:>7} "
                      f"{r.orphans:>7} {r.learned:>8} {r.unlearned:>9}  {lag:<26} "
                      f"{'OK' if r.ok else 'NOT RECONCILED'}")

@@ -47,10 +47,14 @@ def pg_server(services_dir: Path) -> Iterator[PostgresServer]:
     server.stop()
 
 
+SASL_PASSWORD = "kafka-S3cr3t-y"  # the test broker's SASL/PLAIN login (rowcast / this)
+
+
 @pytest.fixture(scope="session")
 def kafka_server(services_dir: Path) -> Iterator[KafkaServer]:
     server = KafkaServer(services_dir / "kafka", free_port(), free_port(),
-                         cache_dir=Settings().cache_dir)
+                         cache_dir=Settings().cache_dir, sasl_port=free_port(),
+                         sasl_users={"rowcast": SASL_PASSWORD})
     server.start()
     yield server
     server.stop()

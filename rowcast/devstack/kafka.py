@@ -48,8 +48,11 @@ def render_pom(version: str) -> str:
 
 
 def render_server_properties(*, data_dir: Path, host: str, port: int, controller_port: int,
-                             node_id: int = 1) -> str:
-    """KRaft combined mode, one node, tuned for a laptop: instant group joins, RF 1."""
+                             node_id: int = 1, sasl_port: int | None = None,
+                             sasl_users: dict[str, str] | None = None) -> str:
+    """KRaft combined mode, one node, tuned for a laptop: instant group joins, RF 1. With
+    ``sasl_port`` a second listener takes SASL/PLAIN logins from ``sasl_users`` (how the tests
+    prove credentials reach every client)."""
     props = {
         "process.roles": "broker,controller",
         "node.id": node_id,
@@ -70,6 +73,14 @@ def render_server_properties(*, data_dir: Path, host: str, port: int, controller
         "log.retention.hours": 24,
         "log.segment.bytes": 64 * 1024 * 1024,
     }
+    if sasl_port is not None:
+        users = " ".join(f'user_{u}="{p}"' for u, p in (sasl_users or {}).items())
+        props["listeners"] += f",SASL_PLAINTEXT://{host}:{sasl_port}"
+        props["advertised.listeners"] += f",SASL_PLAINTEXT://{host}:{sasl_port}"
+        props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        props["sasl.enabled.mechanisms"] = "PLAIN"
+        props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};")
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
@@ -113,6 +124,8 @@ class KafkaServer:
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "rowcast")
     host: str = "127.0.0.1"
     heap: str = "512m"
+    sasl_port: int | None = None
+    sasl_users: dict[str, str] = field(default_factory=dict)
 
     @property
     def bootstrap(self) -> str:
@@ -142,7 +155,8 @@ class KafkaServer:
         props = self.data_dir / "server.properties"
         props.write_text(render_server_properties(
             data_dir=self.data_dir, host=self.host, port=self.port,
-            controller_port=self.controller_port))
+            controller_port=self.controller_port, sasl_port=self.sasl_port,
+            sasl_users=self.sasl_users))
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(

@@ -254,7 +254,7 @@ def test_unlabelled_rows_expire_after_the_retention_and_are_counted(settings, pg
 
 
 @pytest.mark.timeout(300)
-def test_two_workers_serve_versions_that_only_move_forward(settings, pg_conn, tmp_path):
+def test_workers_scale_out_and_die_and_versions_only_move_forward(settings, pg_conn, tmp_path):
     settings = fast(settings)
     table = f"scaled_{uuid.uuid4().hex[:6]}"
     pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
@@ -262,7 +262,11 @@ def test_two_workers_serve_versions_that_only_move_forward(settings, pg_conn, tm
     total = 0
     with Pipeline(settings, tmp_path / "logs",
                   ("source", "worker", "worker#2", "learner", "sink")) as pipeline:
-        for _ in range(8):  # batches, each learned (a new version) before the next lands
+        for batch in range(8):  # batches, each learned (a new version) before the next lands
+            if batch == 3:  # scale out mid-stream: the group rebalances over three workers
+                pipeline.start_one("worker#3")
+            if batch == 5:  # one dies (mid-batch, as far as it knows): its partitions move
+                pipeline.kill("worker#2")
             with pg_conn.transaction():
                 pg_conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
                                              [(total + i, float(i), 3.0 * i) for i in range(60)])
@@ -284,4 +288,4 @@ def test_two_workers_serve_versions_that_only_move_forward(settings, pg_conn, tm
     for partition, seen in by_partition.items():
         assert seen == sorted(seen), (partition, seen)  # only forward
     assert max(max(v) for v in by_partition.values()) >= 3  # hot swaps happened
-    assert members.returncode == 0
+    assert members.returncode == 0 and "scorer" in members.stdout
