@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all test-debezium debezium-deps bench bench-cdc setup system-deps lint lock clean
+.PHONY: demo test test-all test-debezium debezium-deps bench bench-cdc bench-learner setup system-deps lint lock clean
 
 demo: setup
 	$(BIN)/rowcast demo
@@ -31,6 +31,9 @@ bench: setup
 # the CDC source alone: a 1,000,000-row COPY decoded and published, insert→topic latency
 bench-cdc: setup
 	$(BIN)/python -m bench.cdc $(BENCH_ARGS)
+
+bench-learner: setup
+	$(BIN)/python -m bench.learner $(BENCH_ARGS)
 
 setup: system-deps $(VENV)/.installed
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import orjson
 import psycopg
 from kafka import KafkaConsumer
-from kafka.errors import KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
 from connectors.dead_letters import DeadLetterWriter
 from connectors.slot import format_lsn
@@ -173,6 +173,13 @@ class PredictionSink:
                 metrics.END_TO_END_SECONDS.observe(max(now_us - r.source_commit_us, 0) / 1e6)
         if self.dead_letters.count:
             self.dead_letters.producer.flush()
-        self.consumer.commit()
+        try:
+            self.consumer.commit()
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            # the group is rebalancing (a new predictions topic, a member joining): these
+            # records are in Postgres already and come back to whoever owns their partition
+            # next, where the upsert ignores them. Not a reason to stop.
+            log.info("offset commit skipped during a rebalance (%s); records will be replayed",
+                     type(exc).__name__)
         self.written += len(records)
         return len(records)

@@ -168,6 +168,12 @@ class ServingSet:
             source_lsn=event.source.lsn, source_commit_us=event.source.commit_us,
             scored_at_us=now_us if now_us is not None else time.time_ns() // 1000,
         ))
+        if event.op == "r":
+            # a snapshot read (deploy, backfill, reconcile --repair) may re-emit a row that was
+            # learned already: it is scored, but only a later label teaches the model
+            if model.spec.task == "anomaly":
+                return
+            y = None
         # an anomaly model learns every row; others learn what carries a label, now or later
         kind = "labelled" if y is not None or model.spec.task == "anomaly" else "scored"
         result.labels.append(LabelEvent(

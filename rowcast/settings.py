@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) for SSL / SASL_SSL.")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM), mTLS.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM), mTLS.")
     topic_prefix: str = Field("rowcast", description="Debezium topic.prefix: <prefix>.<schema>.<table>.")
     kafka_session_timeout_s: float = Field(
         10.0, gt=0, description="Consumer group session timeout: a silent member is dropped after it.")
@@ -145,6 +148,9 @@ class Settings(BaseSettings):
             "sasl_plain_password": (
                 self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             ),
+            "ssl_cafile": str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+            "ssl_certfile": str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+            "ssl_keyfile": str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
         }
         return {k: v for k, v in cfg.items() if v is not None}
 

@@ -8,6 +8,8 @@ every offset commit, so a committed source offset always has its predictions on 
 
 from __future__ import annotations
 
+import ssl
+
 import faust
 
 from rowcast.settings import Settings
@@ -45,10 +47,23 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def _credentials(settings: Settings) -> faust.auth.Credentials | None:
+    """The same security settings as every kafka-python client (see Settings.kafka_client_config)."""
+    protocol = settings.kafka_security_protocol.upper()
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(str(settings.kafka_ssl_certfile),
+                                    str(settings.kafka_ssl_keyfile)
+                                    if settings.kafka_ssl_keyfile else None)
     if settings.kafka_sasl_mechanism and settings.kafka_sasl_password:
         return faust.SASLCredentials(
             username=settings.kafka_sasl_username or "",
             password=settings.kafka_sasl_password.get_secret_value(),
             mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
         )
+    if context is not None:
+        return faust.SSLCredentials(context)
     return None

@@ -50,6 +50,7 @@ class Owned:
     offset: int  # next labels-topic offset to apply
     checkpointed_offset: int
     last_checkpoint: float = field(default_factory=time.monotonic)
+    applied_rollback: int | None = None  # restored straight from a requested rollback version
 
 
 def snapshot_payload(learner: DeploymentLearner) -> dict:
@@ -147,7 +148,7 @@ class Learner(ConsumerRebalanceListener):
         ck = versions.latest(self.conn, name, d.generation)
         pending = PgPending(self.conn, name)
         learner = DeploymentLearner.fresh(d, pending)
-        offset = 0
+        offset, target = 0, None
         if ck is not None:
             # resume position and state come from the latest checkpoint; the model too, unless
             # a rollback is pending (then from that version: also the way out of a bad snapshot)
@@ -162,7 +163,8 @@ class Learner(ConsumerRebalanceListener):
             learner.state = LearnerState.from_json(ck.state)
             offset = ck.labels_offset
         self.consumer.seek(tp, offset)
-        self.active[name] = Owned(tp, learner, pending, epoch, offset, offset)
+        self.active[name] = Owned(tp, learner, pending, epoch, offset, offset,
+                                  applied_rollback=target)
         took = time.monotonic() - started
         metrics.RESTORE_SECONDS.labels(name).set(took)
         log.info("learner owns %s: restored version %s (%d samples) in %.3f s, resuming at "
@@ -235,12 +237,16 @@ class Learner(ConsumerRebalanceListener):
                 control = versions.lock_control(self.conn, d.name, owned.epoch, d.generation)
                 note = None
                 if control.rollback_to is not None:
-                    try:
-                        note = self._roll_back(learner, control.rollback_to)
-                    except SnapshotError as exc:
-                        log.error("cannot roll %s back to version %d: %s", d.name,
-                                  control.rollback_to, exc)
+                    if control.rollback_to == owned.applied_rollback:  # done at restore
+                        note = f"rolled back to version {control.rollback_to}"
+                    else:
+                        try:
+                            note = self._roll_back(learner, control.rollback_to)
+                        except SnapshotError as exc:
+                            log.error("cannot roll %s back to version %d: %s", d.name,
+                                      control.rollback_to, exc)
                     versions.clear_rollback(self.conn, d.name)
+                owned.applied_rollback = None
                 learner.state.counters["expired"] += owned.pending.flush(
                     self.settings.label_retention_s)
                 blob = dump_snapshot(snapshot_payload(learner), self.key)

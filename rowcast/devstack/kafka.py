@@ -49,10 +49,13 @@ def render_pom(version: str) -> str:
 
 def render_server_properties(*, data_dir: Path, host: str, port: int, controller_port: int,
                              node_id: int = 1, sasl_port: int | None = None,
-                             sasl_users: dict[str, str] | None = None) -> str:
+                             sasl_users: dict[str, str] | None = None,
+                             ssl_port: int | None = None, ssl_keystore: Path | None = None,
+                             ssl_password: str = "") -> str:
     """KRaft combined mode, one node, tuned for a laptop: instant group joins, RF 1. With
     ``sasl_port`` a second listener takes SASL/PLAIN logins from ``sasl_users`` (how the tests
-    prove credentials reach every client)."""
+    prove credentials reach every client); with ``ssl_port`` a TLS listener serves the PKCS12
+    ``ssl_keystore``."""
     props = {
         "process.roles": "broker,controller",
         "node.id": node_id,
@@ -81,6 +84,14 @@ def render_server_properties(*, data_dir: Path, host: str, port: int, controller
         props["sasl.enabled.mechanisms"] = "PLAIN"
         props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
             f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};")
+    if ssl_port is not None and ssl_keystore is not None:
+        props["listeners"] += f",SSL://{host}:{ssl_port}"
+        props["advertised.listeners"] += f",SSL://{host}:{ssl_port}"
+        props["listener.security.protocol.map"] += ",SSL:SSL"
+        props["listener.name.ssl.ssl.keystore.location"] = str(ssl_keystore)
+        props["listener.name.ssl.ssl.keystore.type"] = "PKCS12"
+        props["listener.name.ssl.ssl.keystore.password"] = ssl_password
+        props["listener.name.ssl.ssl.key.password"] = ssl_password
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
@@ -113,6 +124,9 @@ def fetch_kafka(version: str, cache_dir: Path) -> Path:
     return libs
 
 
+KEYSTORE_PASSWORD = "rowcast-dev-keystore"  # a throwaway self-signed key for local tests only
+
+
 @dataclass
 class KafkaServer:
     """One broker in ``data_dir``; ``start`` formats storage the first time."""
@@ -126,6 +140,28 @@ class KafkaServer:
     heap: str = "512m"
     sasl_port: int | None = None
     sasl_users: dict[str, str] = field(default_factory=dict)
+    ssl_port: int | None = None
+
+    @property
+    def ssl_ca(self) -> Path:
+        """The TLS listener's self-signed certificate (PEM): clients trust it as their CA."""
+        return self.data_dir / "tls" / "ca.pem"
+
+    def _make_keystore(self) -> Path:
+        """A self-signed key pair for 127.0.0.1 (keytool ships with the JDK), made once."""
+        tls = self.data_dir / "tls"
+        store = tls / "broker.p12"
+        if not store.exists():
+            tls.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["keytool", "-genkeypair", "-alias", "broker", "-keyalg", "RSA",
+                            "-keysize", "2048", "-validity", "30", "-storetype", "PKCS12",
+                            "-keystore", str(store), "-storepass", KEYSTORE_PASSWORD,
+                            "-keypass", KEYSTORE_PASSWORD, "-dname", f"CN={self.host}",
+                            "-ext", f"SAN=IP:{self.host}"], check=True, capture_output=True)
+            subprocess.run(["keytool", "-exportcert", "-rfc", "-alias", "broker", "-keystore",
+                            str(store), "-storepass", KEYSTORE_PASSWORD, "-file",
+                            str(self.ssl_ca)], check=True, capture_output=True)
+        return store
 
     @property
     def bootstrap(self) -> str:
@@ -156,7 +192,9 @@ class KafkaServer:
         props.write_text(render_server_properties(
             data_dir=self.data_dir, host=self.host, port=self.port,
             controller_port=self.controller_port, sasl_port=self.sasl_port,
-            sasl_users=self.sasl_users))
+            sasl_users=self.sasl_users, ssl_port=self.ssl_port,
+            ssl_keystore=self._make_keystore() if self.ssl_port else None,
+            ssl_password=KEYSTORE_PASSWORD))
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(

@@ -7,6 +7,8 @@ import uuid
 
 import orjson
 import pytest
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 from psycopg import sql
 
 from rowcast.pipeline import Pipeline
@@ -102,3 +104,27 @@ def test_sasl_credentials_reach_every_client(settings, pg_conn, kafka_server, tm
         assert rowcast_cli(sasl, "lag").returncode == 0
     for name in pipeline.procs:
         assert SASL_PASSWORD not in (tmp_path / "logs" / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.mark.timeout(240)
+def test_tls_settings_reach_every_client(settings, pg_conn, kafka_server, tmp_path):
+    """The pipeline through the broker's TLS listener, trusting its certificate via
+    ROWCAST_KAFKA_SSL_CAFILE (hostname checked); without the CA the handshake is refused."""
+    tls = fast(settings).model_copy(update={
+        "kafka_bootstrap": f"127.0.0.1:{kafka_server.ssl_port}", "kafka_security_protocol": "SSL",
+        "kafka_ssl_cafile": kafka_server.ssl_ca})
+    table = f"tls_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
+    with pytest.raises(KafkaError):  # the certificate is self-signed: without the CA, refused
+        KafkaAdminClient(bootstrap_servers=tls.kafka_bootstrap, security_protocol="SSL",
+                         request_timeout_ms=3000, api_version_auto_timeout_ms=3000).close()
+    deployed = rowcast_cli(tls, "deploy", "tls", "--table", table, "--target", "y")
+    assert deployed.returncode == 0, deployed.stderr
+    with Pipeline(tls, tmp_path / "logs") as pipeline:
+        with pg_conn.transaction():
+            pg_conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
+                                         [(i, float(i), 2.0 * i) for i in range(20)])
+        wait_until(lambda: learned(pg_conn, "tls") == 20 and pg_conn.execute(
+            "SELECT count(*) FROM rowcast.predictions WHERE deployment = 'tls'").fetchone()[0]
+            == 20, timeout_s=120, message=lambda: "\n".join(
+                f"--- {n}\n{pipeline.log_tail(n, 20)}" for n in pipeline.procs))

@@ -61,7 +61,7 @@ def test_resources_stay_bounded_at_a_steady_rate(settings, pg_conn, pg_server, t
             row["connections"] = pg_conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = 'rowcast'").fetchone()[0]
             row["retained_mb"] = pg_conn.execute(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) / 1e6 "
+                "SELECT (pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) / 1e6)::float8 "
                 "FROM pg_replication_slots WHERE slot_name = %s",
                 (settings.slot_name,)).fetchone()[0]
             samples.append(row)

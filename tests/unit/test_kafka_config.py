@@ -18,3 +18,39 @@ def test_server_properties_are_single_node_kraft_on_loopback() -> None:
 
 def test_pom_pins_the_broker_version() -> None:
     assert "<artifactId>kafka_2.13</artifactId>\n      <version>3.9.1</version>" in render_pom("3.9.1")
+
+
+def test_security_settings_reach_kafka_python_and_faust(tmp_path: Path) -> None:
+    import faust
+
+    from rowcast.settings import Settings
+    from streams.app import _credentials
+
+    sasl = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+                    kafka_sasl_username="u", kafka_sasl_password="p", _env_file=None)
+    config = sasl.kafka_client_config()
+    assert (config["security_protocol"], config["sasl_mechanism"],
+            config["sasl_plain_username"], config["sasl_plain_password"]) == (
+        "SASL_PLAINTEXT", "PLAIN", "u", "p")
+    credentials = _credentials(sasl)
+    assert isinstance(credentials, faust.SASLCredentials) and credentials.ssl_context is None
+
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=rowcast-test"],
+                   check=True, capture_output=True)
+    tls = Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=cert, kafka_ssl_certfile=cert,
+                   kafka_ssl_keyfile=key, _env_file=None)
+    config = tls.kafka_client_config()
+    assert (config["ssl_cafile"], config["ssl_certfile"], config["ssl_keyfile"]) == (
+        str(cert), str(cert), str(key))
+    credentials = _credentials(tls)
+    assert isinstance(credentials, faust.SSLCredentials)
+    assert isinstance(credentials.context, ssl.SSLContext)
+    sasl_ssl = tls.model_copy(update={"kafka_security_protocol": "SASL_SSL",
+                                      "kafka_sasl_mechanism": "PLAIN",
+                                      "kafka_sasl_password": sasl.kafka_sasl_password})
+    assert _credentials(sasl_ssl).ssl_context is not None
