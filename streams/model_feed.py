@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import orjson
 from kafka import TopicPartition
+from kafka.errors import KafkaError
 
 from connectors.dead_letters import dead_letter
 from connectors.kafka_clients import make_consumer, make_producer
@@ -67,18 +69,33 @@ class ModelFeed:
 
     def catch_up(self, timeout_s: float = 30.0) -> None:
         """Read up to the end of the topic as it is now (call before scoring starts)."""
-        end = self.consumer.end_offsets([self._tp])[self._tp]
-        while self.consumer.position(self._tp) < end:
-            self.poll(timeout_ms=int(timeout_s * 1000))
+        deadline = time.monotonic() + timeout_s
+        try:
+            end = self.consumer.end_offsets([self._tp], timeout_ms=int(timeout_s * 1000))[self._tp]
+        except KafkaError as exc:  # start scoring with fresh models; the feed catches up later
+            log.warning("model feed could not read the models topic's end: %s", exc)
+            return
+        while self._position < end and time.monotonic() < deadline:
+            self.poll(timeout_ms=500)
 
     def sync(self, timeout_s: float = 10.0) -> bool:
         """While :meth:`run` is going: wait until every snapshot published before this call is
         applied. A worker calls it when partitions are assigned, so a partition that moves
         from another worker never goes back to an older version than that worker served."""
-        with self._client_lock:
-            end = self.consumer.end_offsets([self._tp])[self._tp]
+        deadline = time.monotonic() + timeout_s
+        # bounded everywhere: this runs inside faust's partition assignment, which must not hang
+        if not self._client_lock.acquire(timeout=timeout_s):
+            return False
+        try:
+            end = self.consumer.end_offsets([self._tp], timeout_ms=int(timeout_s * 1000))[self._tp]
+        except KafkaError as exc:
+            log.warning("model feed could not read the models topic's end: %s", exc)
+            return False
+        finally:
+            self._client_lock.release()
         with self._advanced:
-            return self._advanced.wait_for(lambda: self._position >= end, timeout=timeout_s)
+            return self._advanced.wait_for(lambda: self._position >= end,
+                                           timeout=max(deadline - time.monotonic(), 0.0))
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -91,14 +108,17 @@ class ModelFeed:
     def poll(self, timeout_ms: int) -> int:
         with self._client_lock:
             batch = self.consumer.poll(timeout_ms=timeout_ms)
-            position = self.consumer.position(self._tp)
+            try:  # bounded: a broker coming back must not park the feed (and a sync) forever
+                position = self.consumer.position(self._tp, timeout_ms=max(timeout_ms, 1000))
+            except KafkaError:
+                position = self._position
         n = 0
         for records in batch.values():
             for record in records:
                 self.apply(record.key, record.value, record.offset)
                 n += 1
         with self._advanced:
-            self._position = position
+            self._position = position if position is not None else self._position
             self._advanced.notify_all()
         return n
 

@@ -11,6 +11,7 @@ at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -121,7 +122,11 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
 
     @app.on_partitions_assigned.connect
     async def serve_newest_versions(*_args: object, **_kwargs: object) -> None:
-        if not await app.loop.run_in_executor(None, feed.sync):
+        try:
+            synced = await asyncio.wait_for(app.loop.run_in_executor(None, feed.sync), 12.0)
+        except TimeoutError:
+            synced = False
+        if not synced:  # scoring goes on with the versions it has; the feed keeps reading
             log.warning("model feed did not catch up within 10 s of the assignment")
 
     feed_stop = threading.Event()

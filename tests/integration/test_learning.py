@@ -265,12 +265,12 @@ def test_workers_scale_out_and_die_and_versions_only_move_forward(settings, pg_c
         for batch in range(8):  # batches, each learned (a new version) before the next lands
             if batch == 3:  # scale out mid-stream: the group rebalances over three workers
                 pipeline.start_one("worker#3")
-            if batch == 5:  # one dies (mid-batch, as far as it knows): its partitions move
-                pipeline.kill("worker#2")
             with pg_conn.transaction():
                 pg_conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
                                              [(total + i, float(i), 3.0 * i) for i in range(60)])
             total += 60
+            if batch == 5:  # one dies while this batch is in flight: its partitions move
+                pipeline.kill("worker#2")
             wait_until(lambda t=total: learned(pg_conn, "scaled") >= t, timeout_s=90,
                        message=lambda: pipeline.log_tail("learner"))
         wait_until(lambda: pg_conn.execute(
