@@ -53,8 +53,12 @@ class DeploymentFollower:
         made with the SQL function has none yet).
         """
         with self._lock:
+            try:
+                now_us, fingerprint = self._connection().execute(_FINGERPRINT).fetchone()
+            except psycopg.OperationalError:  # e.g. the server restarted since the last read
+                self._conn = None
+                now_us, fingerprint = self._connection().execute(_FINGERPRINT).fetchone()
             conn = self._connection()
-            now_us, fingerprint = conn.execute(_FINGERPRINT).fetchone()
             if fingerprint != self._fingerprint:
                 deployments, now_us = _read(conn)
                 names = {d.name for d in deployments}

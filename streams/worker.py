@@ -22,6 +22,7 @@ import sys
 import threading
 
 import faust
+import psycopg
 
 from connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_producer
 from models.deployment import Deployment
@@ -102,7 +103,15 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
     reload_requested = threading.Event()
 
     async def refresh() -> None:
-        new_tables = await app.loop.run_in_executor(None, follower.refresh)
+        try:
+            new_tables = await app.loop.run_in_executor(None, follower.refresh)
+        except psycopg.Error as exc:
+            # Postgres is away: the batch waiting for this refresh is not scored and nothing
+            # is committed; a fresh child (or, while the database stays down, the service
+            # manager restarting the worker) resumes from the committed offsets. A crashed
+            # faust agent, by contrast, was seen to restart without consuming again.
+            log.error("cannot read rowcast.deployments (%s); restarting the worker", exc)
+            os._exit(RETRY_EXIT)
         if new_tables and not reload_requested.is_set():
             log.info("deployments on new tables %s: restarting to subscribe", sorted(new_tables))
             reload_requested.set()
