@@ -52,6 +52,16 @@ def make_admin(settings: Settings) -> KafkaAdminClient:
     return KafkaAdminClient(**settings.kafka_client_config(), client_id="rowcast-admin")
 
 
+def check_kafka(settings: Settings) -> None:
+    """Connect and list topics once, so a command fails before it changes anything when Kafka
+    is unreachable or refuses the credentials (raises kafka-python's error)."""
+    admin = make_admin(settings)
+    try:
+        admin.list_topics()
+    finally:
+        admin.close()
+
+
 def ensure_topics(settings: Settings, names: Iterable[str], compacted: bool = False,
                   partitions: int | None = None) -> None:
     """Create missing topics (default: the configured partition count); existing ones are left

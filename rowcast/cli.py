@@ -12,7 +12,7 @@ from typing import Annotated
 import psycopg
 import typer
 
-from rowcast.errors import ConfigError, RowcastError
+from rowcast.errors import ConfigError, RetryableError, RowcastError
 from rowcast.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -33,7 +33,12 @@ def _setup_logging(level: str = "INFO") -> None:
 
 
 def _connect(settings: Settings) -> psycopg.Connection:
-    return psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True)
+    try:
+        return psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True)
+    except psycopg.OperationalError as exc:  # psycopg's message names host and port, never
+        # the password; the DSN itself is not echoed
+        raise RetryableError(f"cannot connect to PostgreSQL (ROWCAST_POSTGRES_DSN): "
+                             f"{str(exc).strip()}") from None
 
 
 @app.command()
@@ -69,7 +74,7 @@ def deploy(
     Labels are learned from the inserted row (score first, then learn), from a later UPDATE
     that sets the target, or from a separate labels table joined by key.
     """
-    from connectors.kafka_clients import ensure_deployment_topics, ensure_topics
+    from connectors.kafka_clients import check_kafka, ensure_deployment_topics, ensure_topics
     from models.catalog import get_model, is_custom
     from models.registry import create_deployment
     from rowcast.schema import init_database
@@ -77,6 +82,7 @@ def deploy(
     settings = Settings()
     if is_custom(model):
         get_model(model)  # import it here: a typo fails now, not in every worker
+    check_kafka(settings)  # before anything is written: no half-made deployment
     feature_list = [f.strip() for f in features.split(",") if f.strip()] if features else None
     with _connect(settings) as conn:
         init_database(conn, settings)
@@ -509,8 +515,17 @@ def dev_status() -> None:
 
 
 def main() -> None:
+    from kafka.errors import KafkaError
+
     try:
         app()
     except RowcastError as exc:
         typer.echo(f"rowcast: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KafkaError as exc:  # unreachable, refused TLS handshake, failed login: say so plainly
+        settings = Settings()
+        typer.echo(f"rowcast: Kafka at {settings.kafka_bootstrap} "
+                   f"({settings.kafka_security_protocol}) did not let rowcast in: "
+                   f"{type(exc).__name__}: {exc}. Check ROWCAST_KAFKA_BOOTSTRAP and "
+                   "ROWCAST_KAFKA_SECURITY_PROTOCOL / _SASL_* / _SSL_* settings.", err=True)
         raise SystemExit(2) from None

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what rowcast's dev stack needs from Debian's packages, when it is missing:
-# PostgreSQL 15 server binaries, a JDK 17 and Maven (to fetch and run Apache Kafka), Chromium
+# PostgreSQL 15 server binaries, a JDK 17 and Maven (to fetch and run Apache Kafka), openssl, Chromium
 # (the dashboard's browser test).
 # Runs as root (CI, fresh machines) or through sudo; does nothing when all is present.
 set -euo pipefail
@@ -10,6 +10,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql-15)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+# the test broker's mutual-TLS listener: a client key made with openssl
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # the dashboard test loads the page in a real headless browser
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # the benchmark's in-database baseline scores rows in a PL/Python trigger

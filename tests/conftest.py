@@ -54,7 +54,8 @@ SASL_PASSWORD = "kafka-S3cr3t-y"  # the test broker's SASL/PLAIN login (rowcast 
 def kafka_server(services_dir: Path) -> Iterator[KafkaServer]:
     server = KafkaServer(services_dir / "kafka", free_port(), free_port(),
                          cache_dir=Settings().cache_dir, sasl_port=free_port(),
-                         sasl_users={"rowcast": SASL_PASSWORD}, ssl_port=free_port())
+                         sasl_users={"rowcast": SASL_PASSWORD}, ssl_port=free_port(),
+                         mtls_port=free_port())
     server.start()
     yield server
     server.stop()

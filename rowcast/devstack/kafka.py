@@ -9,14 +9,17 @@ fetch is redone), then every broker runs ``kafka.Kafka`` from that classpath.
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rowcast.devstack.process import read_pid, terminate, wait_for
+from rowcast.devstack.process import pid_alive, read_pid, terminate, wait_for
 from rowcast.errors import DevStackError
 
 READY = "READY"
@@ -51,11 +54,13 @@ def render_server_properties(*, data_dir: Path, host: str, port: int, controller
                              node_id: int = 1, sasl_port: int | None = None,
                              sasl_users: dict[str, str] | None = None,
                              ssl_port: int | None = None, ssl_keystore: Path | None = None,
-                             ssl_password: str = "") -> str:
+                             ssl_password: str = "", mtls_port: int | None = None,
+                             mtls_truststore: Path | None = None) -> str:
     """KRaft combined mode, one node, tuned for a laptop: instant group joins, RF 1. With
     ``sasl_port`` a second listener takes SASL/PLAIN logins from ``sasl_users`` (how the tests
     prove credentials reach every client); with ``ssl_port`` a TLS listener serves the PKCS12
-    ``ssl_keystore``."""
+    ``ssl_keystore``; with ``mtls_port`` a TLS listener with the same key also demands a client
+    certificate that ``mtls_truststore`` trusts (mutual TLS)."""
     props = {
         "process.roles": "broker,controller",
         "node.id": node_id,
@@ -92,6 +97,18 @@ def render_server_properties(*, data_dir: Path, host: str, port: int, controller
         props["listener.name.ssl.ssl.keystore.type"] = "PKCS12"
         props["listener.name.ssl.ssl.keystore.password"] = ssl_password
         props["listener.name.ssl.ssl.key.password"] = ssl_password
+    if mtls_port is not None and ssl_keystore is not None and mtls_truststore is not None:
+        props["listeners"] += f",MTLS://{host}:{mtls_port}"
+        props["advertised.listeners"] += f",MTLS://{host}:{mtls_port}"
+        props["listener.security.protocol.map"] += ",MTLS:SSL"
+        props["listener.name.mtls.ssl.keystore.location"] = str(ssl_keystore)
+        props["listener.name.mtls.ssl.keystore.type"] = "PKCS12"
+        props["listener.name.mtls.ssl.keystore.password"] = ssl_password
+        props["listener.name.mtls.ssl.key.password"] = ssl_password
+        props["listener.name.mtls.ssl.truststore.location"] = str(mtls_truststore)
+        props["listener.name.mtls.ssl.truststore.type"] = "PKCS12"
+        props["listener.name.mtls.ssl.truststore.password"] = ssl_password
+        props["listener.name.mtls.ssl.client.auth"] = "required"
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
@@ -141,11 +158,42 @@ class KafkaServer:
     sasl_port: int | None = None
     sasl_users: dict[str, str] = field(default_factory=dict)
     ssl_port: int | None = None
+    mtls_port: int | None = None
 
     @property
     def ssl_ca(self) -> Path:
         """The TLS listener's self-signed certificate (PEM): clients trust it as their CA."""
         return self.data_dir / "tls" / "ca.pem"
+
+    @property
+    def client_cert(self) -> Path:
+        """The certificate (PEM) the mutual-TLS listener accepts from clients."""
+        return self.data_dir / "tls" / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        """The private key (PEM, unencrypted) of :attr:`client_cert`."""
+        return self.data_dir / "tls" / "client.key"
+
+    def _make_truststore(self) -> Path:
+        """A client key pair (openssl) whose certificate the mutual-TLS listener trusts, made
+        once: the broker's truststore holds exactly that certificate."""
+        store = self.data_dir / "tls" / "clients.p12"
+        if not store.exists():
+            store.parent.mkdir(parents=True, exist_ok=True)
+            if shutil.which("openssl") is None:
+                raise DevStackError("`openssl` is not installed (apt-get install -y openssl); "
+                                    "the mutual-TLS listener needs a client key")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-keyout", str(self.client_key), "-out", str(self.client_cert),
+                            "-days", "30", "-subj", "/CN=rowcast-client"],
+                           check=True, capture_output=True)
+            self.client_key.chmod(0o600)
+            subprocess.run(["keytool", "-importcert", "-noprompt", "-alias", "rowcast-client",
+                            "-file", str(self.client_cert), "-storetype", "PKCS12",
+                            "-keystore", str(store), "-storepass", KEYSTORE_PASSWORD],
+                           check=True, capture_output=True)
+        return store
 
     def _make_keystore(self) -> Path:
         """A self-signed key pair for 127.0.0.1 (keytool ships with the JDK), made once."""
@@ -193,8 +241,9 @@ class KafkaServer:
             data_dir=self.data_dir, host=self.host, port=self.port,
             controller_port=self.controller_port, sasl_port=self.sasl_port,
             sasl_users=self.sasl_users, ssl_port=self.ssl_port,
-            ssl_keystore=self._make_keystore() if self.ssl_port else None,
-            ssl_password=KEYSTORE_PASSWORD))
+            ssl_keystore=self._make_keystore() if self.ssl_port or self.mtls_port else None,
+            ssl_password=KEYSTORE_PASSWORD, mtls_port=self.mtls_port,
+            mtls_truststore=self._make_truststore() if self.mtls_port else None))
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(
@@ -229,6 +278,18 @@ class KafkaServer:
             return False
         finally:
             admin.close()
+
+    def kill(self) -> None:
+        """kill -9 of the broker (fault injection): no controlled shutdown, log recovery on the
+        next start."""
+        pid = read_pid(self.pid_file)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)  # reap it when it is ours
+            wait_for(lambda: not pid_alive(pid), 10, f"Kafka (pid {pid}) gone")
+        self.pid_file.unlink(missing_ok=True)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         pid = read_pid(self.pid_file)

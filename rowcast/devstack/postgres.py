@@ -129,7 +129,9 @@ class PostgresServer:
         except psycopg.OperationalError:
             return False
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 30.0, mode: str = "fast") -> None:
+        """Stop the server; ``mode="immediate"`` is a crash (no shutdown checkpoint, crash
+        recovery on the next start), which the fault tier uses."""
         if self.is_running():
-            self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w",
+            self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", mode, "-w",
                       "-t", str(int(timeout_s)), timeout=timeout_s + 10)

@@ -106,6 +106,24 @@ def test_sasl_credentials_reach_every_client(settings, pg_conn, kafka_server, tm
         assert SASL_PASSWORD not in (tmp_path / "logs" / f"{name}.log").read_text(errors="replace")
 
 
+def run_through(settings, pg_conn, tmp_path, name: str) -> None:
+    """Deploy ``name`` and stream 20 labelled rows through every process with ``settings``:
+    scored, stored and learned, so every Kafka client (source, faust worker and its kafka-python
+    publisher and model feed, learner, sink, CLI) connected with them."""
+    table = f"{name}_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
+    deployed = rowcast_cli(settings, "deploy", name, "--table", table, "--target", "y")
+    assert deployed.returncode == 0, deployed.stderr
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        with pg_conn.transaction():
+            pg_conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
+                                         [(i, float(i), 2.0 * i) for i in range(20)])
+        wait_until(lambda: learned(pg_conn, name) == 20 and pg_conn.execute(
+            "SELECT count(*) FROM rowcast.predictions WHERE deployment = %s",
+            (name,)).fetchone()[0] == 20, timeout_s=120, message=lambda: "\n".join(
+                f"--- {n}\n{pipeline.log_tail(n, 20)}" for n in pipeline.procs))
+
+
 @pytest.mark.timeout(240)
 def test_tls_settings_reach_every_client(settings, pg_conn, kafka_server, tmp_path):
     """The pipeline through the broker's TLS listener, trusting its certificate via
@@ -113,18 +131,26 @@ def test_tls_settings_reach_every_client(settings, pg_conn, kafka_server, tmp_pa
     tls = fast(settings).model_copy(update={
         "kafka_bootstrap": f"127.0.0.1:{kafka_server.ssl_port}", "kafka_security_protocol": "SSL",
         "kafka_ssl_cafile": kafka_server.ssl_ca})
-    table = f"tls_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
     with pytest.raises(KafkaError):  # the certificate is self-signed: without the CA, refused
         KafkaAdminClient(bootstrap_servers=tls.kafka_bootstrap, security_protocol="SSL",
                          request_timeout_ms=3000, api_version_auto_timeout_ms=3000).close()
-    deployed = rowcast_cli(tls, "deploy", "tls", "--table", table, "--target", "y")
-    assert deployed.returncode == 0, deployed.stderr
-    with Pipeline(tls, tmp_path / "logs") as pipeline:
-        with pg_conn.transaction():
-            pg_conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
-                                         [(i, float(i), 2.0 * i) for i in range(20)])
-        wait_until(lambda: learned(pg_conn, "tls") == 20 and pg_conn.execute(
-            "SELECT count(*) FROM rowcast.predictions WHERE deployment = 'tls'").fetchone()[0]
-            == 20, timeout_s=120, message=lambda: "\n".join(
-                f"--- {n}\n{pipeline.log_tail(n, 20)}" for n in pipeline.procs))
+    run_through(tls, pg_conn, tmp_path, "tls")
+
+
+@pytest.mark.timeout(240)
+def test_mutual_tls_client_certificate_reaches_every_client(settings, pg_conn, kafka_server,
+                                                            tmp_path):
+    """A listener that demands a client certificate (``ssl.client.auth=required``): with the CA
+    alone the broker refuses rowcast with a clear error; with ROWCAST_KAFKA_SSL_CERTFILE and
+    _KEYFILE every process gets in."""
+    mtls = fast(settings).model_copy(update={
+        "kafka_bootstrap": f"127.0.0.1:{kafka_server.mtls_port}",
+        "kafka_security_protocol": "SSL", "kafka_ssl_cafile": kafka_server.ssl_ca})
+    table = f"nocert_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
+    refused = rowcast_cli(mtls, "deploy", "nocert", "--table", table, "--target", "y")
+    assert refused.returncode != 0
+    assert "Kafka" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    with_cert = mtls.model_copy(update={"kafka_ssl_certfile": kafka_server.client_cert,
+                                        "kafka_ssl_keyfile": kafka_server.client_key})
+    run_through(with_cert, pg_conn, tmp_path, "mtls")
