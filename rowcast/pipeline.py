@@ -35,13 +35,17 @@ class Pipeline:
         return self
 
     def start_one(self, name: str) -> subprocess.Popen:
-        """Start one process; ``worker#2`` is a second worker (its own web port)."""
+        """Start one process; ``worker#2`` is a second worker, ``learner#2`` a standby learner
+        (each with its own ports: the configured ones plus the index)."""
         command, _, index = name.partition("#")
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         if index:
-            env["ROWCAST_WORKER_WEB_PORT"] = str(self.settings.worker_web_port + int(index))
-            if self.settings.worker_metrics_port:
-                env["ROWCAST_WORKER_METRICS_PORT"] = str(self.settings.worker_metrics_port + int(index))
+            offset = int(index)
+            if command == "worker":
+                env["ROWCAST_WORKER_WEB_PORT"] = str(self.settings.worker_web_port + offset)
+            metrics_port = getattr(self.settings, f"{command}_metrics_port", 0)
+            if metrics_port:
+                env[f"ROWCAST_{command.upper()}_METRICS_PORT"] = str(metrics_port + offset)
         with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "rowcast", command], env=env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -124,6 +124,7 @@ class Learner(ConsumerRebalanceListener):
             owned = self.active.pop(tp.topic[len(self.prefix):], None)
             if owned is not None:
                 self._checkpoint(owned, dropping=True)
+                log.info("learner hands over %s", owned.learner.deployment.name)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:

@@ -3,10 +3,13 @@
 Run with ``pytest -m faults``. One test walks through every fault in turn while a writer inserts
 labelled rows at a steady rate; after each fault the killed process (or every process that exited
 because its database or broker went away) is started again, as a service manager would, and the
-time until every row inserted before the fault has its prediction is the recovery time. Then,
+time until every row inserted before the fault has its prediction and its label learned is the
+recovery time. Then,
 with the writer held, ``rowcast reconcile`` must find every row with exactly one prediction,
 every label learned and no lag left; the predictions topic holds every key at least once. At
-the end the same holds for the whole run and every label was learned exactly once.
+the end the same holds for the whole run and every label was learned exactly once. Two learners
+run (one owns the deployment, one stands by); Kafka and PostgreSQL are both restarted cleanly
+and crashed (kill -9 of the broker; ``pg_ctl stop -m immediate``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import orjson
 import psycopg
 import pytest
 
-from rowcast.pipeline import Pipeline
+from rowcast.pipeline import PROCESSES, Pipeline
 from tests.integration.test_end_to_end import deploy_cli, latest_version
 from tests.integration.test_learning import counters, fast, rowcast_cli
 from tests.kafka_reading import drain
@@ -58,6 +61,23 @@ class Writer(threading.Thread):
             self.stop.wait(1 / RATE)
 
 
+LEARNERS = ("learner", "learner#2")
+
+
+def learner_owning(pipeline: Pipeline, deployment: str) -> str | None:
+    """The learner whose log last says it owns ``deployment`` (and has not handed it over
+    since), when exactly one does."""
+    owners = []
+    for name in LEARNERS:
+        if not pipeline.alive().get(name):
+            continue
+        lines = [line for line in pipeline.log_tail(name, 400).splitlines()
+                 if f"owns {deployment}:" in line or f"hands over {deployment}" in line]
+        if lines and "owns" in lines[-1]:
+            owners.append(name)
+    return owners[0] if len(owners) == 1 else None
+
+
 def count(conn_dsn: str, query: str) -> int | None:
     try:
         with psycopg.connect(conn_dsn, autocommit=True, connect_timeout=2) as conn:
@@ -67,7 +87,7 @@ def count(conn_dsn: str, query: str) -> int | None:
 
 
 @pytest.mark.faults
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_every_fault_recovers_with_nothing_lost_or_learned_twice(settings, pg_conn, pg_server,
                                                                kafka_server, tmp_path):
     settings = fast(settings)
@@ -77,20 +97,46 @@ def test_every_fault_recovers_with_nothing_lost_or_learned_twice(settings, pg_co
     dsn = pg_server.dsn
     rows_sql = f"SELECT count(*) FROM {table}"
     predicted_sql = "SELECT count(*) FROM rowcast.predictions WHERE deployment = 'faulty'"
+    learned_sql = ("SELECT coalesce(max(samples), 0) FROM rowcast.model_versions "
+                   "WHERE deployment = 'faulty'")
 
     def kill(name: str):
         return lambda pipeline: (pipeline.kill(name), pipeline.start_one(name))
 
-    def restart(server):
-        return lambda pipeline: (server.stop(), server.start())
+    def fail_over(pipeline: Pipeline) -> None:
+        """kill -9 of the learner that owns the deployment: the standby takes it over (Kafka
+        moves the labels partition once the session times out) before the killed one is back."""
+        active = wait_until(lambda: learner_owning(pipeline, "faulty"), timeout_s=60,
+                            message=lambda: pipeline.log_tail("learner"))
+        standby = next(n for n in LEARNERS if n != active)
+        pipeline.kill(active)
+        wait_until(lambda: learner_owning(pipeline, "faulty") == standby, timeout_s=90,
+                   message=lambda: pipeline.log_tail(standby))
+        pipeline.start_one(active)  # back as the new standby
+
+    def restart(server, crash: bool):
+        def inject(pipeline: Pipeline) -> None:
+            if crash and server is kafka_server:
+                server.kill()
+            elif crash:
+                server.stop(mode="immediate")  # no shutdown checkpoint: crash recovery
+            else:
+                server.stop()
+            server.start()
+            if crash and server is pg_server:  # it really was a crash
+                assert "automatic recovery in progress" in server.log_file.read_text(
+                    errors="replace").split("immediate shutdown request")[-1]
+        return inject
 
     faults = [("kill -9 source", kill("source")), ("kill -9 worker", kill("worker")),
-              ("kill -9 sink", kill("sink")), ("kill -9 learner", kill("learner")),
-              ("restart Kafka broker", restart(kafka_server)),
-              ("restart PostgreSQL", restart(pg_server))]
+              ("kill -9 sink", kill("sink")), ("kill -9 learner (fail-over)", fail_over),
+              ("restart Kafka broker", restart(kafka_server, crash=False)),
+              ("kill -9 Kafka broker", restart(kafka_server, crash=True)),
+              ("restart PostgreSQL", restart(pg_server, crash=False)),
+              ("crash PostgreSQL", restart(pg_server, crash=True))]
     report = []
     writer = Writer(dsn, table)
-    with Pipeline(settings, tmp_path / "logs") as pipeline:
+    with Pipeline(settings, tmp_path / "logs", names=(*PROCESSES, "learner#2")) as pipeline:
         writer.start()
         for name, inject in faults:
             wait_until(lambda: (count(dsn, predicted_sql) or 0) > 0 and writer.next_id > 0,
@@ -102,8 +148,8 @@ def test_every_fault_recovers_with_nothing_lost_or_learned_twice(settings, pg_co
 
             def caught_up(before=before) -> bool:
                 pipeline.restart_dead()
-                done = count(dsn, predicted_sql)
-                return done is not None and done >= before
+                done, learned_ = count(dsn, predicted_sql), count(dsn, learned_sql)
+                return None not in (done, learned_) and min(done, learned_) >= before
 
             wait_until(caught_up, timeout_s=180, interval_s=0.2,
                        message=lambda name=name: f"{name}: {count(dsn, predicted_sql)} predicted"
@@ -147,10 +193,10 @@ def test_every_fault_recovers_with_nothing_lost_or_learned_twice(settings, pg_co
         learned = counters(conn, "faulty")
     assert samples == rows == metrics["labels"]  # every label learned exactly once
     assert learned["learned"] == rows
-    print(f"\n{'fault':<24} {'rows':>6} {'predictions':>11} {'topic dups':>10} {'lost':>5} "
+    print(f"\n{'fault':<28} {'rows':>6} {'predictions':>11} {'topic dups':>10} {'lost':>5} "
           f"{'recovery s':>10}")
     for name, rows_, predicted, dups, lost, took in report:
-        print(f"{name:<24} {rows_:>6} {predicted:>11} {dups:>10} {lost:>5} {took:>10}")
+        print(f"{name:<28} {rows_:>6} {predicted:>11} {dups:>10} {lost:>5} {took:>10}")
     print(f"rows {rows}, predictions {state['predicted']}, lost {state['missing']}, topic "
           f"records {len(keys)} ({len(keys) - len(set(keys))} duplicates), learned {samples}, "
           f"label replays skipped {learned['duplicates']}")
