@@ -14,6 +14,7 @@ offset did not change for ``lag_stop_after_s`` *while watched* is STOP, so a one
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ from rowcast import metrics
 from rowcast.processes import sink_group
 from rowcast.settings import Settings
 from streams.app import app_id
+
+# kafka-python warns on every describe of faust's group: faust's assignor data is not the
+# standard consumer protocol. We only count members, so that warning is noise on every sample.
+logging.getLogger("kafka.admin._groups").setLevel(logging.ERROR)
 
 RECENT_SQL = """
 SELECT count(*) FILTER (WHERE written_at > now() - interval '10 seconds') / 10.0,

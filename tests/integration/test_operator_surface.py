@@ -170,6 +170,64 @@ def test_verdicts_follow_a_paused_stage_and_return_to_ok(settings, pg_conn, pg_s
         monitor.close()
 
 
+@pytest.mark.faults  # timing-sensitive on a loaded 2-core box, like its sibling above
+@pytest.mark.timeout(300)
+def test_a_stage_that_commits_but_falls_behind_is_warned_about(settings, pg_conn, pg_server,
+                                                              tmp_path):
+    """WARN: the sink commits all the time but takes one prediction per transaction
+    (``ROWCAST_SINK_BATCH_SIZE=1``, a real setting), while rows arrive in batches of 50 every
+    100 ms; its lag grows at every sample while its offset moves. When the writer stops, the
+    sink drains and the verdict returns to OK. One partition per topic: with several, a sink
+    taking one record per poll drains them in turn and the idle ones are rightly STALL."""
+    settings = settings.model_copy(update={"lag_window_s": 3.0, "lag_stop_after_s": 30.0,
+                                           "sink_batch_size": 1, "topic_partitions": 1})
+    table = f"behind_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, x float8, y float8)")
+    assert deploy_cli(settings, "watched", "--table", table, "--target", "y").returncode == 0
+    monitor = Monitor(settings)
+    stop = threading.Event()
+
+    def write() -> None:
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            i = 1000
+            while not stop.wait(0.1):
+                with conn.transaction():
+                    conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
+                                              [(j, float(j % 7), 1.0) for j in range(i, i + 50)])
+                i += 50
+
+    def sink_stage() -> tuple[str, int | None]:
+        s = next(s for s in monitor.sample()["stages"] if s["stage"] == "sink")
+        return s["verdict"], s["lag"]
+
+    writer = threading.Thread(target=write)
+    try:
+        with Pipeline(settings, tmp_path / "logs") as pipeline:
+            insert(pg_conn, table, range(1, 6))
+            wait_until(lambda: scored(pg_conn, table) == 5, timeout_s=90,
+                       message=lambda: logs(pipeline))
+            wait_until(lambda: sink_stage()[0] == "OK", timeout_s=60, interval_s=0.5)
+            writer.start()
+            seen: list[tuple[str, int | None]] = []
+            wait_until(lambda: seen.append(sink_stage()) or seen[-1][0] == "WARN", timeout_s=90,
+                       interval_s=0.5, message=lambda: str(seen))
+            stop.set()
+            writer.join()
+            print(f"\nsink verdicts while falling behind (verdict, lag): {seen}")
+            assert "STALL" not in [v for v, _ in seen]  # it kept committing all along
+            lags = [lag for _, lag in seen if lag is not None]
+            assert lags[-1] > lags[0]
+            stored = scored(pg_conn, table)
+            wait_until(lambda: scored(pg_conn, table) > stored, timeout_s=30)  # still moving
+            wait_until(lambda: sink_stage()[0] == "OK", timeout_s=180, interval_s=0.5,
+                       message=lambda: f"{sink_stage()}\n{pipeline.log_tail('sink')}")
+    finally:
+        stop.set()
+        if writer.is_alive():
+            writer.join()
+        monitor.close()
+
+
 def test_dashboard_refuses_to_listen_beyond_loopback_without_a_token(settings):
     with pytest.raises(ConfigError, match="ROWCAST_DASHBOARD_TOKEN"):
         Dashboard(settings.model_copy(update={"bind_host": "0.0.0.0"}))
