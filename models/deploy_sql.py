@@ -17,6 +17,33 @@ CREATE TABLE IF NOT EXISTS rowcast.models (name text PRIMARY KEY, task text NOT 
 """
 
 DEPLOY_FUNCTION = r"""
+-- '[schema.]table' as the user wrote it (quotes allowed) -> schema, table, oid; one message when
+-- it does not exist, for the scored table and the labels table alike
+CREATE OR REPLACE FUNCTION rowcast._resolve_table(
+    p_ident text, p_what text, OUT schema_name text, OUT table_name text, OUT table_oid oid)
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    v_ident text[] := parse_ident(p_ident);
+BEGIN
+    IF array_length(v_ident, 1) > 2 THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            '%s %L: give it as table or schema.table (rowcast works in the current database)',
+            p_what, p_ident);
+    END IF;
+    IF array_length(v_ident, 1) = 1 THEN
+        schema_name := 'public'; table_name := v_ident[1];
+    ELSE
+        schema_name := v_ident[1]; table_name := v_ident[2];
+    END IF;
+    SELECT c.oid INTO table_oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = schema_name AND c.relname = table_name AND c.relkind IN ('r', 'p');
+    IF table_oid IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001',
+            MESSAGE = format('%s %I.%I does not exist', p_what, schema_name, table_name);
+    END IF;
+END
+$fn$;
+
 DROP FUNCTION IF EXISTS rowcast.deploy(text, text, text, text[], text);
 CREATE OR REPLACE FUNCTION rowcast.deploy(
     p_name text, p_table text, p_target text,
@@ -26,7 +53,6 @@ CREATE OR REPLACE FUNCTION rowcast.deploy(
 RETURNS rowcast.deployments
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    v_ident text[] := parse_ident(p_table);
     v_schema text;
     v_table text;
     v_oid oid;
@@ -44,7 +70,6 @@ DECLARE
     v_join text;
     v_cols text;
     v_labels jsonb;
-    v_lident text[];
     v_lschema text;
     v_ltable text;
     v_loid oid;
@@ -57,17 +82,8 @@ BEGIN
             'deployment name %L must be lower-case letters, digits and _, starting with a letter '
             '(it names topics and the view rowcast.<name>_scored)', p_name);
     END IF;
-    IF array_length(v_ident, 1) = 1 THEN
-        v_schema := 'public'; v_table := v_ident[1];
-    ELSE
-        v_schema := v_ident[1]; v_table := v_ident[2];
-    END IF;
-    SELECT c.oid INTO v_oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE n.nspname = v_schema AND c.relname = v_table AND c.relkind IN ('r', 'p');
-    IF v_oid IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'RC001',
-            MESSAGE = format('table %I.%I does not exist', v_schema, v_table);
-    END IF;
+    SELECT r.schema_name, r.table_name, r.table_oid INTO v_schema, v_table, v_oid
+      FROM rowcast._resolve_table(p_table, 'table') r;
     SELECT task INTO v_task FROM rowcast.models WHERE name = p_model;
     IF v_task IS NULL AND p_model ~ '^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$' THEN
         v_task := 'custom';  -- module:factory: the worker imports it (the CLI checks it first)
@@ -146,18 +162,8 @@ BEGIN
 
     IF p_labels_table IS NOT NULL THEN
         -- labels arrive later in another table: its row's p_labels_key names the scored row
-        v_lident := parse_ident(p_labels_table);
-        IF array_length(v_lident, 1) = 1 THEN
-            v_lschema := 'public'; v_ltable := v_lident[1];
-        ELSE
-            v_lschema := v_lident[1]; v_ltable := v_lident[2];
-        END IF;
-        SELECT c.oid INTO v_loid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = v_lschema AND c.relname = v_ltable AND c.relkind IN ('r', 'p');
-        IF v_loid IS NULL THEN
-            RAISE EXCEPTION USING ERRCODE = 'RC001',
-                MESSAGE = format('labels table %I.%I does not exist', v_lschema, v_ltable);
-        END IF;
+        SELECT r.schema_name, r.table_name, r.table_oid INTO v_lschema, v_ltable, v_loid
+          FROM rowcast._resolve_table(p_labels_table, 'labels table') r;
         IF v_loid = v_oid THEN
             RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE =
                 'the labels table is the scored table itself: leave --labels-table out, '

@@ -79,6 +79,13 @@ def test_unknown_table_is_refused(settings, pg_conn):
     init_database(pg_conn, settings)
     with pytest.raises(ConfigError, match="does not exist"):
         create_deployment(pg_conn, "d", "public.nowhere", "y", None, "linear_regression")
+    with pytest.raises(ConfigError, match="give it as table or schema.table"):
+        create_deployment(pg_conn, "d", "otherdb.public.nowhere", "y", None, "linear_regression")
+    pg_conn.execute("CREATE TABLE IF NOT EXISTS public.scored_here (id int PRIMARY KEY, "
+                    "x float8, y float8)")
+    with pytest.raises(ConfigError, match='labels table public.nolabels does not exist'):
+        create_deployment(pg_conn, "d", "public.scored_here", "y", None, "linear_regression",
+                          "nolabels", "id")
 
 
 def test_undeploy_removes_view_and_unpublishes_the_last_users_table(settings, pg_conn, odd_table):
