@@ -81,34 +81,33 @@ def render_server_properties(*, data_dir: Path, host: str, port: int, controller
         "log.retention.hours": 24,
         "log.segment.bytes": 64 * 1024 * 1024,
     }
+    def listener(name: str, protocol: str, listener_port: int) -> str:
+        props["listeners"] += f",{name}://{host}:{listener_port}"
+        props["advertised.listeners"] += f",{name}://{host}:{listener_port}"
+        props["listener.security.protocol.map"] += f",{name}:{protocol}"
+        return f"listener.name.{name.lower()}."
+
+    def keystore(prefix: str, store: Path) -> None:
+        props.update({f"{prefix}ssl.keystore.location": str(store),
+                      f"{prefix}ssl.keystore.type": "PKCS12",
+                      f"{prefix}ssl.keystore.password": ssl_password,
+                      f"{prefix}ssl.key.password": ssl_password})
+
     if sasl_port is not None:
         users = " ".join(f'user_{u}="{p}"' for u, p in (sasl_users or {}).items())
-        props["listeners"] += f",SASL_PLAINTEXT://{host}:{sasl_port}"
-        props["advertised.listeners"] += f",SASL_PLAINTEXT://{host}:{sasl_port}"
-        props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        prefix = listener("SASL_PLAINTEXT", "SASL_PLAINTEXT", sasl_port)
         props["sasl.enabled.mechanisms"] = "PLAIN"
-        props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+        props[f"{prefix}plain.sasl.jaas.config"] = (
             f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};")
     if ssl_port is not None and ssl_keystore is not None:
-        props["listeners"] += f",SSL://{host}:{ssl_port}"
-        props["advertised.listeners"] += f",SSL://{host}:{ssl_port}"
-        props["listener.security.protocol.map"] += ",SSL:SSL"
-        props["listener.name.ssl.ssl.keystore.location"] = str(ssl_keystore)
-        props["listener.name.ssl.ssl.keystore.type"] = "PKCS12"
-        props["listener.name.ssl.ssl.keystore.password"] = ssl_password
-        props["listener.name.ssl.ssl.key.password"] = ssl_password
+        keystore(listener("SSL", "SSL", ssl_port), ssl_keystore)
     if mtls_port is not None and ssl_keystore is not None and mtls_truststore is not None:
-        props["listeners"] += f",MTLS://{host}:{mtls_port}"
-        props["advertised.listeners"] += f",MTLS://{host}:{mtls_port}"
-        props["listener.security.protocol.map"] += ",MTLS:SSL"
-        props["listener.name.mtls.ssl.keystore.location"] = str(ssl_keystore)
-        props["listener.name.mtls.ssl.keystore.type"] = "PKCS12"
-        props["listener.name.mtls.ssl.keystore.password"] = ssl_password
-        props["listener.name.mtls.ssl.key.password"] = ssl_password
-        props["listener.name.mtls.ssl.truststore.location"] = str(mtls_truststore)
-        props["listener.name.mtls.ssl.truststore.type"] = "PKCS12"
-        props["listener.name.mtls.ssl.truststore.password"] = ssl_password
-        props["listener.name.mtls.ssl.client.auth"] = "required"
+        prefix = listener("MTLS", "SSL", mtls_port)
+        keystore(prefix, ssl_keystore)
+        props.update({f"{prefix}ssl.truststore.location": str(mtls_truststore),
+                      f"{prefix}ssl.truststore.type": "PKCS12",
+                      f"{prefix}ssl.truststore.password": ssl_password,
+                      f"{prefix}ssl.client.auth": "required"})
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 

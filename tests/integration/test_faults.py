@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import orjson
 import psycopg
 import pytest
 
 from rowcast.pipeline import PROCESSES, Pipeline
-from tests.integration.test_end_to_end import deploy_cli, latest_version
+from tests.integration.test_end_to_end import latest_version
 from tests.integration.test_learning import counters, fast, rowcast_cli
 from tests.kafka_reading import drain
+from tests.tables import deployed_xy_table
 from tests.waiting import wait_until
 
 RATE = 40  # rows per second
@@ -91,9 +91,7 @@ def count(conn_dsn: str, query: str) -> int | None:
 def test_every_fault_recovers_with_nothing_lost_or_learned_twice(settings, pg_conn, pg_server,
                                                                kafka_server, tmp_path):
     settings = fast(settings)
-    table = f"faulty_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
-    assert deploy_cli(settings, "faulty", "--table", table, "--target", "y").returncode == 0
+    table = deployed_xy_table(settings, pg_conn, "faulty", "faulty")
     dsn = pg_server.dsn
     rows_sql = f"SELECT count(*) FROM {table}"
     predicted_sql = "SELECT count(*) FROM rowcast.predictions WHERE deployment = 'faulty'"

@@ -18,6 +18,7 @@ from models.catalog import get_model
 from rowcast.pipeline import Pipeline
 from tests.integration.test_end_to_end import deploy_cli, latest_version
 from tests.kafka_reading import drain
+from tests.tables import deployed_xy_table, insert_xy
 from tests.waiting import wait_until
 
 
@@ -147,9 +148,7 @@ def test_labels_from_a_later_update_and_from_a_labels_table(settings, pg_conn, t
 @pytest.mark.timeout(300)
 def test_learner_killed_at_any_moment_learns_each_label_exactly_once(settings, pg_conn, tmp_path):
     settings = fast(settings)
-    table = f"kills_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
-    assert deploy_cli(settings, "killed", "--table", table, "--target", "y").returncode == 0
+    table = deployed_xy_table(settings, pg_conn, "killed", "kills")
     total = 0
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         for round_ in range(4):
@@ -180,9 +179,7 @@ def test_learner_killed_at_any_moment_learns_each_label_exactly_once(settings, p
 @pytest.mark.timeout(240)
 def test_model_versions_pin_and_rollback(settings, pg_conn, tmp_path):
     settings = fast(settings)
-    table = f"pins_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
-    assert deploy_cli(settings, "pinned", "--table", table, "--target", "y").returncode == 0
+    table = deployed_xy_table(settings, pg_conn, "pinned", "pins")
 
     def insert(start: int, n: int) -> None:
         with pg_conn.transaction():
@@ -235,9 +232,7 @@ def test_model_versions_pin_and_rollback(settings, pg_conn, tmp_path):
 @pytest.mark.timeout(240)
 def test_unlabelled_rows_expire_after_the_retention_and_are_counted(settings, pg_conn, tmp_path):
     settings = fast(settings).model_copy(update={"label_retention_s": 2.0})
-    table = f"expiring_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
-    assert deploy_cli(settings, "expiring", "--table", table, "--target", "y").returncode == 0
+    table = deployed_xy_table(settings, pg_conn, "expiring", "expiring")
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         with pg_conn.transaction():
             pg_conn.cursor().executemany(f"INSERT INTO {table} (id, x) VALUES (%s, %s)",
@@ -256,18 +251,14 @@ def test_unlabelled_rows_expire_after_the_retention_and_are_counted(settings, pg
 @pytest.mark.timeout(300)
 def test_workers_scale_out_and_die_and_versions_only_move_forward(settings, pg_conn, tmp_path):
     settings = fast(settings)
-    table = f"scaled_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
-    assert deploy_cli(settings, "scaled", "--table", table, "--target", "y").returncode == 0
+    table = deployed_xy_table(settings, pg_conn, "scaled", "scaled")
     total = 0
     with Pipeline(settings, tmp_path / "logs",
                   ("source", "worker", "worker#2", "learner", "sink")) as pipeline:
         for batch in range(8):  # batches, each learned (a new version) before the next lands
             if batch == 3:  # scale out mid-stream: the group rebalances over three workers
                 pipeline.start_one("worker#3")
-            with pg_conn.transaction():
-                pg_conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
-                                             [(total + i, float(i), 3.0 * i) for i in range(60)])
+            insert_xy(pg_conn, table, range(total, total + 60), lambda i: 3.0 * i)
             total += 60
             if batch == 5:  # one dies while this batch is in flight: its partitions move
                 pipeline.kill("worker#2")

@@ -25,6 +25,7 @@ from rowcast.pipeline import Pipeline
 from rowcast.schema import init_database
 from tests.integration.test_end_to_end import deploy_cli
 from tests.integration.test_live_deployments import logs
+from tests.tables import deployed_xy_table
 from tests.waiting import wait_until
 
 
@@ -181,9 +182,7 @@ def test_a_stage_that_commits_but_falls_behind_is_warned_about(settings, pg_conn
     taking one record per poll drains them in turn and the idle ones are rightly STALL."""
     settings = settings.model_copy(update={"lag_window_s": 3.0, "lag_stop_after_s": 30.0,
                                            "sink_batch_size": 1, "topic_partitions": 1})
-    table = f"behind_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, x float8, y float8)")
-    assert deploy_cli(settings, "watched", "--table", table, "--target", "y").returncode == 0
+    table = deployed_xy_table(settings, pg_conn, "watched", "behind")
     monitor = Monitor(settings)
     stop = threading.Event()
 

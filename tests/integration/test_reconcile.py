@@ -3,17 +3,15 @@ fails verification on the models topic is refused by every worker, which keep se
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
 import pytest
 
 from connectors.kafka_clients import make_producer
 from models.snapshot import encode_record
 from rowcast.pipeline import Pipeline
-from tests.integration.test_end_to_end import deploy_cli
 from tests.integration.test_learning import fast, learned, rowcast_cli
 from tests.kafka_reading import drain
+from tests.tables import deployed_xy_table, insert_xy
 from tests.waiting import wait_until
 
 
@@ -26,18 +24,14 @@ def versions_served(conn) -> set[int]:
 def test_reconcile_repairs_lost_predictions_and_bad_snapshots_are_refused(settings, pg_conn,
                                                                          tmp_path):
     settings = fast(settings)
-    table = f"mended_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
-    assert deploy_cli(settings, "mended", "--table", table, "--target", "y").returncode == 0
+    table = deployed_xy_table(settings, pg_conn, "mended", "mended")
 
     def predicted() -> int:
         return pg_conn.execute("SELECT count(*) FROM rowcast.predictions "
                                "WHERE deployment = 'mended'").fetchone()[0]
 
     with Pipeline(settings, tmp_path / "logs") as pipeline:
-        with pg_conn.transaction():
-            pg_conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
-                                         [(i, float(i), 2.0 * i) for i in range(50)])
+        insert_xy(pg_conn, table, range(50))
         wait_until(lambda: predicted() == 50 and learned(pg_conn, "mended") == 50,
                    timeout_s=90, message=lambda: pipeline.log_tail("worker"))
         wait_until(lambda: rowcast_cli(settings, "reconcile").returncode == 0, timeout_s=60,
@@ -79,14 +73,10 @@ def test_reconcile_repairs_lost_predictions_and_bad_snapshots_are_refused(settin
 @pytest.mark.timeout(240)
 def test_a_tampered_checkpoint_is_not_loaded_and_rollback_recovers(settings, pg_conn, tmp_path):
     settings = fast(settings)
-    table = f"tamper_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
-    assert deploy_cli(settings, "tamper", "--table", table, "--target", "y").returncode == 0
+    table = deployed_xy_table(settings, pg_conn, "tamper", "tamper")
 
     def insert(ids: range) -> None:
-        with pg_conn.transaction():
-            pg_conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
-                                         [(i, float(i), 2.0 * i) for i in ids])
+        insert_xy(pg_conn, table, ids)
 
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         insert(range(0, 30))

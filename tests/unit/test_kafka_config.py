@@ -54,3 +54,16 @@ def test_security_settings_reach_kafka_python_and_faust(tmp_path: Path) -> None:
                                       "kafka_sasl_mechanism": "PLAIN",
                                       "kafka_sasl_password": sasl.kafka_sasl_password})
     assert _credentials(sasl_ssl).ssl_context is not None
+
+
+def test_mutual_tls_listener_demands_client_certificates() -> None:
+    text = render_server_properties(data_dir=Path("/d"), host="127.0.0.1", port=9,
+                                    controller_port=10, ssl_port=11, ssl_keystore=Path("/k.p12"),
+                                    ssl_password="pw", mtls_port=12,
+                                    mtls_truststore=Path("/t.p12"))
+    props = dict(line.split("=", 1) for line in text.splitlines())
+    assert props["listeners"].endswith(",SSL://127.0.0.1:11,MTLS://127.0.0.1:12")
+    assert props["listener.security.protocol.map"].endswith(",SSL:SSL,MTLS:SSL")
+    assert props["listener.name.mtls.ssl.client.auth"] == "required"
+    assert props["listener.name.mtls.ssl.truststore.location"] == "/t.p12"
+    assert "listener.name.ssl.ssl.client.auth" not in props  # the plain TLS listener does not

@@ -1,0 +1,31 @@
+"""The table most pipeline tests use: ``(id int PRIMARY KEY, x float8, y float8)``, target y.
+
+One place to make it, deploy it and fill it, so each test says only what is particular to it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+
+import psycopg
+
+from tests.integration.test_end_to_end import deploy_cli
+
+
+def deployed_xy_table(settings, conn: psycopg.Connection, deployment: str, prefix: str) -> str:
+    """Create ``public.<prefix>_<random>`` and deploy ``deployment`` on it (linear regression
+    of y on x, through the CLI); returns the table's name."""
+    table = f"{prefix}_{uuid.uuid4().hex[:6]}"
+    conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, x float8, y float8)")
+    done = deploy_cli(settings, deployment, "--table", table, "--target", "y")
+    assert done.returncode == 0, done.stderr
+    return table
+
+
+def insert_xy(conn: psycopg.Connection, table: str, ids: Iterable[int],
+              label: Callable[[int], float | None] = lambda i: 2.0 * i) -> None:
+    """Insert rows ``(i, float(i), label(i))`` in one transaction."""
+    with conn.transaction():
+        conn.cursor().executemany(f"INSERT INTO public.{table} VALUES (%s, %s, %s)",
+                                  [(i, float(i), label(i)) for i in ids])
