@@ -63,7 +63,13 @@ def load_snapshot(blob: bytes, key: bytes) -> Any:
         raise SnapshotError(f"model snapshot was made with river {version} but river "
                             f"{river.__version__} is installed; pickles do not survive river "
                             "upgrades: roll back river or retrain (rowcast model rollback)")
-    return pickle.loads(body)  # verified above: written by rowcast with this key
+    try:
+        return pickle.loads(body)  # verified above: written by rowcast with this key
+    except Exception as exc:  # genuine, but the code it needs is gone (a custom model's
+        # module renamed or not installed here): a clear refusal, not a crash of the caller
+        raise SnapshotError(f"model snapshot is genuine but cannot be loaded here "
+                            f"({type(exc).__name__}: {exc}); is the model's code installed on "
+                            "this machine?") from None
 
 
 def snapshot_key(secret: str | None, state_dir: Path) -> bytes:

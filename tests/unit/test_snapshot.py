@@ -63,3 +63,20 @@ def test_other_river_version_is_refused_with_both_versions() -> None:
     header = orjson.dumps({"river": "0.1.0", "hmac": _mac(KEY, b"0.1.0", body)})
     with pytest.raises(SnapshotError, match=r"river 0\.1\.0 .* river " + river.__version__):
         load_snapshot(MAGIC + header + b"\n" + body, KEY)
+
+
+def test_a_genuine_snapshot_whose_code_is_gone_is_refused_plainly(tmp_path, monkeypatch) -> None:
+    """A custom model's module renamed or not installed on this machine: SnapshotError naming
+    the missing code, which the model feed and the learner already handle (dead letter, pause)."""
+    import importlib
+    import sys
+
+    (tmp_path / "vanishing_model.py").write_text("class Model:\n    weights = [1.0]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("vanishing_model")
+    blob = dump_snapshot(module.Model(), key=KEY)
+    (tmp_path / "vanishing_model.py").unlink()
+    del sys.modules["vanishing_model"]
+    importlib.invalidate_caches()
+    with pytest.raises(SnapshotError, match="cannot be loaded here.*vanishing_model"):
+        load_snapshot(blob, key=KEY)
