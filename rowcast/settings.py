@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) for SSL / SASL_SSL.")
     kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM), mTLS.")
     kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM), mTLS.")
+    kafka_reconnect_backoff_max_ms: int = Field(
+        2000, ge=50, description="Longest wait between reconnects to a broker that is down "
+        "(kafka-python's default, 30 s, kept the pipeline idle long after a broker came back).")
     topic_prefix: str = Field("rowcast", description="Debezium topic.prefix: <prefix>.<schema>.<table>.")
     kafka_session_timeout_s: float = Field(
         10.0, gt=0, description="Consumer group session timeout: a silent member is dropped after it.")
@@ -139,7 +142,8 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.dlq"
 
     def kafka_client_config(self) -> dict[str, object]:
-        """Security settings passed through to every kafka-python client (None values dropped)."""
+        """Connection and security settings passed through to every kafka-python client (None
+        values dropped)."""
         cfg: dict[str, object] = {
             "bootstrap_servers": self.kafka_bootstrap.split(","),
             "security_protocol": self.kafka_security_protocol,
@@ -151,6 +155,7 @@ class Settings(BaseSettings):
             "ssl_cafile": str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
             "ssl_certfile": str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
             "ssl_keyfile": str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            "reconnect_backoff_max_ms": self.kafka_reconnect_backoff_max_ms,
         }
         return {k: v for k, v in cfg.items() if v is not None}
 

@@ -51,6 +51,9 @@ class Owned:
     checkpointed_offset: int
     last_checkpoint: float = field(default_factory=time.monotonic)
     applied_rollback: int | None = None  # restored straight from a requested rollback version
+    # the group's committed offset (lag display only); None = not known to match the checkpoint
+    committed_offset: int | None = None
+    last_commit_try: float = 0.0
 
 
 def snapshot_payload(learner: DeploymentLearner) -> dict:
@@ -213,7 +216,22 @@ class Learner(ConsumerRebalanceListener):
             if due and (due >= self.settings.learner_checkpoint_every
                         or now - owned.last_checkpoint >= self.settings.learner_checkpoint_s):
                 self._checkpoint(owned)
+            elif (owned.committed_offset != owned.checkpointed_offset
+                  and now - owned.last_commit_try >= self.settings.learner_checkpoint_s):
+                self._commit(owned)  # e.g. restored from a checkpoint whose commit failed
         return applied
+
+    def _commit(self, owned: Owned) -> None:
+        """Commit the checkpointed offset to the group, so lag shows what is not yet learned.
+        A failure (rebalance, broker restarting) is retried from the loop: with no new labels
+        coming there would otherwise be no later checkpoint to carry the commit."""
+        owned.last_commit_try = time.monotonic()
+        try:
+            self.consumer.commit({owned.tp: OffsetAndMetadata(owned.checkpointed_offset, "", -1)})
+            owned.committed_offset = owned.checkpointed_offset
+        except KafkaError as exc:  # lag display only; the checkpoint is the truth
+            log.info("could not commit the learner offset of %s (will retry): %s",
+                     owned.learner.deployment.name, exc)
 
     def _follow_generation(self, owned: Owned, events: list[LabelEvent]) -> None:
         """A redeploy starts a new model: when events of another generation show up, re-read
@@ -270,10 +288,7 @@ class Learner(ConsumerRebalanceListener):
         owned.last_checkpoint = time.monotonic()
         self._publish(d, version, learner.model.samples_learned, blob)
         if not dropping:
-            try:
-                self.consumer.commit({owned.tp: OffsetAndMetadata(owned.offset, "", -1)})
-            except KafkaError as exc:  # lag display only; the checkpoint is the truth
-                log.info("could not commit the learner offset of %s: %s", d.name, exc)
+            self._commit(owned)
         metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
         metrics.MODEL_VERSION.labels(d.name).set(version)
         for metric, value in learner.progressive.values().items():

@@ -67,3 +67,10 @@ def test_mutual_tls_listener_demands_client_certificates() -> None:
     assert props["listener.name.mtls.ssl.client.auth"] == "required"
     assert props["listener.name.mtls.ssl.truststore.location"] == "/t.p12"
     assert "listener.name.ssl.ssl.client.auth" not in props  # the plain TLS listener does not
+
+
+def test_every_client_retries_a_lost_broker_within_seconds() -> None:
+    from rowcast.settings import Settings
+
+    config = Settings(_env_file=None).kafka_client_config()
+    assert config["reconnect_backoff_max_ms"] == 2000  # not kafka-python's 30 s
