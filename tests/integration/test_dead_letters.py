@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import orjson
@@ -20,9 +21,13 @@ from tests.waiting import wait_until
 
 
 def envelope(table: str, row: dict) -> bytes:
-    source = SourceInfo("test", "rowcast", "public", table, 1000 + row["id"], 1, 1_700_000_000_000_000)
+    """A create event committed now, as the CDC source would write it (the worker re-reads
+    the deployments before scoring events committed after its last look; a fixed old commit
+    time would let the probe below race the redeploy)."""
+    now_us = time.time_ns() // 1000
+    source = SourceInfo("test", "rowcast", "public", table, 1000 + row["id"], 1, now_us)
     return orjson.dumps(build_value(op="c", before=None, after=row, source=source, tx_order=1,
-                                    now_us=1_700_000_000_000_000))
+                                    now_us=now_us))
 
 
 def cli(settings, *args: str) -> subprocess.CompletedProcess:
