@@ -195,7 +195,10 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str) -> d
         init_database(conn, settings)
         create_deployment(conn, "bench", TABLE, "purchase_amount", list(baselines.FEATURES),
                           args.model)
-    names = ("source", *[f"worker#{i}" if i else "worker" for i in range(args.workers)], "sink")
+    # the learner too: every bench row arrives labelled, so it learns each one (and competes for
+    # the same cores, as it would on a small production box)
+    names = ("source", *[f"worker#{i}" if i else "worker" for i in range(args.workers)],
+             "learner", "sink")
     pipeline = Pipeline(settings, settings.state_dir / "logs", names).start()
     try:
         with psycopg.connect(dsn, autocommit=True) as conn, \

@@ -522,6 +522,12 @@ def main() -> None:
     except RowcastError as exc:
         typer.echo(f"rowcast: {exc}", err=True)
         raise SystemExit(2) from None
+    except psycopg.OperationalError as exc:  # the database went away under a running process
+        typer.echo(f"rowcast: PostgreSQL connection failed or was lost ({type(exc).__name__}: "
+                   f"{str(exc).strip()}). Long-running processes exit here for their service "
+                   "manager to restart them; they resume from their last durable position.",
+                   err=True)
+        raise SystemExit(2) from None
     except KafkaError as exc:  # unreachable, refused TLS handshake, failed login: say so plainly
         settings = Settings()
         typer.echo(f"rowcast: Kafka at {settings.kafka_bootstrap} "
