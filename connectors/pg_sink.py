@@ -23,6 +23,7 @@ import orjson
 import psycopg
 from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from connectors.dead_letters import DeadLetterWriter
 from connectors.slot import format_lsn
@@ -34,6 +35,7 @@ from rowcast.settings import Settings
 log = logging.getLogger(__name__)
 
 SINK_GROUP_SUFFIX = "sink"
+COMMIT_RETRY_S = 1.0  # how often a refused offset commit is retried while no records arrive
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS rowcast;
@@ -119,6 +121,10 @@ class PredictionSink:
         self.subscribed: tuple[str, ...] = ()
         self._pattern = re.compile(predictions_pattern(settings))
         self._next_refresh = 0.0
+        # offsets of records already in Postgres whose commit to Kafka has not succeeded yet
+        self.uncommitted: dict[TopicPartition, int] = {}
+        self._last_commit_try = 0.0
+        self._refused_since: float | None = None  # when commits started being refused
 
     def refresh_subscription(self) -> bool:
         """Subscribe to every predictions topic of the prefix; True when the set changed.
@@ -152,10 +158,35 @@ class PredictionSink:
             self.poll_once()
 
     def poll_once(self) -> int:
+        if self._refused_since is not None and \
+                time.monotonic() - self._refused_since > 2 * self.settings.kafka_session_timeout_s:
+            self._rejoin()
         batch = self.consumer.poll(timeout_ms=self.settings.sink_poll_timeout_ms,
                                    max_records=self.settings.sink_batch_size)
         if not batch:
+            if self.uncommitted and time.monotonic() - self._last_commit_try >= COMMIT_RETRY_S:
+                self.commit()  # no new records would otherwise ever carry this commit
             return 0
+        written = self._write(batch)
+        self.commit()
+        return written
+
+    def _rejoin(self) -> None:
+        """Leave and join the group again when commits were refused for too long.
+
+        kafka-python 3.0 was seen to stay "rebalancing" for minutes while the broker no
+        longer knew the member (its LeaveGroup at shutdown failed with UnknownMemberId):
+        records kept flowing, every commit was refused, and the lag never came down. A fresh
+        join fixes it; what was not committed is read again and the upsert ignores it."""
+        log.warning("offset commits refused for over %.0f s: re-joining the sink group",
+                    2 * self.settings.kafka_session_timeout_s)
+        self.consumer.unsubscribe()
+        self.consumer.subscribe(topics=list(self.subscribed))
+        self.uncommitted.clear()
+        self._refused_since = None
+
+    def _write(self, batch: dict) -> int:
+        """Postgres first, then dead letters, then remember the offsets to commit."""
         records: list[PredictionRecord] = []
         for messages in batch.values():
             for m in messages:
@@ -173,13 +204,38 @@ class PredictionSink:
                 metrics.END_TO_END_SECONDS.observe(max(now_us - r.source_commit_us, 0) / 1e6)
         if self.dead_letters.count:
             self.dead_letters.producer.flush()
-        try:
-            self.consumer.commit()
-        except (CommitFailedError, RebalanceInProgressError) as exc:
-            # the group is rebalancing (a new predictions topic, a member joining): these
-            # records are in Postgres already and come back to whoever owns their partition
-            # next, where the upsert ignores them. Not a reason to stop.
-            log.info("offset commit skipped during a rebalance (%s); records will be replayed",
-                     type(exc).__name__)
+        for tp, messages in batch.items():
+            self.uncommitted[tp] = messages[-1].offset + 1
         self.written += len(records)
         return len(records)
+
+    def commit(self) -> bool:
+        """Commit the offsets of what is in Postgres, named explicitly (kafka-python's bare
+        ``commit()`` commits its own idea of the positions, which after a rebalance was seen to
+        commit nothing, leaving the sink's lag at everything it had written).
+
+        A commit refused during a rebalance is retried from :meth:`poll_once`; offsets of
+        partitions no longer assigned are dropped (their new owner replays those records and
+        the upsert ignores them)."""
+        self._last_commit_try = time.monotonic()
+        owned = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(offset, "", -1)
+                   for tp, offset in self.uncommitted.items() if tp in owned}
+        if not offsets:
+            self.uncommitted.clear()
+            self._refused_since = None
+            return True
+        try:
+            self.consumer.commit(offsets)
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            # the group is rebalancing (a new predictions topic, a member joining): these
+            # records are in Postgres already. Not a reason to stop; retried, and a group that
+            # never settles is joined again (see _rejoin).
+            if self._refused_since is None:
+                self._refused_since = time.monotonic()
+                log.info("offset commit refused during a rebalance (%s); will retry",
+                         type(exc).__name__)
+            return False
+        self.uncommitted.clear()
+        self._refused_since = None
+        return True

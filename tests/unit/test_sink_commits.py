@@ -1,0 +1,88 @@
+"""The sink's offset commits: what is in Postgres gets committed, a refused commit is retried
+even when no new records come, a group that never settles is joined again, and partitions that
+moved away are let go. A stand-in consumer (unit level; the real broker is exercised by the
+integration and fault tiers)."""
+
+from __future__ import annotations
+
+from kafka.errors import RebalanceInProgressError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from connectors import pg_sink
+from connectors.pg_sink import PredictionSink
+from rowcast.settings import Settings
+
+TP, OTHER = TopicPartition("p.predictions.d", 0), TopicPartition("p.predictions.d", 1)
+
+
+class StandInConsumer:
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.owned = {TP, OTHER}
+        self.committed: list[dict[TopicPartition, OffsetAndMetadata]] = []
+        self.joins: list[list[str]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.owned
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict:
+        return {}
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise RebalanceInProgressError("rebalancing")
+        self.committed.append(offsets)
+
+    def unsubscribe(self) -> None:
+        self.owned = set()
+
+    def subscribe(self, topics: list[str]) -> None:
+        self.joins.append(topics)
+
+
+def sink_with(consumer: StandInConsumer) -> PredictionSink:
+    sink = PredictionSink(Settings(kafka_session_timeout_s=10, _env_file=None), conn=None,
+                          consumer=consumer, dead_letters=None)
+    sink.subscribed = ("p.predictions.d",)
+    return sink
+
+
+def test_a_refused_commit_is_retried_without_new_records(monkeypatch) -> None:
+    monkeypatch.setattr(pg_sink, "COMMIT_RETRY_S", 0.0)
+    consumer = StandInConsumer(refusals=2)
+    sink = sink_with(consumer)
+    sink.uncommitted = {TP: 10, OTHER: 4}
+    assert sink.commit() is False and sink.uncommitted == {TP: 10, OTHER: 4}
+    assert sink.poll_once() == 0 and consumer.committed == []  # refused again
+    assert sink.poll_once() == 0  # an idle poll carries the retry
+    assert consumer.committed == [{TP: OffsetAndMetadata(10, "", -1),
+                                   OTHER: OffsetAndMetadata(4, "", -1)}]
+    assert sink.uncommitted == {} and consumer.joins == []
+    assert sink.poll_once() == 0 and len(consumer.committed) == 1  # nothing left to commit
+
+
+def test_a_group_that_never_settles_is_joined_again(monkeypatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(pg_sink.time, "monotonic", lambda: clock[0])
+    consumer = StandInConsumer(refusals=10**6)
+    sink = sink_with(consumer)
+    sink.uncommitted = {TP: 10}
+    assert sink.commit() is False
+    clock[0] += 19.0  # within two session timeouts: keep retrying
+    sink.poll_once()
+    assert consumer.joins == []
+    clock[0] += 2.0
+    sink.poll_once()
+    assert consumer.joins == [["p.predictions.d"]]  # left and joined again
+    assert sink.uncommitted == {}  # read again from the committed offsets; the upsert ignores
+
+
+def test_partitions_that_moved_away_are_not_committed() -> None:
+    consumer = StandInConsumer(refusals=0)
+    sink = sink_with(consumer)
+    sink.uncommitted = {TP: 10, OTHER: 4}
+    consumer.owned = {TP}  # OTHER went to another sink: its owner replays, the upsert ignores
+    assert sink.commit() is True
+    assert consumer.committed == [{TP: OffsetAndMetadata(10, "", -1)}]
+    assert sink.uncommitted == {}
