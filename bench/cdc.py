@@ -26,13 +26,13 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic, OffsetSpec
 
 from bench import procstat
-from connectors.kafka_clients import make_admin
-from connectors.slot import watch_table
-from rowcast.devstack.process import free_port
-from rowcast.devstack.stack import DevStack
-from rowcast.pipeline import Pipeline
-from rowcast.schema import init_database
-from rowcast.settings import Settings
+from rowcast.connectors.kafka_clients import make_admin
+from rowcast.connectors.schema import init_database
+from rowcast.connectors.slot import watch_table
+from rowcast.core.settings import Settings
+from rowcast.ops.devstack.process import free_port
+from rowcast.ops.devstack.stack import DevStack
+from rowcast.ops.pipeline import Pipeline
 
 TABLE = "cdc_bench"
 PARTITIONS = 4

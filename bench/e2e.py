@@ -28,13 +28,13 @@ import orjson
 import psycopg
 
 from bench import baselines, procstat
-from connectors.lag import slot_lag
-from models.registry import create_deployment
-from rowcast.devstack.process import free_port
-from rowcast.devstack.stack import DevStack
-from rowcast.pipeline import Pipeline
-from rowcast.schema import init_database
-from rowcast.settings import Settings
+from rowcast.connectors.lag import slot_lag
+from rowcast.connectors.registry import create_deployment
+from rowcast.connectors.schema import init_database
+from rowcast.core.settings import Settings
+from rowcast.ops.devstack.process import free_port
+from rowcast.ops.devstack.stack import DevStack
+from rowcast.ops.pipeline import Pipeline
 
 TABLE = "bench_rows"
 LATENCY_SQL = """

@@ -5,7 +5,7 @@
 No services needed: it measures the parts the learner's loop spends its time on, per model, on
 the same synthetic labelled rows (three numbers and a category):
 
-- ``learn_rows_per_s``: label events applied (:class:`models.learning.DeploymentLearner`:
+- ``learn_rows_per_s``: label events applied (:class:`rowcast.models.learning.DeploymentLearner`:
   dedupe, progressive scoring, learning), one event at a time as the learner does;
 - ``snapshot_kb``, ``dump_ms``, ``load_ms``: size of the signed snapshot after the run and the
   time to write (pickle + HMAC) and verify + load it, i.e. the Python side of every checkpoint
@@ -24,12 +24,12 @@ import time
 
 import orjson
 
-from models.catalog import CATALOG
-from models.deployment import Deployment, Feature
-from models.label_events import LabelEvent
-from models.learning import DeploymentLearner, MemoryPending
-from models.snapshot import dump_snapshot, load_snapshot
-from streams.learner import snapshot_payload
+from rowcast.core.label_events import LabelEvent
+from rowcast.models.catalog import CATALOG
+from rowcast.models.deployment import Deployment, Feature
+from rowcast.models.learning import DeploymentLearner, MemoryPending
+from rowcast.models.snapshot import dump_snapshot, load_snapshot
+from rowcast.streams.learner import snapshot_payload
 
 KEY = b"k" * 32
 FEATURES = (Feature("a", "number"), Feature("b", "number"), Feature("c", "number"),

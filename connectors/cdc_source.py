@@ -29,13 +29,13 @@ import orjson
 import psycopg
 from kafka import KafkaProducer
 
-from connectors import heartbeat, pgoutput, pgtypes, slot
-from connectors.envelope import SourceInfo, build_value, encode_key
-from connectors.lag import slot_lag
-from connectors.source_position import load_position, save_position
-from rowcast import metrics
-from rowcast.errors import DecodeError, RetryableError, SourceError
-from rowcast.settings import Settings
+from rowcast.connectors import heartbeat, pgoutput, pgtypes, slot
+from rowcast.connectors.lag import slot_lag
+from rowcast.connectors.source_position import load_position, save_position
+from rowcast.core import metrics
+from rowcast.core.envelope import SourceInfo, build_value, encode_key
+from rowcast.core.errors import DecodeError, RetryableError, SourceError
+from rowcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

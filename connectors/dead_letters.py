@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from rowcast import metrics
+from rowcast.core import metrics
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import TopicAlreadyExistsError
 
-from rowcast.settings import Settings
+from rowcast.core.settings import Settings
 
 
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:

@@ -14,7 +14,7 @@ import psycopg
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
 
-from connectors import heartbeat
+from rowcast.connectors import heartbeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ class SlotLag:
 
 def slot_lag(conn: psycopg.Connection, slot: str) -> SlotLag | None:
     """How far the slot's confirmed position trails the server's WAL (bytes, and seconds by the
-    heartbeats of :mod:`connectors.heartbeat`), and how much WAL it pins."""
+    heartbeats of :mod:`rowcast.connectors.heartbeat`), and how much WAL it pins."""
     row = conn.execute(
         "SELECT active, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, "
         "(pg_current_wal_lsn() - restart_lsn)::bigint "

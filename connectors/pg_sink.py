@@ -25,12 +25,12 @@ from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from connectors.dead_letters import DeadLetterWriter
-from connectors.slot import format_lsn
-from models.prediction import PredictionRecord
-from rowcast import metrics
-from rowcast.errors import DecodeError
-from rowcast.settings import Settings
+from rowcast.connectors.dead_letters import DeadLetterWriter
+from rowcast.connectors.slot import format_lsn
+from rowcast.core import metrics
+from rowcast.core.errors import DecodeError
+from rowcast.core.prediction import PredictionRecord
+from rowcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
-from rowcast.errors import DecodeError
+from rowcast.core.errors import DecodeError
 
 Decoder = Callable[[bytes], Any]
 

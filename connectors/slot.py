@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from rowcast.errors import SourceError
+from rowcast.core.errors import SourceError
 
 
 @dataclass(frozen=True, slots=True)

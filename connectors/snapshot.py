@@ -4,7 +4,7 @@ Why no gap: the table joins the publication first, so every change committed aft
 streamed; the snapshot reads afterwards, so every row committed before it is read. A row
 changed in between can arrive twice (once read, once streamed), which the sink's upsert makes
 harmless. Values are read through each type's output function (``format('%s', col)``), the very
-text pgoutput sends, and encoded by the same :mod:`connectors.pgtypes` decoders as the stream.
+text pgoutput sends, and encoded by the same :mod:`rowcast.connectors.pgtypes` decoders as the stream.
 
 Snapshot records can carry a ``rowcast.deployment`` header: only that deployment scores them,
 so adding a model to a table does not make the others score and learn old rows again.
@@ -19,10 +19,10 @@ import psycopg
 from kafka import KafkaProducer
 from psycopg import sql
 
-from connectors import pgtypes, slot
-from connectors.envelope import SourceInfo, build_value, encode_key
-from rowcast.errors import RetryableError
-from rowcast.settings import Settings
+from rowcast.connectors import pgtypes, slot
+from rowcast.core.envelope import SourceInfo, build_value, encode_key
+from rowcast.core.errors import RetryableError
+from rowcast.core.settings import Settings
 
 DEPLOYMENT_HEADER = "rowcast.deployment"
 

@@ -16,7 +16,7 @@ A name with a colon, ``module:factory``, is a user-supplied factory: rowcast imp
 calls ``factory()`` with no arguments and infers the task from the river estimator it returns
 (an anomaly detector, a classifier, multi-class or not, or a regressor; for a pipeline, its last
 step). rowcast does *not* wrap it: the feature dicts it sees hold floats for numbers, booleans and
-timestamps and strings for categories (see :mod:`models.features`), so the factory does its own
+timestamps and strings for categories (see :mod:`rowcast.models.features`), so the factory does its own
 preprocessing, e.g. with ``compose.SelectType(str) | preprocessing.OneHotEncoder()``. It must
 return a new estimator on every call, and its classes must be importable wherever snapshots are
 loaded (snapshots are pickles).
@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from river import anomaly, base, compose, forest, linear_model, neighbors, preprocessing, tree
 
-from rowcast.errors import ConfigError
+from rowcast.core.errors import ConfigError
 
 Task = Literal["regression", "binary", "multiclass", "anomaly"]
 

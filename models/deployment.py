@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rowcast.errors import ConfigError
+from rowcast.core.errors import ConfigError
 
 FeatureKind = Literal["number", "category", "boolean", "timestamp"]
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")

@@ -15,7 +15,7 @@ tells a model little about daily or weekly patterns:
 ``c__month``    month, 1-12
 ==============  ==========================================
 
->>> from models.deployment import Feature
+>>> from rowcast.models.deployment import Feature
 >>> build_features({"age": 31, "city": "Lyon", "vip": None},
 ...                (Feature("age", "number"), Feature("city", "category"), Feature("vip", "boolean")))
 {'age': 31.0, 'city': 'Lyon'}
@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from models.deployment import Feature, FeatureKind
-from rowcast.errors import RowcastError
+from rowcast.core.errors import RowcastError
+from rowcast.models.deployment import Feature, FeatureKind
 
 TIMESTAMP_PARTS = ("hour", "dow", "month")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -3,7 +3,7 @@
 Pure (no Kafka, no Postgres): :class:`DeploymentLearner` applies label events in the order of the
 deployment's labels topic, and everything it must remember to resume exactly is in
 :class:`LearnerState` plus the pending features (:class:`PendingStore`), which the learner
-process checkpoints with the model in one Postgres transaction (see :mod:`models.versions`).
+process checkpoints with the model in one Postgres transaction (see :mod:`rowcast.connectors.versions`).
 
 Exactly once, from at-least-once inputs: the CDC source and the scorers may replay after a
 crash. Each event carries the position of the change it came from; per stream (a source
@@ -15,8 +15,8 @@ model, so the running metric is the one ``river.evaluate.progressive_val_score``
 same rows in the same order. The score the row received from its scorer (``served``) is
 tracked beside it: the difference is what snapshot staleness costs.
 
->>> from models.deployment import Deployment, Feature
->>> from models.label_events import LabelEvent
+>>> from rowcast.models.deployment import Deployment, Feature
+>>> from rowcast.core.label_events import LabelEvent
 >>> d = Deployment("spend", "public", "c", "y", (Feature("x", "number"),), "linear_regression", ("id",))
 >>> learner = DeploymentLearner.fresh(d, MemoryPending())
 >>> e = LabelEvent("labelled", "spend", d.generation, {"id": 1}, "t:0", (5, 5, 1), 0, {"x": 1.0}, 2.0)
@@ -34,10 +34,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from models.deployment import Deployment
-from models.label_events import LabelEvent, Served
-from models.progressive import OnlineMetrics
-from models.scoring import OnlineModel, Score
+from rowcast.core.label_events import LabelEvent, Served
+from rowcast.models.deployment import Deployment
+from rowcast.models.progressive import OnlineMetrics
+from rowcast.models.scoring import OnlineModel, Score
 
 COUNTERS = ("learned", "joined", "pending_added", "unmatched", "duplicates", "stale", "expired")
 

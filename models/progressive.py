@@ -6,7 +6,7 @@ probability metrics with the class probabilities), so on a stream whose rows car
 figures are *equal* to river's, not merely close.
 
 >>> m = OnlineMetrics("regression")
->>> from models.scoring import Score
+>>> from rowcast.models.scoring import Score
 >>> m.update(3.0, Score(1.0, 1.0)); m.update(5.0, Score(4.0, 4.0))
 >>> m.values()["MAE"]
 1.5
@@ -19,8 +19,8 @@ from typing import Any
 
 from river import metrics
 
-from models.catalog import Task
-from models.scoring import Score
+from rowcast.models.catalog import Task
+from rowcast.models.scoring import Score
 
 METRICS: dict[Task, tuple[tuple[str, Callable[[], metrics.base.Metric]], ...]] = {
     "regression": (("MAE", metrics.MAE), ("RMSE", metrics.RMSE), ("R2", metrics.R2)),

@@ -12,7 +12,7 @@ multiclass  predicted label              probability of the predicted label
 anomaly     None                         anomaly score
 ==========  ===========================  ===================================
 
->>> from models.deployment import Deployment, Feature
+>>> from rowcast.models.deployment import Deployment, Feature
 >>> d = Deployment("spend", "public", "c", "y", (Feature("x", "number"),), "linear_regression", ("id",))
 >>> m = OnlineModel.fresh(d)
 >>> m.score({"x": 1.0}).score
@@ -29,9 +29,9 @@ from typing import Any
 
 from river import base
 
-from models.catalog import ModelSpec, get_model
-from models.deployment import Deployment
-from models.features import FeatureError, build_features, convert
+from rowcast.models.catalog import ModelSpec, get_model
+from rowcast.models.deployment import Deployment
+from rowcast.models.features import FeatureError, build_features, convert
 
 
 @dataclass(frozen=True, slots=True)

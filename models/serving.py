@@ -3,7 +3,7 @@
 Pure: it takes parsed events and returns prediction records, label events and rejections, so the
 faust agent that calls it stays a thin loop and this logic is tested without a broker.
 
-Scorers never learn (learning has one owner per model, see :mod:`models.learning`); they serve
+Scorers never learn (learning has one owner per model, see :mod:`rowcast.models.learning`); they serve
 the snapshot the learner last published, installed with :meth:`ServingSet.install`. Only inserts
 (``c``) and snapshot reads (``r``) are scored. Updates are not rescored, which keeps rowcast
 loop-safe when predictions are written back into the source table; an update that sets the
@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.envelope import ChangeEvent
-from models.deployment import Deployment
-from models.features import FeatureError
-from models.label_events import LabelEvent, Served
-from models.prediction import PredictionRecord
-from models.scoring import OnlineModel, Score
+from rowcast.core.envelope import ChangeEvent
+from rowcast.core.label_events import LabelEvent, Served
+from rowcast.core.prediction import PredictionRecord
+from rowcast.models.deployment import Deployment
+from rowcast.models.features import FeatureError
+from rowcast.models.scoring import OnlineModel, Score
 
 SCORED_OPS = frozenset({"c", "r"})
 LABEL_OPS = frozenset({"c", "u", "r"})

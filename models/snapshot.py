@@ -13,7 +13,7 @@ not survive river upgrades, so a version mismatch is refused with the versions n
 >>> load_snapshot(blob[:-1] + b"x", key=b"k" * 32)
 Traceback (most recent call last):
 ...
-rowcast.errors.SnapshotError: model snapshot failed verification (HMAC mismatch): refusing to load it
+rowcast.core.errors.SnapshotError: model snapshot failed verification (HMAC mismatch): refusing to load it
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import river
 
-from rowcast.errors import SnapshotError
+from rowcast.core.errors import SnapshotError
 
 MAGIC = b"RCSNAP1\n"
 

@@ -1,3 +1,3 @@
-from rowcast.cli import main
+from rowcast.ops.cli import main
 
 main()

@@ -12,7 +12,7 @@ import ssl
 
 import faust
 
-from rowcast.settings import Settings
+from rowcast.core.settings import Settings
 
 
 def app_id(settings: Settings) -> str:

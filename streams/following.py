@@ -13,12 +13,12 @@ from collections.abc import Iterable
 
 import psycopg
 
-from connectors.envelope import ChangeEvent
-from connectors.kafka_clients import ensure_deployment_topics
-from models.deployment import Deployment
-from models.registry import list_deployments
-from models.serving import ServingSet
-from rowcast.settings import Settings
+from rowcast.connectors.kafka_clients import ensure_deployment_topics
+from rowcast.connectors.registry import list_deployments
+from rowcast.core.envelope import ChangeEvent
+from rowcast.core.settings import Settings
+from rowcast.models.deployment import Deployment
+from rowcast.models.serving import ServingSet
 
 
 class DeploymentFollower:

@@ -4,7 +4,7 @@ Each deployment's labels topic has one partition, and learners share one consume
 Kafka gives every deployment to exactly one learner; ``rowcast.model_control.epoch`` fences a
 learner that lost its partition but has not noticed yet. On assignment the learner restores the
 latest checkpoint of the deployment's generation and seeks to the offset stored with it; then
-it applies label events (:class:`models.learning.DeploymentLearner`) and, every
+it applies label events (:class:`rowcast.models.learning.DeploymentLearner`) and, every
 ``learner_checkpoint_s`` or ``learner_checkpoint_every`` events, writes model, metrics, resume
 state, pending features and the next offset in one Postgres transaction (a new model version),
 publishes the snapshot to the compacted models topic for the scorers, and commits the Kafka
@@ -23,18 +23,18 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from connectors.dead_letters import DeadLetterWriter
-from models import versions
-from models.deployment import Deployment
-from models.label_events import LabelEvent
-from models.learning import DeploymentLearner, LearnerState
-from models.registry import list_deployments
-from models.scoring import OnlineModel
-from models.snapshot import dump_snapshot, encode_record, load_snapshot
-from models.versions import Checkpoint, Fenced, PgPending
-from rowcast import metrics
-from rowcast.errors import DecodeError, SnapshotError
-from rowcast.settings import Settings
+from rowcast.connectors import versions
+from rowcast.connectors.dead_letters import DeadLetterWriter
+from rowcast.connectors.registry import list_deployments
+from rowcast.connectors.versions import Checkpoint, Fenced, PgPending
+from rowcast.core import metrics
+from rowcast.core.errors import DecodeError, SnapshotError
+from rowcast.core.label_events import LabelEvent
+from rowcast.core.settings import Settings
+from rowcast.models.deployment import Deployment
+from rowcast.models.learning import DeploymentLearner, LearnerState
+from rowcast.models.scoring import OnlineModel
+from rowcast.models.snapshot import dump_snapshot, encode_record, load_snapshot
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ record). Records keyed ``<deployment>`` are the learner's newest version; record
 over the learner's versions until it is removed; otherwise a version is installed only when
 it is not older than the one served, so, per deployment and generation, the versions in the
 predictions only move forward. Snapshots are verified before unpickling
-(:func:`models.snapshot.load_snapshot`); one that fails is logged, counted as a dead letter
+(:func:`rowcast.models.snapshot.load_snapshot`); one that fails is logged, counted as a dead letter
 and skipped, and the previous version keeps serving.
 """
 
@@ -21,14 +21,14 @@ import orjson
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
-from connectors.dead_letters import dead_letter
-from connectors.kafka_clients import make_consumer, make_producer
-from models.deployment import Deployment
-from models.serving import ServingSet
-from models.snapshot import decode_record, load_snapshot
-from rowcast import metrics
-from rowcast.errors import SnapshotError
-from rowcast.settings import Settings
+from rowcast.connectors.dead_letters import dead_letter
+from rowcast.connectors.kafka_clients import make_consumer, make_producer
+from rowcast.core import metrics
+from rowcast.core.errors import SnapshotError
+from rowcast.core.settings import Settings
+from rowcast.models.deployment import Deployment
+from rowcast.models.serving import ServingSet
+from rowcast.models.snapshot import decode_record, load_snapshot
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Why not faust's own producer: its sends are acknowledged asynchronously, and fau
 ``app.producer.send`` accepted never reaching its partition while the offset commit behind it
 stalled, so a restart at that point would lose it. Here the batch body does not return until
 every record is acknowledged (``acks=all``, idempotent producer from
-:mod:`connectors.kafka_clients`); a committed source offset therefore always has its
+:mod:`rowcast.connectors.kafka_clients`); a committed source offset therefore always has its
 predictions and dead letters durably on Kafka, whatever faust's producer does.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Iterable
 
 from kafka import KafkaProducer
 
-from models.label_events import LabelEvent
-from models.prediction import PredictionRecord
-from rowcast.errors import RetryableError
-from rowcast.settings import Settings
+from rowcast.core.errors import RetryableError
+from rowcast.core.label_events import LabelEvent
+from rowcast.core.prediction import PredictionRecord
+from rowcast.core.settings import Settings
 
 
 class BatchPublisher:

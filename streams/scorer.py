@@ -1,8 +1,8 @@
 """The scoring agent: micro-batches of change events in, predictions and dead letters out.
 
-All decisions live in :class:`models.serving.ServingSet`; this module only moves bytes between
+All decisions live in :class:`rowcast.models.serving.ServingSet`; this module only moves bytes between
 faust and that pure core. Batches (``take_events``) are acked by faust after the body returns,
-and the body returns only after :class:`streams.publishing.BatchPublisher` saw Kafka acknowledge
+and the body returns only after :class:`rowcast.streams.publishing.BatchPublisher` saw Kafka acknowledge
 every prediction and dead letter of the batch, so every committed offset has them on Kafka.
 """
 
@@ -17,14 +17,14 @@ from collections.abc import Awaitable, Callable
 import faust
 import orjson
 
-from connectors.dead_letters import dead_letter
-from connectors.envelope import ChangeEvent, parse_event
-from connectors.snapshot import DEPLOYMENT_HEADER
-from models.serving import ServingSet
-from rowcast import metrics
-from rowcast.errors import DecodeError, RetryableError
-from rowcast.settings import Settings
-from streams.publishing import BatchPublisher
+from rowcast.connectors.dead_letters import dead_letter
+from rowcast.connectors.snapshot import DEPLOYMENT_HEADER
+from rowcast.core import metrics
+from rowcast.core.envelope import ChangeEvent, parse_event
+from rowcast.core.errors import DecodeError, RetryableError
+from rowcast.core.settings import Settings
+from rowcast.models.serving import ServingSet
+from rowcast.streams.publishing import BatchPublisher
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ RETRY_EXIT = 75  # same code as a reload: the supervisor starts a fresh worker a
 
 
 def _only_for(headers: object) -> str | None:
-    """The deployment a snapshot event is meant for (see connectors.snapshot), if any."""
+    """The deployment a snapshot event is meant for (see rowcast.connectors.snapshot), if any."""
     items = headers.items() if isinstance(headers, dict) else (headers or ())
     for name, value in items:
         if name == DEPLOYMENT_HEADER and value is not None:

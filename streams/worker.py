@@ -24,17 +24,17 @@ import threading
 import faust
 import psycopg
 
-from connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_producer
-from models.deployment import Deployment
-from models.serving import ServingSet
-from models.snapshot import snapshot_key
-from rowcast import metrics
-from rowcast.settings import Settings
-from streams.app import create_app
-from streams.following import DeploymentFollower
-from streams.model_feed import ModelFeed
-from streams.publishing import BatchPublisher
-from streams.scorer import RETRY_EXIT, attach_scorer
+from rowcast.connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_producer
+from rowcast.core import metrics
+from rowcast.core.settings import Settings
+from rowcast.models.deployment import Deployment
+from rowcast.models.serving import ServingSet
+from rowcast.models.snapshot import snapshot_key
+from rowcast.streams.app import create_app
+from rowcast.streams.following import DeploymentFollower
+from rowcast.streams.model_feed import ModelFeed
+from rowcast.streams.publishing import BatchPublisher
+from rowcast.streams.scorer import RETRY_EXIT, attach_scorer
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from connectors.slot import drop_slot_and_publication
-from rowcast.devstack.kafka import KafkaServer
-from rowcast.devstack.postgres import PostgresServer
-from rowcast.devstack.process import free_port
-from rowcast.settings import Settings
+from rowcast.connectors.slot import drop_slot_and_publication
+from rowcast.core.settings import Settings
+from rowcast.ops.devstack.kafka import KafkaServer
+from rowcast.ops.devstack.postgres import PostgresServer
+from rowcast.ops.devstack.process import free_port
+from tests.helpers.services import SASL_PASSWORD
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -45,9 +46,6 @@ def pg_server(services_dir: Path) -> Iterator[PostgresServer]:
     server.start()
     yield server
     server.stop()
-
-
-SASL_PASSWORD = "kafka-S3cr3t-y"  # the test broker's SASL/PLAIN login (rowcast / this)
 
 
 @pytest.fixture(scope="session")

@@ -7,15 +7,15 @@ import uuid
 import orjson
 import pytest
 
-from connectors.cdc_source import CdcSource
-from connectors.kafka_clients import make_producer
-from connectors.snapshot import emit_snapshot
-from rowcast.pipeline import Pipeline
-from rowcast.schema import init_database
-from tests.integration.test_cdc_shapes import watch
-from tests.integration.test_end_to_end import deploy_cli
-from tests.kafka_reading import drain
-from tests.waiting import wait_until
+from rowcast.connectors.cdc_source import CdcSource
+from rowcast.connectors.kafka_clients import make_producer
+from rowcast.connectors.schema import init_database
+from rowcast.connectors.snapshot import emit_snapshot
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.cli import deploy_cli
+from tests.helpers.kafka_reading import drain
+from tests.helpers.tables import watch
+from tests.helpers.waiting import wait_until
 
 TYPES = ("id int PRIMARY KEY, n numeric(20,4), f float8, t text, c char(3), b boolean, d date, "
          "ts timestamp, tz timestamptz, iv interval, u uuid, j jsonb, by bytea, a int[], s text[]")

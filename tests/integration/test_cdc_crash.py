@@ -11,11 +11,11 @@ import pytest
 from kafka import TopicPartition
 from kafka.admin import OffsetSpec
 
-from connectors.kafka_clients import make_admin
-from rowcast.pipeline import Pipeline
-from tests.integration.test_cdc_shapes import watch
-from tests.kafka_reading import drain
-from tests.waiting import wait_until
+from rowcast.connectors.kafka_clients import make_admin
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.kafka_reading import drain
+from tests.helpers.tables import watch
+from tests.helpers.waiting import wait_until
 
 ROWS = 1500
 

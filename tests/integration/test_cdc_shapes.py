@@ -3,27 +3,14 @@ streaming, several tables at once, TRUNCATE."""
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
 
-from connectors.cdc_source import CdcSource
-from connectors.kafka_clients import ensure_topics, make_producer
-from connectors.lag import slot_lag
-from connectors.slot import watch_table
-from rowcast.schema import init_database
-from tests.kafka_reading import drain
-from tests.waiting import wait_until
-
-
-def watch(settings, pg_conn, ddl: str) -> tuple[str, str]:
-    table = f"shape_{uuid.uuid4().hex[:8]}"
-    pg_conn.execute(f"CREATE TABLE public.{table} {ddl}")
-    init_database(pg_conn, settings)
-    watch_table(pg_conn, settings.publication_name, "public", table)
-    topic = settings.source_topic("public", table)
-    ensure_topics(settings.model_copy(update={"topic_partitions": 1}), [topic])
-    return table, topic
+from rowcast.connectors.cdc_source import CdcSource
+from rowcast.connectors.kafka_clients import make_producer
+from rowcast.connectors.lag import slot_lag
+from tests.helpers.kafka_reading import drain
+from tests.helpers.tables import watch
+from tests.helpers.waiting import wait_until
 
 
 def drain_source(settings, pg_conn, source: CdcSource) -> None:

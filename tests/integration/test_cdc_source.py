@@ -9,14 +9,14 @@ import pytest
 from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 
-from connectors.cdc_source import CdcSource
-from connectors.kafka_clients import ensure_topics, make_producer
-from connectors.lag import slot_lag
-from connectors.slot import watch_table
-from rowcast.errors import ConfigError, RetryableError, SourceError
-from rowcast.schema import init_database
-from tests.kafka_reading import drain
-from tests.waiting import wait_until
+from rowcast.connectors.cdc_source import CdcSource
+from rowcast.connectors.kafka_clients import ensure_topics, make_producer
+from rowcast.connectors.lag import slot_lag
+from rowcast.connectors.schema import init_database
+from rowcast.connectors.slot import watch_table
+from rowcast.core.errors import ConfigError, RetryableError, SourceError
+from tests.helpers.kafka_reading import drain
+from tests.helpers.waiting import wait_until
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_transactions_already_published_are_dropped_after_a_replay(settings, pg_
                                                                  monkeypatch):
     """After a server crash the slot may hand out transactions again (its position is saved only
     at checkpoints); the source's own remembered commit LSN drops them."""
-    from connectors import slot
+    from rowcast.connectors import slot
 
     table, topic = watched
     pg_conn.execute(f"INSERT INTO public.{table} (id) VALUES (1)")
@@ -111,7 +111,7 @@ def test_transactions_already_published_are_dropped_after_a_replay(settings, pg_
 
 def test_logging_running_xacts_lets_the_restart_lsn_catch_up(settings, pg_conn, watched):
     """Without it, each peek re-decodes all WAL since the last running-xacts record (~15 s)."""
-    from connectors import slot
+    from rowcast.connectors import slot
 
     def restart_gap() -> int:
         return pg_conn.execute(
@@ -155,7 +155,7 @@ def test_a_table_without_primary_key_is_refused(settings, pg_conn):
     pg_conn.execute(f"CREATE TABLE public.{table} (a int)")
     with pytest.raises(SourceError, match="no primary key"):
         watch_table(pg_conn, settings.publication_name, "public", table)
-    from models.registry import create_deployment
+    from rowcast.connectors.registry import create_deployment
     with pytest.raises(ConfigError, match="no primary key"):
         create_deployment(pg_conn, "d", table, "a", None, "linear_regression")
 

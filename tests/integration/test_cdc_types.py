@@ -1,6 +1,6 @@
 """Every type the CDC source promises, streamed from the real server and checked against what a
 ``SELECT`` of the same row returns (psycopg's own values, converted here by hand to Debezium's
-encoding, independently of :mod:`connectors.pgtypes`)."""
+encoding, independently of :mod:`rowcast.connectors.pgtypes`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from decimal import Decimal
 
 import orjson
 
-from connectors.cdc_source import UNAVAILABLE, CdcSource
-from connectors.kafka_clients import make_producer
-from connectors.lag import slot_lag
-from tests.integration.test_cdc_shapes import watch
-from tests.kafka_reading import drain
-from tests.waiting import wait_until
+from rowcast.connectors.cdc_source import UNAVAILABLE, CdcSource
+from rowcast.connectors.kafka_clients import make_producer
+from rowcast.connectors.lag import slot_lag
+from tests.helpers.kafka_reading import drain
+from tests.helpers.tables import watch
+from tests.helpers.waiting import wait_until
 
 COLUMNS = {
     "id": "int PRIMARY KEY", "i2": "smallint", "i8": "bigint", "r4": "real", "f8": "double precision",

@@ -11,13 +11,13 @@ import uuid
 import orjson
 import pytest
 
-from connectors.envelope import SourceInfo, build_value
-from connectors.kafka_clients import make_producer
-from rowcast.pipeline import Pipeline
-from rowcast.schema import init_database
-from tests.integration.test_end_to_end import deploy_cli
-from tests.kafka_reading import drain
-from tests.waiting import wait_until
+from rowcast.connectors.kafka_clients import make_producer
+from rowcast.connectors.schema import init_database
+from rowcast.core.envelope import SourceInfo, build_value
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.cli import deploy_cli
+from tests.helpers.kafka_reading import drain
+from tests.helpers.waiting import wait_until
 
 
 def envelope(table: str, row: dict) -> bytes:

@@ -17,15 +17,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.cdc_source import CdcSource
-from connectors.envelope import parse_event
-from connectors.kafka_clients import ensure_topics, make_producer
-from connectors.lag import slot_lag
-from models.registry import create_deployment
-from models.serving import ServingSet
-from rowcast.schema import init_database
-from tests.kafka_reading import drain
-from tests.waiting import wait_until
+from rowcast.connectors.cdc_source import CdcSource
+from rowcast.connectors.kafka_clients import ensure_topics, make_producer
+from rowcast.connectors.lag import slot_lag
+from rowcast.connectors.registry import create_deployment
+from rowcast.connectors.schema import init_database
+from rowcast.core.envelope import parse_event
+from rowcast.models.serving import ServingSet
+from tests.helpers.kafka_reading import drain
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.debezium
 CAPTURE = Path(__file__).parent.parent / "debezium" / "capture.py"

@@ -7,9 +7,9 @@ import uuid
 import psycopg
 from kafka import KafkaConsumer, KafkaProducer
 
-from rowcast.devstack.process import free_port, pid_alive, read_pid
-from rowcast.devstack.stack import DevStack
-from rowcast.settings import Settings
+from rowcast.core.settings import Settings
+from rowcast.ops.devstack.process import free_port, pid_alive, read_pid
+from rowcast.ops.devstack.stack import DevStack
 
 
 def test_postgres_runs_with_logical_decoding(pg_conn) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import subprocess
-import sys
 import urllib.request
 import uuid
 
@@ -15,11 +12,13 @@ import pytest
 from river import evaluate
 from river import metrics as river_metrics
 
-from models.catalog import get_model
-from models.snapshot import load_snapshot, snapshot_key
-from rowcast.pipeline import Pipeline
-from tests.kafka_reading import drain
-from tests.waiting import wait_until
+from rowcast.models.catalog import get_model
+from rowcast.models.snapshot import load_snapshot, snapshot_key
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.cli import deploy_cli
+from tests.helpers.kafka_reading import drain
+from tests.helpers.learning import latest_version
+from tests.helpers.waiting import wait_until
 
 N_ROWS = 300
 
@@ -36,24 +35,12 @@ def make_rows(n: int, seed: int = 3) -> list[tuple]:
     return rows
 
 
-def deploy_cli(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "rowcast", "deploy", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
 def features_of(row: tuple) -> dict[str, float]:
     _, age, income, credit, _ = row
     x = {"age": float(age), "income": float(income)}
     if credit is not None:
         x["credit_score"] = float(credit)
     return x
-
-
-def latest_version(conn, deployment: str) -> tuple[int, int, dict] | None:
-    return conn.execute("SELECT version, samples, metrics FROM rowcast.model_versions "
-                        "WHERE deployment = %s ORDER BY version DESC LIMIT 1",
-                        (deployment,)).fetchone()
 
 
 def served_version(settings, deployment: str) -> float:

@@ -21,12 +21,12 @@ import orjson
 import psycopg
 import pytest
 
-from rowcast.pipeline import PROCESSES, Pipeline
-from tests.integration.test_end_to_end import latest_version
-from tests.integration.test_learning import counters, fast, rowcast_cli
-from tests.kafka_reading import drain
-from tests.tables import deployed_xy_table
-from tests.waiting import wait_until
+from rowcast.ops.pipeline import PROCESSES, Pipeline
+from tests.helpers.cli import rowcast_cli
+from tests.helpers.kafka_reading import drain
+from tests.helpers.learning import counters, fast, latest_version
+from tests.helpers.tables import deployed_xy_table
+from tests.helpers.waiting import wait_until
 
 RATE = 40  # rows per second
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from connectors.kafka_clients import ensure_topics, make_admin, make_consumer, make_producer
-from connectors.lag import consumer_lag, slot_lag
-from rowcast.schema import init_database
+from rowcast.connectors.kafka_clients import ensure_topics, make_admin, make_consumer, make_producer
+from rowcast.connectors.lag import consumer_lag, slot_lag
+from rowcast.connectors.schema import init_database
 
 
 def test_consumer_lag_is_log_end_minus_committed_per_partition(settings):
@@ -50,7 +50,7 @@ def test_rowcast_lag_prints_each_partition_of_scorer_and_sink(settings, pg_conn)
     import sys
     import uuid
 
-    from models.registry import create_deployment
+    from rowcast.connectors.registry import create_deployment
 
     init_database(pg_conn, settings)
     table = f"lagcli_{uuid.uuid4().hex[:6]}"
@@ -80,7 +80,7 @@ def test_oldest_unconsumed_event_age_reads_the_first_uncommitted_record(settings
 
     from kafka import KafkaConsumer
 
-    from connectors.lag import oldest_unconsumed_age_s
+    from rowcast.connectors.lag import oldest_unconsumed_age_s
 
     topic = f"{settings.topic_prefix}.aged"
     ensure_topics(settings.model_copy(update={"topic_partitions": 1}), [topic])

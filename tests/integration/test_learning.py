@@ -3,9 +3,6 @@ progressive metrics equal to river's, versioned checkpoints that survive kill -9
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 
 import orjson
@@ -14,32 +11,13 @@ from psycopg import sql
 from river import datasets, evaluate
 from river import metrics as river_metrics
 
-from models.catalog import get_model
-from rowcast.pipeline import Pipeline
-from tests.integration.test_end_to_end import deploy_cli, latest_version
-from tests.kafka_reading import drain
-from tests.tables import deployed_xy_table, insert_xy
-from tests.waiting import wait_until
-
-
-def rowcast_cli(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "rowcast", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def learned(conn, deployment: str) -> int:
-    v = latest_version(conn, deployment)
-    return 0 if v is None else v[1]
-
-
-def counters(conn, deployment: str) -> dict:
-    return conn.execute("SELECT state->'counters' FROM rowcast.model_versions WHERE deployment = %s "
-                        "ORDER BY version DESC LIMIT 1", (deployment,)).fetchone()[0]
-
-
-def fast(settings):
-    return settings.model_copy(update={"learner_checkpoint_s": 0.3, "deployment_refresh_s": 0.5})
+from rowcast.models.catalog import get_model
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.cli import deploy_cli, rowcast_cli
+from tests.helpers.kafka_reading import drain
+from tests.helpers.learning import counters, fast, latest_version, learned
+from tests.helpers.tables import deployed_xy_table, insert_xy
+from tests.helpers.waiting import wait_until
 
 
 @pytest.mark.timeout(300)

@@ -6,40 +6,17 @@ import uuid
 
 import pytest
 
-from connectors.kafka_clients import make_admin
-from connectors.lag import consumer_lag
-from rowcast.pipeline import Pipeline
-from rowcast.processes import sink_group
-from rowcast.schema import init_database
-from streams.app import app_id
-from tests.integration.test_end_to_end import deploy_cli
-from tests.kafka_reading import drain
-from tests.waiting import wait_until
+from rowcast.connectors.schema import init_database
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.cli import deploy_cli
+from tests.helpers.diagnostics import logs
+from tests.helpers.waiting import wait_until
 
 
 def predictions(conn, deployment: str) -> dict[int, str]:
     return {r[0]: r[1] for r in conn.execute(
         "SELECT (pk->>'id')::int, model FROM rowcast.predictions WHERE deployment = %s",
         (deployment,))}
-
-
-def logs(pipeline) -> str:
-    """Every process's log tail and each group's offsets: enough to tell which stage stalled."""
-    settings = pipeline.settings
-    admin = make_admin(settings)
-    try:
-        topics = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
-        offsets = [f"{group}: {p.topic}[{p.partition}] end={p.log_end} committed={p.committed}"
-                   for group in (app_id(settings), sink_group(settings))
-                   for p in consumer_lag(admin, group, topics) if p.log_end]
-    finally:
-        admin.close()
-    for topic in topics:
-        if ".predictions." in topic or ".public." in topic:
-            for r in drain(settings, topic, 0, timeout_s=2):
-                offsets.append(f"{topic}[{r.partition}]@{r.offset} key={r.key!r} {r.value[:160]!r}")
-    tails = [f"--- {name}\n{pipeline.log_tail(name, 60)}" for name in pipeline.procs]
-    return "\n".join(["--- offsets", *offsets, *tails])
 
 
 @pytest.mark.timeout(240)

@@ -18,15 +18,15 @@ import orjson
 import psycopg
 import pytest
 
-from rowcast.dashboard import Dashboard
-from rowcast.errors import ConfigError
-from rowcast.monitor import Monitor
-from rowcast.pipeline import Pipeline
-from rowcast.schema import init_database
-from tests.integration.test_end_to_end import deploy_cli
-from tests.integration.test_live_deployments import logs
-from tests.tables import deployed_xy_table
-from tests.waiting import wait_until
+from rowcast.connectors.schema import init_database
+from rowcast.core.errors import ConfigError
+from rowcast.ops.dashboard import Dashboard
+from rowcast.ops.monitor import Monitor
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.cli import deploy_cli
+from tests.helpers.diagnostics import logs
+from tests.helpers.tables import deployed_xy_table
+from tests.helpers.waiting import wait_until
 
 
 def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import orjson
 
-from connectors.dead_letters import DeadLetterWriter
-from connectors.kafka_clients import ensure_topics, make_consumer, make_producer
-from connectors.pg_sink import PredictionSink, upsert
-from models.prediction import PredictionRecord
-from rowcast.schema import init_database
-from tests.kafka_reading import drain
-from tests.waiting import wait_until
+from rowcast.connectors.dead_letters import DeadLetterWriter
+from rowcast.connectors.kafka_clients import ensure_topics, make_consumer, make_producer
+from rowcast.connectors.pg_sink import PredictionSink, upsert
+from rowcast.connectors.schema import init_database
+from rowcast.core.prediction import PredictionRecord
+from tests.helpers.kafka_reading import drain
+from tests.helpers.waiting import wait_until
 
 
 def record(key: int, score: float, lsn: int, version: int = 1) -> PredictionRecord:

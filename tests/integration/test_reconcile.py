@@ -6,13 +6,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from connectors.kafka_clients import make_producer
-from models.snapshot import encode_record
-from rowcast.pipeline import Pipeline
-from tests.integration.test_learning import fast, learned, rowcast_cli
-from tests.kafka_reading import drain
-from tests.tables import deployed_xy_table, insert_xy
-from tests.waiting import wait_until
+from rowcast.connectors.kafka_clients import make_producer
+from rowcast.models.snapshot import encode_record
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.cli import rowcast_cli
+from tests.helpers.kafka_reading import drain
+from tests.helpers.learning import fast, learned
+from tests.helpers.tables import deployed_xy_table, insert_xy
+from tests.helpers.waiting import wait_until
 
 
 def versions_served(conn) -> set[int]:

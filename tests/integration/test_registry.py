@@ -7,12 +7,12 @@ import uuid
 import psycopg
 import pytest
 
-from connectors.pg_sink import upsert
-from connectors.slot import published_tables
-from models.prediction import PredictionRecord
-from models.registry import create_deployment, list_deployments, remove_deployment
-from rowcast.errors import ConfigError
-from rowcast.schema import init_database
+from rowcast.connectors.pg_sink import upsert
+from rowcast.connectors.registry import create_deployment, list_deployments, remove_deployment
+from rowcast.connectors.schema import init_database
+from rowcast.connectors.slot import published_tables
+from rowcast.core.errors import ConfigError
+from rowcast.core.prediction import PredictionRecord
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from psycopg import sql
 
-from rowcast.pipeline import Pipeline
-from tests.conftest import SASL_PASSWORD
-from tests.integration.test_learning import fast, learned, rowcast_cli
-from tests.waiting import wait_until
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.cli import rowcast_cli
+from tests.helpers.learning import fast, learned
+from tests.helpers.services import SASL_PASSWORD
+from tests.helpers.waiting import wait_until
 
 SECRETS = ("pw-S3cr3t-x", "kafka-unused-S3cr3t", "dash-S3cr3t-z")
 

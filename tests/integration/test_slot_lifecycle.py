@@ -11,16 +11,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from connectors import heartbeat
-from connectors.cdc_source import CdcSource
-from connectors.kafka_clients import make_producer
-from connectors.lag import slot_lag
-from connectors.slot import check_server, ensure_slot, watch_table
-from rowcast.devstack.postgres import PostgresServer
-from rowcast.devstack.process import free_port
-from rowcast.errors import SourceError
-from rowcast.schema import init_database
-from tests.waiting import wait_until
+from rowcast.connectors import heartbeat
+from rowcast.connectors.cdc_source import CdcSource
+from rowcast.connectors.kafka_clients import make_producer
+from rowcast.connectors.lag import slot_lag
+from rowcast.connectors.schema import init_database
+from rowcast.connectors.slot import check_server, ensure_slot, watch_table
+from rowcast.core.errors import SourceError
+from rowcast.ops.devstack.postgres import PostgresServer
+from rowcast.ops.devstack.process import free_port
+from tests.helpers.waiting import wait_until
 
 
 def slots(conn) -> set[str]:

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 from bench.procstat import read_tree
-from rowcast.pipeline import Pipeline
-from tests.integration.test_end_to_end import deploy_cli
-from tests.integration.test_learning import fast, rowcast_cli
-from tests.waiting import wait_until
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.cli import deploy_cli, rowcast_cli
+from tests.helpers.learning import fast
+from tests.helpers.waiting import wait_until
 
 SOAK_S = float(os.environ.get("ROWCAST_SOAK_S", "240"))
 RATE = float(os.environ.get("ROWCAST_SOAK_RATE", "200"))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rowcast.pipeline import Pipeline
-from rowcast.schema import init_database
-from tests.waiting import wait_until
+from rowcast.connectors.schema import init_database
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.waiting import wait_until
 
 
 def children(pid: int) -> list[int]:

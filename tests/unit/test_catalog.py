@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from river import anomaly, forest, linear_model, neighbors, tree
 
-from models.catalog import CATALOG, ModelSpec, get_model, is_custom, task_of
-from models.deployment import Deployment, Feature
-from models.scoring import OnlineModel, Score
-from rowcast.errors import ConfigError
+from rowcast.core.errors import ConfigError
+from rowcast.models.catalog import CATALOG, ModelSpec, get_model, is_custom, task_of
+from rowcast.models.deployment import Deployment, Feature
+from rowcast.models.scoring import OnlineModel, Score
 
 CUSTOM = "tests.unit.custom_models"
 MODELS = sorted(CATALOG) + [f"{CUSTOM}:{f}" for f in ("churn", "spend", "plan", "odd")]

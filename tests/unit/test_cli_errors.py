@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from rowcast.devstack.process import free_port
+from rowcast.ops.devstack.process import free_port
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:

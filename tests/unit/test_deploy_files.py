@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
-import rowcast.metrics  # noqa: F401  (registers rowcast's metrics)
-from rowcast.cli import app
-from rowcast.settings import Settings
+import rowcast.core.metrics  # noqa: F401  (registers rowcast's metrics)
+from rowcast.core.settings import Settings
+from rowcast.ops.cli import app
 
 ROOT = Path(__file__).parents[2]
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.pgtypes import decoder_for
-from models.deployment import Feature
-from models.features import TIMESTAMP_PARTS, FeatureError, build_features, convert, expand
+from rowcast.connectors.pgtypes import decoder_for
+from rowcast.models.deployment import Feature
+from rowcast.models.features import TIMESTAMP_PARTS, FeatureError, build_features, convert, expand
 
 TS, TSTZ = 1114, 1184
 SEEN = (Feature("seen", "timestamp"),)

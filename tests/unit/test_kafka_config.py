@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from rowcast.devstack.kafka import render_pom, render_server_properties
+from rowcast.ops.devstack.kafka import render_pom, render_server_properties
 
 
 def test_server_properties_are_single_node_kraft_on_loopback() -> None:
@@ -23,8 +23,8 @@ def test_pom_pins_the_broker_version() -> None:
 def test_security_settings_reach_kafka_python_and_faust(tmp_path: Path) -> None:
     import faust
 
-    from rowcast.settings import Settings
-    from streams.app import _credentials
+    from rowcast.core.settings import Settings
+    from rowcast.streams.app import _credentials
 
     sasl = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
                     kafka_sasl_username="u", kafka_sasl_password="p", _env_file=None)
@@ -70,7 +70,7 @@ def test_mutual_tls_listener_demands_client_certificates() -> None:
 
 
 def test_every_client_retries_a_lost_broker_within_seconds() -> None:
-    from rowcast.settings import Settings
+    from rowcast.core.settings import Settings
 
     config = Settings(_env_file=None).kafka_client_config()
     assert config["reconnect_backoff_max_ms"] == 2000  # not kafka-python's 30 s

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors import pgoutput as po
-from connectors.pgtypes import decoder_for
-from rowcast.errors import DecodeError
+from rowcast.connectors import pgoutput as po
+from rowcast.connectors.pgtypes import decoder_for
+from rowcast.core.errors import DecodeError
 
 DATA = Path(__file__).parents[1] / "data" / "pgoutput"
 CAPTURED = json.loads((DATA / "captured.json").read_text())

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.pgtypes import decode_value, decoder_for
-from rowcast.errors import DecodeError
+from rowcast.connectors.pgtypes import decode_value, decoder_for
+from rowcast.core.errors import DecodeError
 
 INT8, FLOAT8, NUMERIC, BOOL, DATE, TIME, TIMETZ, TS, TSTZ, INTERVAL, BYTEA, JSONB, ENUMISH = (
     20, 701, 1700, 16, 1082, 1083, 1266, 1114, 1184, 1186, 17, 3802, 99999)

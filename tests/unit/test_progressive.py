@@ -7,10 +7,10 @@ import itertools
 import pytest
 from river import datasets, evaluate
 
-from models.catalog import get_model
-from models.deployment import Deployment, Feature
-from models.progressive import METRICS, OnlineMetrics
-from models.scoring import OnlineModel
+from rowcast.models.catalog import get_model
+from rowcast.models.deployment import Deployment, Feature
+from rowcast.models.progressive import METRICS, OnlineMetrics
+from rowcast.models.scoring import OnlineModel
 
 CASES = [
     (datasets.Bananas, "logistic_regression", 2000),

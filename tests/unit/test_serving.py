@@ -7,15 +7,15 @@ import numbers
 import pytest
 from river import compose, linear_model, preprocessing
 
-from connectors.envelope import ChangeEvent, SourceInfo
-from models.catalog import get_model
-from models.deployment import Deployment, Feature, LabelSource
-from models.features import FeatureError, build_features
-from models.learning import DeploymentLearner, MemoryPending
-from models.prediction import PredictionRecord
-from models.scoring import OnlineModel
-from models.serving import ServingSet
-from rowcast.errors import ConfigError, DecodeError
+from rowcast.core.envelope import ChangeEvent, SourceInfo
+from rowcast.core.errors import ConfigError, DecodeError
+from rowcast.core.prediction import PredictionRecord
+from rowcast.models.catalog import get_model
+from rowcast.models.deployment import Deployment, Feature, LabelSource
+from rowcast.models.features import FeatureError, build_features
+from rowcast.models.learning import DeploymentLearner, MemoryPending
+from rowcast.models.scoring import OnlineModel
+from rowcast.models.serving import ServingSet
 
 FEATURES = (Feature("age", "number"), Feature("income", "number"), Feature("city", "category"))
 

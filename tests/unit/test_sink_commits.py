@@ -8,9 +8,9 @@ from __future__ import annotations
 from kafka.errors import RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from connectors import pg_sink
-from connectors.pg_sink import PredictionSink
-from rowcast.settings import Settings
+from rowcast.connectors import pg_sink
+from rowcast.connectors.pg_sink import PredictionSink
+from rowcast.core.settings import Settings
 
 TP, OTHER = TopicPartition("p.predictions.d", 0), TopicPartition("p.predictions.d", 1)
 

@@ -10,9 +10,9 @@ import river
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.catalog import get_model
-from models.snapshot import MAGIC, _mac, dump_snapshot, load_snapshot
-from rowcast.errors import SnapshotError
+from rowcast.core.errors import SnapshotError
+from rowcast.models.catalog import get_model
+from rowcast.models.snapshot import MAGIC, _mac, dump_snapshot, load_snapshot
 
 KEY = b"0123456789abcdef0123456789abcdef"
 

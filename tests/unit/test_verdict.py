@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.verdict import Sample, Verdict, evaluate, judge, slot_verdict
+from rowcast.ops.verdict import Sample, Verdict, evaluate, judge, slot_verdict
 
 
 def samples(*points: tuple[float, int, int]) -> list[Sample]:
@@ -41,7 +41,7 @@ def test_a_consumer_is_as_bad_as_its_worst_partition_and_error_when_down() -> No
 def test_the_docstring_example_holds() -> None:
     import doctest
 
-    import connectors.verdict as module
+    import rowcast.ops.verdict as module
 
     assert doctest.testmod(module).failed == 0
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from rowcast.settings import Settings
+from rowcast.core.settings import Settings
 
 PROCESSES = ("source", "worker", "learner", "sink")
 

@@ -10,7 +10,10 @@ from collections.abc import Callable, Iterable
 
 import psycopg
 
-from tests.integration.test_end_to_end import deploy_cli
+from rowcast.connectors.kafka_clients import ensure_topics
+from rowcast.connectors.schema import init_database
+from rowcast.connectors.slot import watch_table
+from tests.helpers.cli import deploy_cli
 
 
 def deployed_xy_table(settings, conn: psycopg.Connection, deployment: str, prefix: str) -> str:
@@ -29,3 +32,13 @@ def insert_xy(conn: psycopg.Connection, table: str, ids: Iterable[int],
     with conn.transaction():
         conn.cursor().executemany(f"INSERT INTO public.{table} VALUES (%s, %s, %s)",
                                   [(i, float(i), label(i)) for i in ids])
+
+
+def watch(settings, pg_conn, ddl: str) -> tuple[str, str]:
+    table = f"shape_{uuid.uuid4().hex[:8]}"
+    pg_conn.execute(f"CREATE TABLE public.{table} {ddl}")
+    init_database(pg_conn, settings)
+    watch_table(pg_conn, settings.publication_name, "public", table)
+    topic = settings.source_topic("public", table)
+    ensure_topics(settings.model_copy(update={"topic_partitions": 1}), [topic])
+    return table, topic

@@ -1,6 +1,6 @@
 """Deployments stored in Postgres (``rowcast.deployments``), created from the table's own shape.
 
-Creation goes through the SQL function ``rowcast.deploy`` (see :mod:`models.deploy_sql`), so the
+Creation goes through the SQL function ``rowcast.deploy`` (see :mod:`rowcast.connectors.deploy_sql`), so the
 CLI and a plain ``SELECT rowcast.deploy(...)`` share one validation: feature kinds come from the
 real column types, and bad definitions are refused before anything runs.
 """
@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import psycopg
 
-from models import versions
-from models.catalog import CATALOG
-from models.deploy_sql import CONFIG_DDL, DEPLOY_FUNCTION, UNDEPLOY_FUNCTION
-from models.deployment import Deployment, Feature, LabelSource
-from rowcast.errors import ConfigError
+from rowcast.connectors import versions
+from rowcast.connectors.deploy_sql import CONFIG_DDL, DEPLOY_FUNCTION, UNDEPLOY_FUNCTION
+from rowcast.core.errors import ConfigError
+from rowcast.models.catalog import CATALOG
+from rowcast.models.deployment import Deployment, Feature, LabelSource
 
 DEPLOY_REFUSED = "RC001"  # SQLSTATE raised by rowcast.deploy for a definition it refuses
 

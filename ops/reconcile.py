@@ -22,12 +22,12 @@ from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
 from psycopg import sql
 
-from connectors.lag import consumer_lag
-from models.deployment import Deployment
-from models.registry import list_deployments
-from rowcast.processes import sink_group
-from rowcast.settings import Settings
-from streams.app import app_id
+from rowcast.connectors.lag import consumer_lag
+from rowcast.connectors.registry import list_deployments
+from rowcast.core.settings import Settings
+from rowcast.models.deployment import Deployment
+from rowcast.streams.app import app_id
+from rowcast.streams.processes import sink_group
 
 
 @dataclass

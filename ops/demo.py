@@ -15,15 +15,15 @@ import time
 import psycopg
 from kafka.errors import KafkaError
 
-from connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_admin
-from connectors.lag import consumer_lag, slot_lag
-from models.registry import create_deployment
-from rowcast.devstack.stack import DevStack
-from rowcast.pipeline import Pipeline
-from rowcast.processes import sink_group
-from rowcast.schema import init_database
-from rowcast.settings import Settings
-from streams.app import app_id
+from rowcast.connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_admin
+from rowcast.connectors.lag import consumer_lag, slot_lag
+from rowcast.connectors.registry import create_deployment
+from rowcast.connectors.schema import init_database
+from rowcast.core.settings import Settings
+from rowcast.ops.devstack.stack import DevStack
+from rowcast.ops.pipeline import Pipeline
+from rowcast.streams.app import app_id
+from rowcast.streams.processes import sink_group
 
 DEPLOYMENT = "customer_spend"
 

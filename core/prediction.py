@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from rowcast.errors import DecodeError
+from rowcast.core.errors import DecodeError
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rowcast.errors import DevStackError
+from rowcast.core.errors import DevStackError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

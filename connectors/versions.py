@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from rowcast.errors import ConfigError
+from rowcast.core.errors import ConfigError
 
 DDL = """
 CREATE TABLE IF NOT EXISTS rowcast.model_versions (

@@ -13,13 +13,13 @@ import threading
 
 import psycopg
 
-from connectors.cdc_source import CdcSource
-from connectors.dead_letters import DeadLetterWriter
-from connectors.kafka_clients import ensure_topics, make_consumer, make_producer
-from connectors.pg_sink import SINK_GROUP_SUFFIX, PredictionSink
-from rowcast import metrics
-from rowcast.schema import init_database
-from rowcast.settings import Settings
+from rowcast.connectors.cdc_source import CdcSource
+from rowcast.connectors.dead_letters import DeadLetterWriter
+from rowcast.connectors.kafka_clients import ensure_topics, make_consumer, make_producer
+from rowcast.connectors.pg_sink import SINK_GROUP_SUFFIX, PredictionSink
+from rowcast.connectors.schema import init_database
+from rowcast.core import metrics
+from rowcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
 
 
 def run_learner(settings: Settings, stop: threading.Event | None = None) -> None:
-    from models.snapshot import snapshot_key
-    from streams.learner import Learner
+    from rowcast.models.snapshot import snapshot_key
+    from rowcast.streams.learner import Learner
 
     stop = stop or stop_on_signals()
     metrics.serve(settings.learner_metrics_port, settings, "learner")

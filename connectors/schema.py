@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import psycopg
 
-from connectors import heartbeat, pg_sink, slot, source_position
-from models import registry
-from rowcast.settings import Settings
+from rowcast.connectors import heartbeat, pg_sink, registry, slot, source_position
+from rowcast.core.settings import Settings
 
 INIT_LOCK = 0x726F77636173  # "rowcas": one advisory lock key for schema setup
 

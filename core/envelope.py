@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from rowcast import __version__
-from rowcast.errors import DecodeError
+from rowcast.core.errors import DecodeError
 
 OPS = frozenset({"c", "u", "d", "r", "t", "m"})
 

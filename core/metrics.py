@@ -13,7 +13,7 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from rowcast.settings import Settings
+from rowcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``rowcast status`` as text: one screen from a :meth:`rowcast.monitor.Monitor.sample`."""
+"""``rowcast status`` as text: one screen from a :meth:`rowcast.ops.monitor.Monitor.sample`."""
 
 from __future__ import annotations
 

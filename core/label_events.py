@@ -10,7 +10,7 @@ for each row it scores it sends the learner one record on ``<prefix>.labels.<dep
               the deployment's labels table), joined by the row's primary key
 
 Every event carries the position of the change that caused it (``stream`` and ``order``, see
-:attr:`connectors.envelope.ChangeEvent.order`), so the learner can drop the replays a crash
+:attr:`rowcast.core.envelope.ChangeEvent.order`), so the learner can drop the replays a crash
 causes anywhere upstream: per stream, positions only grow.
 
 >>> e = LabelEvent("labelled", "spend", "1.1", {"id": 7}, "t:0", (9, 8, 1), 5, {"x": 1.0}, 2.5)
@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import orjson
 
-from rowcast.errors import DecodeError
+from rowcast.core.errors import DecodeError
 
 Kind = Literal["labelled", "scored", "label"]
 KINDS = frozenset({"labelled", "scored", "label"})

@@ -1,6 +1,6 @@
 """``rowcast dashboard``: the live page, its JSON, and ``/metrics``, from one small HTTP server.
 
-A background thread samples every stage (:class:`rowcast.monitor.Monitor`) once a second; the
+A background thread samples every stage (:class:`rowcast.ops.monitor.Monitor`) once a second; the
 page polls ``/api/state``. Loopback only by default; bound anywhere else it refuses to start
 without ``ROWCAST_DASHBOARD_TOKEN``, and then every request must carry ``?token=`` or
 ``Authorization: Bearer``. Stdlib ``http.server``: a page and two JSON/text endpoints need no
@@ -20,10 +20,10 @@ from urllib.parse import parse_qs, urlparse
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from rowcast.dashboard_page import PAGE
-from rowcast.errors import ConfigError
-from rowcast.monitor import Monitor
-from rowcast.settings import Settings
+from rowcast.core.errors import ConfigError
+from rowcast.core.settings import Settings
+from rowcast.ops.dashboard_page import PAGE
+from rowcast.ops.monitor import Monitor
 
 log = logging.getLogger(__name__)
 

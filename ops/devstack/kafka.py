@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rowcast.devstack.process import pid_alive, read_pid, terminate, wait_for
-from rowcast.errors import DevStackError
+from rowcast.core.errors import DevStackError
+from rowcast.ops.devstack.process import pid_alive, read_pid, terminate, wait_for
 
 READY = "READY"
 

@@ -1,6 +1,6 @@
 """The ``rowcast`` command: one entry point for operators and application teams.
 
-Every command builds one :class:`~rowcast.settings.Settings` from the environment and passes it
+Every command builds one :class:`~rowcast.core.settings.Settings` from the environment and passes it
 down. Connection strings are never printed.
 """
 
@@ -12,8 +12,8 @@ from typing import Annotated
 import psycopg
 import typer
 
-from rowcast.errors import ConfigError, RetryableError, RowcastError
-from rowcast.settings import Settings
+from rowcast.core.errors import ConfigError, RetryableError, RowcastError
+from rowcast.core.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Score every new Postgres row the moment it lands.")
@@ -44,7 +44,7 @@ def _connect(settings: Settings) -> psycopg.Connection:
 @app.command()
 def init() -> None:
     """Create rowcast's schema, publication and replication slot (idempotent)."""
-    from rowcast.schema import init_database
+    from rowcast.connectors.schema import init_database
 
     settings = Settings()
     with _connect(settings) as conn:
@@ -74,10 +74,10 @@ def deploy(
     Labels are learned from the inserted row (score first, then learn), from a later UPDATE
     that sets the target, or from a separate labels table joined by key.
     """
-    from connectors.kafka_clients import check_kafka, ensure_deployment_topics, ensure_topics
-    from models.catalog import get_model, is_custom
-    from models.registry import create_deployment
-    from rowcast.schema import init_database
+    from rowcast.connectors.kafka_clients import check_kafka, ensure_deployment_topics, ensure_topics
+    from rowcast.connectors.registry import create_deployment
+    from rowcast.connectors.schema import init_database
+    from rowcast.models.catalog import get_model, is_custom
 
     settings = Settings()
     if is_custom(model):
@@ -101,9 +101,9 @@ def deploy(
 
 
 def _backfill(settings: Settings, name: str, missing_only: bool) -> None:
-    from connectors.kafka_clients import make_producer
-    from connectors.snapshot import emit_snapshot
-    from models.registry import list_deployments
+    from rowcast.connectors.kafka_clients import make_producer
+    from rowcast.connectors.registry import list_deployments
+    from rowcast.connectors.snapshot import emit_snapshot
 
     with _connect(settings) as conn:
         found = [d for d in list_deployments(conn) if d.name == name]
@@ -133,8 +133,8 @@ def backfill_command(
 @app.command()
 def undeploy(name: str) -> None:
     """Remove a deployment; its table stops being captured once no deployment uses it."""
-    from models.registry import remove_deployment
-    from rowcast.schema import init_database
+    from rowcast.connectors.registry import remove_deployment
+    from rowcast.connectors.schema import init_database
 
     settings = Settings()
     with _connect(settings) as conn:
@@ -152,7 +152,7 @@ def drop(
     Deployments, predictions and topics stay; a later `rowcast init` (or any rowcast process)
     creates a fresh slot that starts at the current WAL position.
     """
-    from connectors.slot import drop_slot_and_publication
+    from rowcast.connectors.slot import drop_slot_and_publication
 
     settings = Settings()
     if not yes:
@@ -167,7 +167,7 @@ def drop(
 @app.command()
 def deployments() -> None:
     """List deployments."""
-    from models.registry import list_deployments
+    from rowcast.connectors.registry import list_deployments
 
     with _connect(Settings()) as conn:
         rows = list_deployments(conn)
@@ -185,7 +185,7 @@ def deployments() -> None:
 @app.command()
 def dashboard(log_level: str = "INFO") -> None:
     """Serve the live dashboard, its JSON (/api/state) and /metrics (127.0.0.1 by default)."""
-    from rowcast.dashboard import Dashboard
+    from rowcast.ops.dashboard import Dashboard
 
     _setup_logging(log_level)
     settings = Settings()
@@ -205,8 +205,8 @@ def status(
 
     import orjson
 
-    from rowcast.monitor import Monitor
-    from rowcast.status_screen import render
+    from rowcast.ops.monitor import Monitor
+    from rowcast.ops.status_screen import render
 
     monitor = Monitor(Settings())
     try:
@@ -233,12 +233,12 @@ def status(
 def lag() -> None:
     """Per-partition lag of the scorer, the learner and the sink, like kafka-consumer-groups
     --describe, and the replication slot's lag in bytes and seconds."""
-    from connectors import heartbeat
-    from connectors.kafka_clients import make_admin
-    from connectors.lag import consumer_lag, slot_lag
-    from models.registry import list_deployments
-    from rowcast.processes import sink_group
-    from streams.app import app_id
+    from rowcast.connectors import heartbeat
+    from rowcast.connectors.kafka_clients import make_admin
+    from rowcast.connectors.lag import consumer_lag, slot_lag
+    from rowcast.connectors.registry import list_deployments
+    from rowcast.streams.app import app_id
+    from rowcast.streams.processes import sink_group
 
     settings = Settings()
     with _connect(settings) as conn:
@@ -273,7 +273,7 @@ def lag() -> None:
 @app.command()
 def source(log_level: str = "INFO") -> None:
     """Run the CDC source: Postgres changes → Kafka."""
-    from rowcast.processes import run_source
+    from rowcast.streams.processes import run_source
 
     _setup_logging(log_level)
     run_source(Settings())
@@ -285,7 +285,7 @@ def worker(
     child: Annotated[bool, typer.Option("--child", hidden=True)] = False,
 ) -> None:
     """Run a scoring worker (faust): change events → predictions; follows new deployments."""
-    from streams.worker import run_child, run_worker
+    from rowcast.streams.worker import run_child, run_worker
 
     _setup_logging(log_level)
     (run_child if child else run_worker)(Settings(), loglevel=log_level.lower())
@@ -294,7 +294,7 @@ def worker(
 @app.command()
 def sink(log_level: str = "INFO") -> None:
     """Run the Postgres sink: predictions → rowcast.predictions."""
-    from rowcast.processes import run_sink
+    from rowcast.streams.processes import run_sink
 
     _setup_logging(log_level)
     run_sink(Settings())
@@ -308,8 +308,8 @@ def reconcile_command(
     """Check every row has one prediction and every label was learned; exit 1 if not."""
     import orjson
 
-    from connectors.kafka_clients import make_admin
-    from rowcast.reconcile import reconcile, render
+    from rowcast.connectors.kafka_clients import make_admin
+    from rowcast.ops.reconcile import reconcile, render
 
     settings = Settings()
     admin = make_admin(settings)
@@ -339,7 +339,7 @@ def dlq_list(
     """The dead letters on <prefix>.dlq, oldest first: stage, reason, origin, error."""
     import orjson
 
-    from rowcast.dlq import read_letters, render, select
+    from rowcast.ops.dlq import read_letters, render, select
 
     letters = select(read_letters(Settings()), stage, reason)
     if as_json:
@@ -357,8 +357,8 @@ def dlq_replay(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Send dead letters' original records back to their topics, to be processed again."""
-    from connectors.kafka_clients import make_producer
-    from rowcast.dlq import read_letters, replay, select
+    from rowcast.connectors.kafka_clients import make_producer
+    from rowcast.ops.dlq import read_letters, replay, select
 
     settings = Settings()
     letters = select(read_letters(settings), stage, reason, offset or ())
@@ -379,7 +379,7 @@ def dlq_replay(
 @app.command()
 def learner(log_level: str = "INFO") -> None:
     """Run a learner: label events → models, checkpointed as versions, published to scorers."""
-    from rowcast.processes import run_learner
+    from rowcast.streams.processes import run_learner
 
     _setup_logging(log_level)
     run_learner(Settings())
@@ -391,7 +391,7 @@ def model_versions(
     limit: Annotated[int, typer.Option(help="Newest versions to show.")] = 20,
 ) -> None:
     """A deployment's model versions, newest first, with samples and online metrics."""
-    from models import versions
+    from rowcast.connectors import versions
 
     with _connect(Settings()) as conn:
         rows = versions.history(conn, name, limit)
@@ -409,9 +409,9 @@ def model_versions(
 
 
 def _publish_pin(settings: Settings, name: str, ck: object | None) -> None:
-    from connectors.kafka_clients import ensure_topics, make_producer
-    from models.snapshot import encode_record
-    from streams.model_feed import PIN_SUFFIX
+    from rowcast.connectors.kafka_clients import ensure_topics, make_producer
+    from rowcast.models.snapshot import encode_record
+    from rowcast.streams.model_feed import PIN_SUFFIX
 
     ensure_topics(settings, [settings.models_topic], compacted=True, partitions=1)
     producer = make_producer(settings)
@@ -428,8 +428,8 @@ def _publish_pin(settings: Settings, name: str, ck: object | None) -> None:
 @model_app.command("pin")
 def model_pin(name: str, version: int) -> None:
     """Score with VERSION on every worker while the learner keeps learning."""
-    from models import versions
-    from models.snapshot import load_snapshot, snapshot_key
+    from rowcast.connectors import versions
+    from rowcast.models.snapshot import load_snapshot, snapshot_key
 
     settings = Settings()
     key = snapshot_key(settings.snapshot_key.get_secret_value() if settings.snapshot_key else None,
@@ -445,7 +445,7 @@ def model_pin(name: str, version: int) -> None:
 @model_app.command("unpin")
 def model_unpin(name: str) -> None:
     """Serve the learner's newest version again."""
-    from models import versions
+    from rowcast.connectors import versions
 
     settings = Settings()
     with _connect(settings) as conn, conn.transaction():
@@ -457,7 +457,7 @@ def model_unpin(name: str) -> None:
 @model_app.command("rollback")
 def model_rollback(name: str, version: int) -> None:
     """Continue learning from VERSION's model and metrics (as a new version)."""
-    from models import versions
+    from rowcast.connectors import versions
 
     with _connect(Settings()) as conn:
         ck = versions.request_rollback(conn, name, version)
@@ -472,7 +472,7 @@ def demo(
     keep_stack: Annotated[bool, typer.Option(help="Leave Postgres and Kafka running.")] = False,
 ) -> None:
     """Start the dev stack, deploy a model on a sample table, and watch rows get scored."""
-    from rowcast.demo import run_demo
+    from rowcast.ops.demo import run_demo
 
     run_demo(Settings(), rows_per_second, duration_s, keep_stack)
 
@@ -480,7 +480,7 @@ def demo(
 @dev_app.command("up")
 def dev_up() -> None:
     """Start the private Postgres and Kafka of the dev stack."""
-    from rowcast.devstack.stack import DevStack
+    from rowcast.ops.devstack.stack import DevStack
 
     DevStack(Settings()).up()
     typer.echo("dev stack is up")
@@ -489,7 +489,7 @@ def dev_up() -> None:
 @dev_app.command("fetch")
 def dev_fetch() -> None:
     """Download Apache Kafka's jars into the cache (done once; `make` runs it)."""
-    from rowcast.devstack.kafka import fetch_kafka
+    from rowcast.ops.devstack.kafka import fetch_kafka
 
     settings = Settings()
     libs = fetch_kafka(settings.kafka_version, settings.cache_dir)
@@ -499,7 +499,7 @@ def dev_fetch() -> None:
 @dev_app.command("down")
 def dev_down() -> None:
     """Stop the dev stack."""
-    from rowcast.devstack.stack import DevStack
+    from rowcast.ops.devstack.stack import DevStack
 
     DevStack(Settings()).down()
     typer.echo("dev stack is down")
@@ -508,7 +508,7 @@ def dev_down() -> None:
 @dev_app.command("status")
 def dev_status() -> None:
     """Show whether the dev stack's services run."""
-    from rowcast.devstack.stack import DevStack
+    from rowcast.ops.devstack.stack import DevStack
 
     for service, state in DevStack(Settings()).status().items():
         typer.echo(f"{service}: {state}")

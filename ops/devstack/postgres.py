@@ -17,8 +17,8 @@ from pathlib import Path
 
 import psycopg
 
-from rowcast.devstack.process import wait_for
-from rowcast.errors import DevStackError
+from rowcast.core.errors import DevStackError
+from rowcast.ops.devstack.process import wait_for
 
 SERVER_USER = "postgres"
 

@@ -5,7 +5,7 @@ the scorer's, the learner's (labels not yet learned and checkpointed) and the si
 groups (per-partition lag, membership), each deployment's model version and online metric, throughput and
 commit→prediction latency percentiles from ``rowcast.predictions``, and the deployments. It
 keeps the samples of the last ``lag_window_s`` to judge each consumer with Burrow's rules
-(:mod:`connectors.verdict`), and a longer history for the dashboard's charts.
+(:mod:`rowcast.ops.verdict`), and a longer history for the dashboard's charts.
 
 A consumer group with no members is ERROR (its process is down); a partition whose committed
 offset did not change for ``lag_stop_after_s`` *while watched* is STOP, so a one-shot
@@ -24,15 +24,15 @@ import psycopg
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
-from connectors import heartbeat
-from connectors.kafka_clients import make_admin
-from connectors.lag import consumer_lag, oldest_unconsumed_age_s, slot_lag
-from connectors.verdict import Sample, Verdict, evaluate, judge, slot_verdict
-from models.registry import list_deployments
-from rowcast import metrics
-from rowcast.processes import sink_group
-from rowcast.settings import Settings
-from streams.app import app_id
+from rowcast.connectors import heartbeat
+from rowcast.connectors.kafka_clients import make_admin
+from rowcast.connectors.lag import consumer_lag, oldest_unconsumed_age_s, slot_lag
+from rowcast.connectors.registry import list_deployments
+from rowcast.core import metrics
+from rowcast.core.settings import Settings
+from rowcast.ops.verdict import Sample, Verdict, evaluate, judge, slot_verdict
+from rowcast.streams.app import app_id
+from rowcast.streams.processes import sink_group
 
 # kafka-python warns on every describe of faust's group: faust's assignor data is not the
 # standard consumer protocol. We only count members, so that warning is noise on every sample.

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     )
     source_restart_nudge_s: float = Field(
         1.0, gt=0, description="How often the source has the server log running transactions, "
-        "so the slot's restart LSN keeps up (see connectors.slot.log_running_xacts).")
+        "so the slot's restart LSN keeps up (see rowcast.connectors.slot.log_running_xacts).")
     heartbeat_interval_s: float = Field(
         5.0, ge=0, description="How often the source writes a WAL marker so slot lag is known "
         "in seconds and an idle table's slot still advances (0 turns it off).")

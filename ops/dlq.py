@@ -2,7 +2,7 @@
 
 Every dead letter on ``<prefix>.dlq`` carries the stage that refused it, the reason, the error,
 where it came from (topic, partition, offset) and the original key and value
-(:mod:`connectors.dead_letters`). Replaying sends the original record back to the topic it came
+(:mod:`rowcast.connectors.dead_letters`). Replaying sends the original record back to the topic it came
 from, so it goes through the pipeline again (after, say, the deployment was fixed with
 ``rowcast deploy``). Replays are safe to repeat: the sink's upsert keeps one prediction per row,
 and a replayed label older than what the learner already saw is not learned twice.
@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from rowcast.errors import RetryableError
-from rowcast.settings import Settings
+from rowcast.core.errors import RetryableError
+from rowcast.core.settings import Settings
 
 REPLAYABLE_STAGES = frozenset({"score", "sink", "learner"})
 

@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from rowcast.devstack.kafka import KafkaServer
-from rowcast.devstack.postgres import PostgresServer
-from rowcast.settings import DEV_KAFKA_CONTROLLER_PORT, DEV_POSTGRES_PORT, Settings
+from rowcast.core.settings import DEV_KAFKA_CONTROLLER_PORT, DEV_POSTGRES_PORT, Settings
+from rowcast.ops.devstack.kafka import KafkaServer
+from rowcast.ops.devstack.postgres import PostgresServer
 
 
 def postgres_home(state: Path) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kafka import KafkaConsumer
 
-from tests.waiting import wait_until
+from tests.helpers.waiting import wait_until
 
 
 def drain(settings, topic: str, expected: int, timeout_s: float = 60.0) -> list:
