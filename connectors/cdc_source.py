@@ -30,11 +30,12 @@ import psycopg
 from kafka import KafkaProducer
 
 from rowcast.connectors import heartbeat, pgoutput, pgtypes, slot
+from rowcast.connectors.kafka_clients import AckedSends
 from rowcast.connectors.lag import slot_lag
 from rowcast.connectors.source_position import load_position, save_position
 from rowcast.core import metrics
 from rowcast.core.envelope import SourceInfo, build_value, encode_key
-from rowcast.core.errors import DecodeError, RetryableError, SourceError
+from rowcast.core.errors import DecodeError, SourceError
 from rowcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class CdcSource:
         self.last_commit_lsn = load_position(conn, settings.slot_name)
         self._on_published = on_published
         self._txn: _Txn | None = None
-        self._pending: list = []
+        self._pending = AckedSends(producer, "change events (the slot was not advanced)")
         self._saved_lsn = self.last_commit_lsn
         self._last_nudge = time.monotonic()
         self._wal_after_nudge = 0
@@ -208,16 +209,8 @@ class CdcSource:
 
     def _await_acks(self) -> int:
         """Wait until Kafka acknowledged every pending send; returns how many there were."""
-        if not self._pending:
-            return 0
-        self.producer.flush()
-        failed = [f for f in self._pending if f.failed()]
-        count = len(self._pending)
-        self._pending.clear()
+        count = self._pending.wait()
         self._unconfirmed += count
-        if failed:
-            raise RetryableError(f"Kafka did not acknowledge {len(failed)} events: "
-                                 f"{failed[0].exception!r}; the slot was not advanced")
         return count
 
     def _handle(self, change: slot.RawChange) -> int | None:
@@ -292,4 +285,4 @@ class CdcSource:
             self._send(info.topic, key, None)  # tombstone: compacted topics forget the key
 
     def _send(self, topic: str, key: bytes, value: bytes | None) -> None:
-        self._pending.append(self.producer.send(topic, key=key, value=value))
+        self._pending.send(topic, key, value)

@@ -1,45 +1,24 @@
-"""Dead letters: events rowcast could not use, set aside on ``<prefix>.dlq`` with the reason.
-
-The original bytes travel with the record (as text when they are UTF-8, else base64), together
-with where they came from and which stage refused them, so they can be inspected and replayed.
+"""Setting records aside on ``<prefix>.dlq``: the one place a dead letter is logged, counted
+and sent (the record itself is :class:`rowcast.core.dead_letter.DeadLetter`).
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-import time
-from typing import Any
 
-import orjson
 from kafka import KafkaProducer
 
 from rowcast.core import metrics
+from rowcast.core.dead_letter import DeadLetter
 
 log = logging.getLogger(__name__)
 
 
-def _payload(data: bytes | None) -> dict[str, Any]:
-    if data is None:
-        return {"encoding": "null", "data": None}
-    try:
-        return {"encoding": "utf-8", "data": data.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"encoding": "base64", "data": base64.b64encode(data).decode("ascii")}
-
-
-def dead_letter(*, stage: str, reason: str, error: str, topic: str | None, partition: int | None,
-                offset: int | None, key: bytes | None, value: bytes | None) -> dict[str, Any]:
-    """The dead-letter record: what failed, where, why, and the original payload."""
-    return {
-        "stage": stage,
-        "reason": reason,
-        "error": error,
-        "origin": {"topic": topic, "partition": partition, "offset": offset},
-        "key": _payload(key),
-        "value": _payload(value),
-        "at_us": time.time_ns() // 1000,
-    }
+def announce(letter: DeadLetter) -> DeadLetter:
+    """Log and count a letter; for stages that send it inside their own acked batch."""
+    log.warning("dead letter from %s: %s (%s)", letter.stage, letter.reason, letter.error)
+    metrics.DEAD_LETTERS.labels(letter.stage, letter.reason).inc()
+    return letter
 
 
 class DeadLetterWriter:
@@ -50,10 +29,7 @@ class DeadLetterWriter:
         self.topic = topic
         self.count = 0
 
-    def send(self, **fields: Any) -> None:
-        record = dead_letter(**fields)
-        log.warning("dead letter from %s: %s (%s)", record["stage"], record["reason"],
-                    record["error"])
-        metrics.DEAD_LETTERS.labels(record["stage"], record["reason"]).inc()
-        self.producer.send(self.topic, key=fields.get("key"), value=orjson.dumps(record))
+    def send(self, letter: DeadLetter) -> None:
+        announce(letter)
+        self.producer.send(self.topic, key=letter.kafka_key(), value=letter.encode())
         self.count += 1

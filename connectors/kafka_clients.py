@@ -13,6 +13,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import TopicAlreadyExistsError
 
+from rowcast.core.errors import RetryableError
 from rowcast.core.settings import Settings
 
 
@@ -30,6 +31,42 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     }
     config.update(overrides)
     return KafkaProducer(**config)
+
+
+class AckedSends:
+    """Records sent through one producer, and the one way to know they all reached Kafka.
+
+    Every stage that must not move on before its records are durable (the source before it
+    advances the slot, a scorer before faust commits, a backfill, a replay) sends through one of
+    these and calls :meth:`wait`, which flushes and raises :class:`RetryableError` if any send
+    failed, so nothing is acknowledged upstream on a partial batch.
+    """
+
+    def __init__(self, producer: KafkaProducer, what: str = "records") -> None:
+        self.producer = producer
+        self.what = what
+        self._futures: list[Any] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None,
+             partition: int | None = None, headers: list | None = None) -> None:
+        self._futures.append(self.producer.send(topic, key=key, value=value, partition=partition,
+                                                headers=headers))
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def wait(self) -> int:
+        """Block until Kafka acknowledged every record sent since the last wait; their count."""
+        if not self._futures:
+            return 0
+        self.producer.flush()
+        failed = [f for f in self._futures if f.failed()]
+        count = len(self._futures)
+        self._futures.clear()
+        if failed:
+            raise RetryableError(f"Kafka did not acknowledge {len(failed)} of {count} {self.what}: "
+                                 f"{failed[0].exception!r}")
+        return count
 
 
 def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> KafkaConsumer:

@@ -28,6 +28,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.slot import format_lsn
 from rowcast.core import metrics
+from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import DecodeError
 from rowcast.core.prediction import PredictionRecord
 from rowcast.core.settings import Settings
@@ -193,9 +194,8 @@ class PredictionSink:
                 try:
                     records.append(PredictionRecord.from_json(m.value))
                 except DecodeError as exc:
-                    self.dead_letters.send(stage="sink", reason="bad_prediction", error=str(exc),
-                                           topic=m.topic, partition=m.partition, offset=m.offset,
-                                           key=m.key, value=m.value)
+                    self.dead_letters.send(DeadLetter("sink", "bad_prediction", str(exc), m.topic,
+                                                      m.partition, m.offset, m.key, m.value))
         if records:
             upsert(self.conn, records)
             now_us = time.time_ns() // 1000

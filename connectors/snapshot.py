@@ -20,8 +20,8 @@ from kafka import KafkaProducer
 from psycopg import sql
 
 from rowcast.connectors import pgtypes, slot
+from rowcast.connectors.kafka_clients import AckedSends
 from rowcast.core.envelope import SourceInfo, build_value, encode_key
-from rowcast.core.errors import RetryableError
 from rowcast.core.settings import Settings
 
 DEPLOYMENT_HEADER = "rowcast.deployment"
@@ -65,7 +65,7 @@ def emit_snapshot(conn: psycopg.Connection, producer: KafkaProducer, settings: S
     now_us = time.time_ns() // 1000
     source = SourceInfo(settings.topic_prefix, conn.info.dbname, schema, table, lsn, None, now_us,
                         snapshot="true")
-    futures, count = [], 0
+    sends, count = AckedSends(producer, "snapshot events"), 0
     with conn.transaction(), conn.cursor(name=f"rowcast_snapshot_{time.monotonic_ns()}") as cur:
         cur.itersize = chunk
         cur.execute(query)
@@ -75,18 +75,9 @@ def emit_snapshot(conn: psycopg.Connection, producer: KafkaProducer, settings: S
             count += 1
             value = build_value(op="r", before=None, after=after, source=source,
                                 tx_order=count, now_us=now_us)
-            futures.append(producer.send(topic, key=encode_key({k: after[k] for k in keys}),
-                                         value=orjson.dumps(value), headers=headers))
-            if len(futures) >= chunk:
-                _await(producer, futures)
-    _await(producer, futures)
+            sends.send(topic, encode_key({k: after[k] for k in keys}), orjson.dumps(value),
+                       headers=headers)
+            if len(sends) >= chunk:
+                sends.wait()
+    sends.wait()
     return count
-
-
-def _await(producer: KafkaProducer, futures: list) -> None:
-    producer.flush()
-    failed = [f for f in futures if f.failed()]
-    futures.clear()
-    if failed:
-        raise RetryableError(f"Kafka did not acknowledge {len(failed)} snapshot events: "
-                             f"{failed[0].exception!r}")

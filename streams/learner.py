@@ -28,6 +28,7 @@ from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.registry import list_deployments
 from rowcast.connectors.versions import Checkpoint, Fenced, PgPending
 from rowcast.core import metrics
+from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import DecodeError, SnapshotError
 from rowcast.core.label_events import LabelEvent
 from rowcast.core.settings import Settings
@@ -202,9 +203,9 @@ class Learner(ConsumerRebalanceListener):
                 try:
                     events.append(LabelEvent.from_json(r.value))
                 except DecodeError as exc:
-                    self.dead_letters.send(stage="learner", reason="bad_label_event",
-                                           error=str(exc), topic=r.topic, partition=r.partition,
-                                           offset=r.offset, key=r.key, value=r.value)
+                    self.dead_letters.send(DeadLetter("learner", "bad_label_event", str(exc),
+                                                      r.topic, r.partition, r.offset, r.key,
+                                                      r.value))
             self._follow_generation(owned, events)
             learned = owned.learner.apply(events)
             owned.offset = records[-1].offset + 1

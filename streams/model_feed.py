@@ -17,13 +17,13 @@ import threading
 import time
 from typing import Any
 
-import orjson
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
-from rowcast.connectors.dead_letters import dead_letter
+from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.kafka_clients import make_consumer, make_producer
 from rowcast.core import metrics
+from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import SnapshotError
 from rowcast.core.settings import Settings
 from rowcast.models.deployment import Deployment
@@ -165,13 +165,11 @@ class ModelFeed:
     def _refuse(self, name: str, why: str, key: bytes | None, value: bytes, offset: int) -> None:
         log.error("refusing model snapshot for %s: %s (still serving the previous version)",
                   name, why)
-        metrics.DEAD_LETTERS.labels("model_feed", "bad_snapshot").inc()
-        record = dead_letter(stage="model_feed", reason="bad_snapshot", error=why,
-                             topic=self.settings.models_topic, partition=0, offset=offset,
-                             key=key, value=value[:4096])
+        letter = DeadLetter("model_feed", "bad_snapshot", why, self.settings.models_topic, 0, offset,
+                            key, value[:4096])
         producer = make_producer(self.settings)
         try:
-            producer.send(self.settings.dlq_topic, key=b"model_feed", value=orjson.dumps(record))
+            DeadLetterWriter(producer, self.settings.dlq_topic).send(letter)
             producer.flush(timeout=10)
         finally:
             producer.close()

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 from kafka import KafkaProducer
 
-from rowcast.core.errors import RetryableError
+from rowcast.connectors.kafka_clients import AckedSends
+from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.label_events import LabelEvent
 from rowcast.core.prediction import PredictionRecord
 from rowcast.core.settings import Settings
@@ -29,23 +30,16 @@ class BatchPublisher:
         self.producer = producer
 
     def publish(self, predictions: Iterable[PredictionRecord],
-                dead_letters: Iterable[tuple[bytes | None, bytes]] = (),
+                dead_letters: Iterable[DeadLetter] = (),
                 labels: Iterable[LabelEvent] = ()) -> int:
         """Send predictions (keyed by source key), label events for the learners and dead
         letters; return once all are acked."""
-        futures = [self.producer.send(self.settings.predictions_topic(p.deployment),
-                                      key=p.key_bytes(), value=p.to_json())
-                   for p in predictions]
-        futures += [self.producer.send(self.settings.labels_topic(e.deployment),
-                                       key=e.key_bytes(), value=e.to_json(), partition=0)
-                    for e in labels]
-        futures += [self.producer.send(self.settings.dlq_topic, key=key, value=value)
-                    for key, value in dead_letters]
-        if not futures:
-            return 0
-        self.producer.flush()
-        failed = [f for f in futures if f.failed()]
-        if failed:
-            raise RetryableError(f"Kafka did not acknowledge {len(failed)} of {len(futures)} "
-                                 f"records: {failed[0].exception!r}")
-        return len(futures)
+        sends = AckedSends(self.producer)
+        for p in predictions:
+            sends.send(self.settings.predictions_topic(p.deployment), p.key_bytes(), p.to_json())
+        for e in labels:
+            sends.send(self.settings.labels_topic(e.deployment), e.key_bytes(), e.to_json(),
+                       partition=0)
+        for d in dead_letters:
+            sends.send(self.settings.dlq_topic, d.kafka_key(), d.encode())
+        return sends.wait()

@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable
 import faust
 import orjson
 
-from rowcast.connectors.dead_letters import dead_letter
+from rowcast.connectors.dead_letters import announce
 from rowcast.connectors.snapshot import DEPLOYMENT_HEADER
 from rowcast.core import metrics
-from rowcast.core.envelope import ChangeEvent, parse_event
+from rowcast.core.dead_letter import DeadLetter
+from rowcast.core.envelope import ChangeEvent, encode_key, parse_event
 from rowcast.core.errors import DecodeError, RetryableError
 from rowcast.core.settings import Settings
 from rowcast.models.serving import ServingSet
@@ -60,7 +61,7 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
         async for events in stream.take_events(settings.score_batch_size,
                                                within=settings.score_batch_within_s):
             changes: list[ChangeEvent] = []
-            dead: list[tuple[bytes | None, bytes]] = []
+            dead: list[DeadLetter] = []
             originals: dict[int, object] = {}  # id(parsed event) -> its message, for dead letters
             for event in events:
                 msg = event.message
@@ -89,7 +90,7 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
                     payload = orjson.dumps({"after": r.event.after,
                                             "source": r.event.source.to_json()})
                     dead.append(_dead(r.reason, f"{r.deployment}: {r.message}", None, None,
-                                      None, orjson.dumps(r.event.key), payload))
+                                      None, encode_key(r.event.key or {}), payload))
             try:
                 with metrics.SCORE_BATCH_SECONDS.time():
                     await app.loop.run_in_executor(sender, publisher.publish,
@@ -106,9 +107,5 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
 
 
 def _dead(reason: str, error: str, topic: str | None, partition: int | None, offset: int | None,
-          key: bytes | None, value: bytes | None) -> tuple[bytes | None, bytes]:
-    record = dead_letter(stage="score", reason=reason, error=error, topic=topic,
-                         partition=partition, offset=offset, key=key, value=value)
-    log.warning("dead letter from score: %s (%s)", reason, error)
-    metrics.DEAD_LETTERS.labels("score", reason).inc()
-    return record["stage"].encode(), orjson.dumps(record)
+          key: bytes | None, value: bytes | None) -> DeadLetter:
+    return announce(DeadLetter("score", reason, error, topic, partition, offset, key, value))
