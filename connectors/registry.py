@@ -11,8 +11,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from rowcast.connectors import versions
-from rowcast.connectors.deploy_sql import CONFIG_DDL, DEPLOY_FUNCTION, UNDEPLOY_FUNCTION
+from rowcast.connectors import deploy_sql, versions
 from rowcast.core.errors import ConfigError
 from rowcast.models.catalog import CATALOG
 from rowcast.models.deployment import Deployment, Feature, LabelSource
@@ -44,7 +43,7 @@ _COLUMNS = ("name, schema_name, table_name, target, features, model, key_columns
 def ensure_schema(conn: psycopg.Connection, publication: str) -> None:
     """Tables, the model catalog as rows (so SQL can check model names), the deploy function."""
     conn.execute(DDL)
-    conn.execute(CONFIG_DDL)
+    conn.execute(deploy_sql.sql_file("config.sql"))
     versions.ensure_schema(conn)
     conn.execute("INSERT INTO rowcast.config VALUES ('publication', %s) "
                  "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (publication,))
@@ -54,8 +53,8 @@ def ensure_schema(conn: psycopg.Connection, publication: str) -> None:
             "INSERT INTO rowcast.models VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE "
             "SET task = EXCLUDED.task, description = EXCLUDED.description",
             [(s.name, s.task, s.description) for s in CATALOG.values()])
-    conn.execute(DEPLOY_FUNCTION)
-    conn.execute(UNDEPLOY_FUNCTION)
+    conn.execute(deploy_sql.sql_file("deploy.sql"))
+    conn.execute(deploy_sql.sql_file("undeploy.sql"))
 
 
 def remove_deployment(conn: psycopg.Connection, name: str) -> None:

@@ -1,0 +1,244 @@
+-- ``rowcast.deploy(...)``: deployments as one SQL call, and the one place they are validated.
+-- 
+-- Plain PL/pgSQL (no Python in the database). The CLI calls the same function, so a deployment made
+-- with ``SELECT rowcast.deploy(...)`` and one made with ``rowcast deploy`` are checked by the same
+-- code: the table must exist and have a primary key, the columns must exist and have a usable type,
+-- the target must not be a feature and must fit the model's task. Refusals use SQLSTATE ``RC001``
+-- with a message a person can act on. It also adds the table to rowcast's publication and creates
+-- the view ``rowcast.<name>_scored``: every source row beside its latest prediction.
+
+-- '[schema.]table' as the user wrote it (quotes allowed) -> schema, table, oid; one message when
+-- it does not exist, for the scored table and the labels table alike
+CREATE OR REPLACE FUNCTION rowcast._resolve_table(
+    p_ident text, p_what text, OUT schema_name text, OUT table_name text, OUT table_oid oid)
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    v_ident text[] := parse_ident(p_ident);
+BEGIN
+    IF array_length(v_ident, 1) > 2 THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            '%s %L: give it as table or schema.table (rowcast works in the current database)',
+            p_what, p_ident);
+    END IF;
+    IF array_length(v_ident, 1) = 1 THEN
+        schema_name := 'public'; table_name := v_ident[1];
+    ELSE
+        schema_name := v_ident[1]; table_name := v_ident[2];
+    END IF;
+    SELECT c.oid INTO table_oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = schema_name AND c.relname = table_name AND c.relkind IN ('r', 'p');
+    IF table_oid IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001',
+            MESSAGE = format('%s %I.%I does not exist', p_what, schema_name, table_name);
+    END IF;
+END
+$fn$;
+
+DROP FUNCTION IF EXISTS rowcast.deploy(text, text, text, text[], text);
+CREATE OR REPLACE FUNCTION rowcast.deploy(
+    p_name text, p_table text, p_target text,
+    p_features text[] DEFAULT NULL, p_model text DEFAULT 'linear_regression',
+    p_labels_table text DEFAULT NULL, p_labels_key text DEFAULT NULL,
+    p_labels_column text DEFAULT NULL)
+RETURNS rowcast.deployments
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_schema text;
+    v_table text;
+    v_oid oid;
+    v_task text;
+    v_keys text[];
+    v_names text[];
+    v_kinds text[];
+    v_target_kind text;
+    v_features text[];
+    v_feature_json jsonb := '[]';
+    v_col text;
+    v_kind text;
+    v_pub text;
+    v_row rowcast.deployments;
+    v_join text;
+    v_cols text;
+    v_labels jsonb;
+    v_lschema text;
+    v_ltable text;
+    v_loid oid;
+    v_lcolumn text := coalesce(p_labels_column, p_target);
+    v_ltype oid;
+    v_ktype oid;
+BEGIN
+    IF p_name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            'deployment name %L must be lower-case letters, digits and _, starting with a letter '
+            '(it names topics and the view rowcast.<name>_scored)', p_name);
+    END IF;
+    SELECT r.schema_name, r.table_name, r.table_oid INTO v_schema, v_table, v_oid
+      FROM rowcast._resolve_table(p_table, 'table') r;
+    SELECT task INTO v_task FROM rowcast.models WHERE name = p_model;
+    IF v_task IS NULL AND p_model ~ '^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$' THEN
+        v_task := 'custom';  -- module:factory: the worker imports it (the CLI checks it first)
+    END IF;
+    IF v_task IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            'unknown model %L; the catalog has: %s', p_model,
+            (SELECT string_agg(name, ', ' ORDER BY name) FROM rowcast.models));
+    END IF;
+    SELECT array_agg(a.attname::text ORDER BY k.ord) INTO v_keys
+      FROM pg_index i
+      JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = v_oid AND i.indisprimary;
+    IF v_keys IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            'table %I.%I has no primary key: rowcast keys predictions by it, and a published '
+            'table without one makes the application''s own UPDATEs and DELETEs fail',
+            v_schema, v_table);
+    END IF;
+    SELECT array_agg(a.attname::text ORDER BY a.attnum),
+           array_agg(CASE
+               WHEN t.typtype = 'e' THEN 'category'
+               WHEN t.typname IN ('int2', 'int4', 'int8', 'float4', 'float8', 'numeric') THEN 'number'
+               WHEN t.typname = 'bool' THEN 'boolean'
+               WHEN t.typname IN ('text', 'varchar', 'bpchar') THEN 'category'
+               WHEN t.typname IN ('timestamp', 'timestamptz') THEN 'timestamp'
+               ELSE 'unusable' END ORDER BY a.attnum)
+      INTO v_names, v_kinds
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = v_oid AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT p_target = ANY (v_names) THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            'target column %L is not in %I.%I; columns: %s', p_target, v_schema, v_table,
+            array_to_string(v_names, ', '));
+    END IF;
+    v_target_kind := v_kinds[array_position(v_names, p_target)];
+    IF NOT (v_target_kind = ANY (CASE v_task
+            WHEN 'regression' THEN ARRAY['number']
+            WHEN 'binary' THEN ARRAY['boolean', 'number']
+            WHEN 'multiclass' THEN ARRAY['category', 'boolean', 'number']
+            WHEN 'custom' THEN ARRAY['number', 'category', 'boolean']
+            ELSE ARRAY['number', 'category', 'boolean', 'timestamp'] END)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            'target %L is a %s column, which a %s model (%s) cannot learn',
+            p_target, v_target_kind, v_task, p_model);
+    END IF;
+    v_features := coalesce(p_features, ARRAY(
+        SELECT n FROM unnest(v_names, v_kinds) AS u(n, k)
+         WHERE k <> 'unusable' AND n <> p_target AND NOT n = ANY (v_keys)));
+    IF cardinality(v_features) = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001',
+            MESSAGE = format('deployment %L needs at least one feature column', p_name);
+    END IF;
+    IF p_target = ANY (v_features) THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            'target %L is also listed as a feature: a model that sees its answer learns nothing',
+            p_target);
+    END IF;
+    FOREACH v_col IN ARRAY v_features LOOP
+        IF NOT v_col = ANY (v_names) THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'feature column %L is not in %I.%I', v_col, v_schema, v_table);
+        END IF;
+        v_kind := v_kinds[array_position(v_names, v_col)];
+        IF v_kind = 'unusable' THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001',
+                MESSAGE = format('feature column %L has a type rowcast cannot use yet', v_col);
+        END IF;
+        IF v_feature_json @> jsonb_build_array(jsonb_build_array(v_col, v_kind)) THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001',
+                MESSAGE = format('feature column %L is listed twice', v_col);
+        END IF;
+        v_feature_json := v_feature_json || jsonb_build_array(jsonb_build_array(v_col, v_kind));
+    END LOOP;
+
+    IF p_labels_table IS NOT NULL THEN
+        -- labels arrive later in another table: its row's p_labels_key names the scored row
+        SELECT r.schema_name, r.table_name, r.table_oid INTO v_lschema, v_ltable, v_loid
+          FROM rowcast._resolve_table(p_labels_table, 'labels table') r;
+        IF v_loid = v_oid THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE =
+                'the labels table is the scored table itself: leave --labels-table out, '
+                'labels set on the row (at insert or by a later UPDATE) are learned already';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = v_loid AND indisprimary) THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'labels table %I.%I has no primary key', v_lschema, v_ltable);
+        END IF;
+        IF p_labels_key IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'a labels table needs --labels-key: the column of %I.%I that holds the scored '
+                'row''s %s', v_lschema, v_ltable, array_to_string(v_keys, ', '));
+        END IF;
+        IF cardinality(v_keys) <> 1 THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'a labels table needs %I.%I to have a one-column primary key (it has %s)',
+                v_schema, v_table, array_to_string(v_keys, ', '));
+        END IF;
+        SELECT atttypid INTO v_ltype FROM pg_attribute
+         WHERE attrelid = v_loid AND attname = p_labels_key AND attnum > 0 AND NOT attisdropped;
+        SELECT atttypid INTO v_ktype FROM pg_attribute
+         WHERE attrelid = v_oid AND attname = v_keys[1];
+        IF v_ltype IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'labels key column %L is not in %I.%I', p_labels_key, v_lschema, v_ltable);
+        END IF;
+        IF v_ltype <> v_ktype THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'labels key %I.%I.%I is %s but the primary key %I of %I.%I is %s: they must match',
+                v_lschema, v_ltable, p_labels_key, format_type(v_ltype, NULL), v_keys[1],
+                v_schema, v_table, format_type(v_ktype, NULL));
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = v_loid
+                          AND attname = v_lcolumn AND attnum > 0 AND NOT attisdropped) THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'labels column %L is not in %I.%I (--labels-column names it; default: the target)',
+                v_lcolumn, v_lschema, v_ltable);
+        END IF;
+        v_labels := jsonb_build_object('schema', v_lschema, 'table', v_ltable,
+                                       'key', p_labels_key, 'column', v_lcolumn);
+    ELSIF p_labels_key IS NOT NULL OR p_labels_column IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001',
+            MESSAGE = '--labels-key and --labels-column need --labels-table';
+    END IF;
+
+    INSERT INTO rowcast.deployments AS d (name, schema_name, table_name, target, target_kind,
+                                          features, model, key_columns, labels)
+    VALUES (p_name, v_schema, v_table, p_target, v_target_kind, v_feature_json, p_model,
+            to_jsonb(v_keys), v_labels)
+    ON CONFLICT (name) DO UPDATE SET
+        schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name,
+        target = EXCLUDED.target, target_kind = EXCLUDED.target_kind,
+        features = EXCLUDED.features, model = EXCLUDED.model,
+        key_columns = EXCLUDED.key_columns, labels = EXCLUDED.labels,
+        version = d.version + 1, updated_at = now()
+    RETURNING * INTO v_row;
+    -- features kept for labels not yet seen were built for the old definition
+    DELETE FROM rowcast.pending_labels WHERE deployment = p_name;
+
+    SELECT value INTO v_pub FROM rowcast.config WHERE key = 'publication';
+    IF v_pub IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+         WHERE pubname = v_pub AND schemaname = v_schema AND tablename = v_table) THEN
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', v_pub, v_schema, v_table);
+    END IF;
+    IF v_pub IS NOT NULL AND v_labels IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_publication_tables
+         WHERE pubname = v_pub AND schemaname = v_lschema AND tablename = v_ltable) THEN
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', v_pub, v_lschema, v_ltable);
+    END IF;
+
+    -- only the columns the deployment uses, so the view never blocks an unrelated DROP COLUMN
+    SELECT string_agg(format('%L, t.%I', k, k), ', ') INTO v_join FROM unnest(v_keys) AS k;
+    SELECT string_agg(format('t.%I', c), ', ') INTO v_cols FROM (
+        SELECT DISTINCT ON (c) c, o FROM unnest(v_keys || p_target || v_features)
+          WITH ORDINALITY AS u(c, o) ORDER BY c, o) AS cols(c, o);
+    EXECUTE format('DROP VIEW IF EXISTS rowcast.%I', p_name || '_scored');
+    EXECUTE format(
+        'CREATE VIEW rowcast.%I AS SELECT %s, p.prediction AS rowcast_prediction, '
+        'p.score AS rowcast_score, p.model_version AS rowcast_model_version, '
+        'p.scored_at AS rowcast_scored_at FROM %I.%I t LEFT JOIN rowcast.predictions p '
+        'ON p.deployment = %L AND p.source_schema = %L AND p.source_table = %L '
+        'AND p.pk = jsonb_build_object(%s)',
+        p_name || '_scored', v_cols, v_schema, v_table, p_name, v_schema, v_table, v_join);
+    RETURN v_row;
+END
+$fn$;
