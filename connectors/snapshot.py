@@ -21,8 +21,11 @@ from psycopg import sql
 
 from rowcast.connectors import pgtypes, slot
 from rowcast.connectors.kafka_clients import AckedSends
+from rowcast.connectors.registry import list_deployments
 from rowcast.core.envelope import SourceInfo, build_value, encode_key
+from rowcast.core.errors import ConfigError
 from rowcast.core.settings import Settings
+from rowcast.models.deployment import Deployment
 
 DEPLOYMENT_HEADER = "rowcast.deployment"
 
@@ -81,3 +84,15 @@ def emit_snapshot(conn: psycopg.Connection, producer: KafkaProducer, settings: S
                 sends.wait()
     sends.wait()
     return count
+
+
+def backfill_deployment(conn: psycopg.Connection, producer: KafkaProducer, settings: Settings,
+                        name: str, missing_only: bool) -> tuple[Deployment, int]:
+    """Re-emit deployment ``name``'s rows for it alone (all, or those without a prediction);
+    :class:`ConfigError` when there is no such deployment."""
+    found = [d for d in list_deployments(conn) if d.name == name]
+    if not found:
+        raise ConfigError(f"no deployment named {name!r} (rowcast deployments lists them)")
+    d = found[0]
+    return d, emit_snapshot(conn, producer, settings, d.schema, d.table, for_deployment=d.name,
+                            missing_only=missing_only)

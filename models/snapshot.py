@@ -30,6 +30,7 @@ import orjson
 import river
 
 from rowcast.core.errors import SnapshotError
+from rowcast.core.settings import Settings
 
 MAGIC = b"RCSNAP1\n"
 
@@ -72,6 +73,12 @@ def load_snapshot(blob: bytes, key: bytes) -> Any:
                             "this machine?") from None
 
 
+def signing_key(settings: Settings) -> bytes:
+    """The key every process of one installation signs and verifies snapshots with."""
+    return snapshot_key(settings.snapshot_key.get_secret_value() if settings.snapshot_key else None,
+                        settings.state_dir)
+
+
 def snapshot_key(secret: str | None, state_dir: Path) -> bytes:
     """The HMAC key: ``ROWCAST_SNAPSHOT_KEY`` when set (production: the same on every rowcast
     process), else a random key kept in ``<state_dir>/snapshot.key`` (mode 0600), which every
@@ -85,21 +92,3 @@ def snapshot_key(secret: str | None, state_dir: Path) -> bytes:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
-
-
-def encode_record(header: dict[str, Any], blob: bytes) -> bytes:
-    """A snapshot on the models topic: one JSON header line (deployment, generation, version,
-    samples), then the signed snapshot."""
-    return orjson.dumps(header) + b"\n" + blob
-
-
-def decode_record(value: bytes) -> tuple[dict[str, Any], bytes]:
-    end = value.find(b"\n")
-    if end < 0:
-        raise SnapshotError("models topic record has no header line")
-    try:
-        header = orjson.loads(value[:end])
-        str(header["deployment"]), str(header["generation"]), int(header["version"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise SnapshotError("models topic record header is unreadable") from None
-    return header, value[end + 1:]

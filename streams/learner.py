@@ -31,11 +31,12 @@ from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import DecodeError, SnapshotError
 from rowcast.core.label_events import LabelEvent
+from rowcast.core.model_record import ModelRecord
 from rowcast.core.settings import Settings
 from rowcast.models.deployment import Deployment
 from rowcast.models.learning import DeploymentLearner, LearnerState
 from rowcast.models.scoring import OnlineModel
-from rowcast.models.snapshot import dump_snapshot, encode_record, load_snapshot
+from rowcast.models.snapshot import dump_snapshot, load_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -322,11 +323,10 @@ class Learner(ConsumerRebalanceListener):
                 time.sleep(1.0)
 
     def _publish(self, d: Deployment, version: int, samples: int, blob: bytes) -> None:
-        header = {"deployment": d.name, "generation": d.generation, "version": version,
-                  "samples": samples}
+        record = ModelRecord(d.name, d.generation, version, samples, blob)
         try:
-            self.producer.send(self.settings.models_topic, key=d.name.encode(),
-                               value=encode_record(header, blob), partition=0)
+            self.producer.send(self.settings.models_topic, key=record.kafka_key(),
+                               value=record.encode(), partition=0)
             self.producer.flush(timeout=30)
         except KafkaError as exc:  # scorers keep the previous version until the next one
             log.error("could not publish version %d of %s: %s", version, d.name, exc)

@@ -25,14 +25,14 @@ from rowcast.connectors.kafka_clients import make_consumer, make_producer
 from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import SnapshotError
+from rowcast.core.model_record import ModelRecord, parse_key
 from rowcast.core.settings import Settings
 from rowcast.models.deployment import Deployment
 from rowcast.models.serving import ServingSet
-from rowcast.models.snapshot import decode_record, load_snapshot
+from rowcast.models.snapshot import load_snapshot
 
 log = logging.getLogger(__name__)
 
-PIN_SUFFIX = "#pin"
 
 Entry = tuple[str, int, Any]  # generation, version, estimator
 
@@ -123,10 +123,7 @@ class ModelFeed:
         return n
 
     def apply(self, key: bytes | None, value: bytes | None, offset: int = -1) -> None:
-        name = (key or b"").decode(errors="replace")
-        pin = name.endswith(PIN_SUFFIX)
-        if pin:
-            name = name[: -len(PIN_SUFFIX)]
+        name, pin = parse_key(key)
         with self._lock:
             if value is None:
                 if pin and self.pins.pop(name, None) is not None:
@@ -134,13 +131,13 @@ class ModelFeed:
                     self._install(name)
                 return
             try:
-                header, blob = decode_record(value)
-                payload = load_snapshot(blob, self.key)
+                record = ModelRecord.decode(key, value)
+                payload = load_snapshot(record.snapshot, self.key)
                 estimator = payload["estimator"] if isinstance(payload, dict) else payload
             except SnapshotError as exc:
                 self._refuse(name, str(exc), key, value, offset)
                 return
-            entry = (str(header["generation"]), int(header["version"]), estimator)
+            entry = (record.generation, record.version, estimator)
             if pin:
                 self.pins[name] = entry
                 log.info("%s pinned to version %d", name, entry[1])

@@ -68,15 +68,14 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
 
 
 def run_learner(settings: Settings, stop: threading.Event | None = None) -> None:
-    from rowcast.models.snapshot import snapshot_key
+    from rowcast.models.snapshot import signing_key
     from rowcast.streams.learner import Learner
 
     stop = stop or stop_on_signals()
     metrics.serve(settings.learner_metrics_port, settings, "learner")
     ensure_topics(settings, [settings.dlq_topic])
     ensure_topics(settings, [settings.models_topic], compacted=True, partitions=1)
-    key = snapshot_key(settings.snapshot_key.get_secret_value() if settings.snapshot_key else None,
-                       settings.state_dir)
+    key = signing_key(settings)
     with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
         init_database(conn, settings)
         producer = make_producer(settings)

@@ -29,7 +29,7 @@ from rowcast.core import metrics
 from rowcast.core.settings import Settings
 from rowcast.models.deployment import Deployment
 from rowcast.models.serving import ServingSet
-from rowcast.models.snapshot import snapshot_key
+from rowcast.models.snapshot import signing_key
 from rowcast.streams.app import create_app
 from rowcast.streams.following import DeploymentFollower
 from rowcast.streams.model_feed import ModelFeed
@@ -91,9 +91,7 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
     metrics.serve(settings.worker_metrics_port, settings, "worker")
     deployments, as_of_us = wait_for_deployments(settings, threading.Event())
     ensure_deployment_topics(settings, [d.name for d in deployments])
-    feed = ModelFeed(settings, snapshot_key(
-        settings.snapshot_key.get_secret_value() if settings.snapshot_key else None,
-        settings.state_dir))
+    feed = ModelFeed(settings, signing_key(settings))
     feed.catch_up()  # serve the learner's latest versions from the first row on
     serving = ServingSet.fresh(deployments, feed.lookup)
     feed.serve(serving)

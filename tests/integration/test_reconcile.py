@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from rowcast.connectors.kafka_clients import make_producer
-from rowcast.models.snapshot import encode_record
+from rowcast.core.model_record import ModelRecord
 from rowcast.ops.pipeline import Pipeline
 from tests.helpers.cli import rowcast_cli
 from tests.helpers.kafka_reading import drain
@@ -57,9 +57,9 @@ def test_reconcile_repairs_lost_predictions_and_bad_snapshots_are_refused(settin
         generation, version = pg_conn.execute(
             "SELECT generation, max(version) FROM rowcast.model_versions "
             "WHERE deployment = 'mended' GROUP BY generation").fetchone()
-        forged = encode_record({"deployment": "mended", "generation": generation,
-                                "version": version + 1000, "samples": 0},
-                               b"RCSNAP1\n" + orjson.dumps({"river": "x", "hmac": "0"}) + b"\n-")
+        forged = ModelRecord("mended", generation, version + 1000, 0,
+                             b"RCSNAP1\n" + orjson.dumps({"river": "x", "hmac": "0"}) + b"\n-"
+                             ).encode()
         producer = make_producer(settings)
         producer.send(settings.models_topic, key=b"mended", value=forged, partition=0).get(30)
         producer.close()
