@@ -35,7 +35,6 @@ from rowcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SINK_GROUP_SUFFIX = "sink"
 COMMIT_RETRY_S = 1.0  # how often a refused offset commit is retried while no records arrive
 
 DDL = """

@@ -16,7 +16,10 @@ False
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +29,29 @@ _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 def _topic_safe(name: str) -> str:
     return _TOPIC_UNSAFE.sub("_", name)
+
+
+class _Table(Protocol):
+    schema: str
+    table: str
+
+
+class DeploymentTopics(Protocol):
+    """What :meth:`Settings.stages` needs of a deployment (``rowcast.models.deployment``)."""
+
+    name: str
+    schema: str
+    table: str
+    labels: _Table | None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline as Kafka sees it: a consumer group and the topics it reads."""
+
+    name: str
+    group: str
+    topics: tuple[str, ...]
 
 
 DEV_POSTGRES_PORT = 54329
@@ -134,8 +160,31 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.models"
 
     @property
+    def scorer_group(self) -> str:
+        """The faust workers' consumer group (faust's app id)."""
+        return f"{self.topic_prefix}-scorer"
+
+    @property
     def learner_group(self) -> str:
         return f"{self.topic_prefix}-learner"
+
+    @property
+    def sink_group(self) -> str:
+        return f"{self.topic_prefix}-sink"
+
+    def stages(self, deployments: Iterable[DeploymentTopics]) -> list[Stage]:
+        """Which consumer group reads which topics, for these deployments: the one place the
+        pipeline's wiring is declared (status, lag, reconcile, the demo and the dashboard read
+        it from here)."""
+        deployments = list(deployments)
+        sources = {self.source_topic(d.schema, d.table) for d in deployments} | {
+            self.source_topic(d.labels.schema, d.labels.table)
+            for d in deployments if d.labels is not None}
+        return [Stage("scorer", self.scorer_group, tuple(sorted(sources))),
+                Stage("learner", self.learner_group,
+                      tuple(sorted(self.labels_topic(d.name) for d in deployments))),
+                Stage("sink", self.sink_group,
+                      tuple(sorted(self.predictions_topic(d.name) for d in deployments)))]
 
     @property
     def dlq_topic(self) -> str:

@@ -22,8 +22,6 @@ from rowcast.connectors.schema import init_database
 from rowcast.core.settings import Settings
 from rowcast.ops.devstack.stack import DevStack
 from rowcast.ops.pipeline import Pipeline
-from rowcast.streams.app import app_id
-from rowcast.streams.processes import sink_group
 
 DEPLOYMENT = "customer_spend"
 
@@ -89,8 +87,8 @@ def render(conn: psycopg.Connection, settings: Settings, inserted: int, admin) -
     scored, p50, p99 = conn.execute(SCREEN_SQL, (DEPLOYMENT,)).fetchone()
     latest = conn.execute(LATEST_SQL, (DEPLOYMENT,)).fetchall()
     slot = slot_lag(conn, settings.slot_name)
-    scorer = _total_lag(admin, app_id(settings), settings.source_topic("public", "customers"))
-    sink = _total_lag(admin, sink_group(settings), settings.predictions_topic(DEPLOYMENT))
+    scorer = _total_lag(admin, settings.scorer_group, settings.source_topic("public", "customers"))
+    sink = _total_lag(admin, settings.sink_group, settings.predictions_topic(DEPLOYMENT))
     slot_text = f"{slot.behind_bytes} B / {slot.behind_seconds:.1f} s" if slot else "-"
     model = conn.execute("SELECT version, samples, metrics->'progressive'->>'MAE' "
                          "FROM rowcast.model_metrics WHERE deployment = %s", (DEPLOYMENT,)).fetchone()

@@ -31,8 +31,6 @@ from rowcast.connectors.registry import list_deployments
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
 from rowcast.ops.verdict import Sample, Verdict, evaluate, judge, slot_verdict
-from rowcast.streams.app import app_id
-from rowcast.streams.processes import sink_group
 
 # kafka-python warns on every describe of faust's group: faust's assignor data is not the
 # standard consumer protocol. We only count members, so that warning is noise on every sample.
@@ -85,14 +83,8 @@ class Monitor:
             total = conn.execute("SELECT count(*) FROM rowcast.predictions").fetchone()[0]
             models = {r[0]: r[1:] for r in conn.execute(
                 "SELECT deployment, version, samples, metrics FROM rowcast.model_metrics")}
-        sources = {self.settings.source_topic(d.schema, d.table) for d in deployments} | {
-            self.settings.source_topic(d.labels.schema, d.labels.table)
-            for d in deployments if d.labels is not None}
-        stages = [self._stage("scorer", app_id(self.settings), now, sorted(sources)),
-                  self._stage("learner", self.settings.learner_group, now, sorted(
-                      self.settings.labels_topic(d.name) for d in deployments)),
-                  self._stage("sink", sink_group(self.settings), now, sorted(
-                      self.settings.predictions_topic(d.name) for d in deployments))]
+        stages = [self._stage(st.name, st.group, now, list(st.topics))
+                  for st in self.settings.stages(deployments)]
         snapshot = {
             "at": now,
             "slot": None if slot is None else {

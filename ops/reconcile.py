@@ -26,8 +26,6 @@ from rowcast.connectors.lag import consumer_lag
 from rowcast.connectors.registry import list_deployments
 from rowcast.core.settings import Settings
 from rowcast.models.deployment import Deployment
-from rowcast.streams.app import app_id
-from rowcast.streams.processes import sink_group
 
 
 @dataclass
@@ -100,14 +98,8 @@ def reconcile(conn: psycopg.Connection, admin: KafkaAdminClient,
             end = admin.list_partition_offsets({labels: OffsetSpec.LATEST})[labels].offset
         except Exception:  # no labels topic yet: nothing to learn
             end = 0
-        sources = [settings.source_topic(d.schema, d.table)]
-        if d.labels is not None:
-            sources.append(settings.source_topic(d.labels.schema, d.labels.table))
-        lag = {stage: sum(p.lag for p in consumer_lag(admin, group, topics))
-               for stage, group, topics in (
-                   ("scorer", app_id(settings), sources),
-                   ("learner", settings.learner_group, [labels.topic]),
-                   ("sink", sink_group(settings), [settings.predictions_topic(d.name)]))}
+        lag = {st.name: sum(p.lag for p in consumer_lag(admin, st.group, list(st.topics)))
+               for st in settings.stages([d])}
         out.append(Reconciled(d.name, d.qualified_table, rows, predicted, missing, orphans,
                               learned, max(end - offset, 0), lag, sample))
     return out

@@ -15,16 +15,11 @@ import faust
 from rowcast.core.settings import Settings
 
 
-def app_id(settings: Settings) -> str:
-    """The scorer's consumer group: one per topic prefix."""
-    return f"{settings.topic_prefix}-scorer"
-
-
 def create_app(settings: Settings) -> faust.App:
-    datadir = settings.state_dir / "faust" / app_id(settings)
+    datadir = settings.state_dir / "faust" / settings.scorer_group
     datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     return faust.App(
-        app_id(settings),
+        settings.scorer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=_credentials(settings),
         key_serializer="raw",

@@ -16,7 +16,7 @@ import psycopg
 from rowcast.connectors.cdc_source import CdcSource
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.kafka_clients import ensure_topics, make_consumer, make_producer
-from rowcast.connectors.pg_sink import SINK_GROUP_SUFFIX, PredictionSink
+from rowcast.connectors.pg_sink import PredictionSink
 from rowcast.connectors.schema import init_database
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
@@ -30,9 +30,6 @@ def stop_on_signals() -> threading.Event:
         signal.signal(sig, lambda *_: stop.set())
     return stop
 
-
-def sink_group(settings: Settings) -> str:
-    return f"{settings.topic_prefix}-{SINK_GROUP_SUFFIX}"
 
 
 def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -56,7 +53,7 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
     with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
         init_database(conn, settings)
         producer = make_producer(settings)
-        consumer = make_consumer(settings, sink_group(settings))
+        consumer = make_consumer(settings, settings.sink_group)
         try:
             sink = PredictionSink(settings, conn, consumer,
                                   DeadLetterWriter(producer, settings.dlq_topic))

@@ -53,8 +53,6 @@ def lag() -> None:
     from rowcast.connectors.kafka_clients import make_admin
     from rowcast.connectors.lag import consumer_lag, slot_lag
     from rowcast.connectors.registry import list_deployments
-    from rowcast.streams.app import app_id
-    from rowcast.streams.processes import sink_group
 
     settings = Settings()
     with connect(settings) as conn:
@@ -66,13 +64,7 @@ def lag() -> None:
     else:
         typer.echo(f"slot {slot.slot}: behind {slot.behind_bytes} B / {slot.behind_seconds:.1f} s, "
                    f"retains {slot.retained_bytes} B of WAL, {'active' if slot.active else 'idle'}")
-    groups = {
-        app_id(settings): sorted({settings.source_topic(d.schema, d.table) for d in deployments}
-                                 | {settings.source_topic(d.labels.schema, d.labels.table)
-                                    for d in deployments if d.labels is not None}),
-        settings.learner_group: sorted(settings.labels_topic(d.name) for d in deployments),
-        sink_group(settings): sorted(settings.predictions_topic(d.name) for d in deployments),
-    }
+    groups = {st.group: list(st.topics) for st in settings.stages(deployments)}
     typer.echo(f"{'GROUP':<28} {'TOPIC':<44} {'PARTITION':>9} {'COMMITTED':>10} "
                f"{'LOG-END':>10} {'LAG':>8}")
     admin = make_admin(settings)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from rowcast.connectors.kafka_clients import make_admin
 from rowcast.connectors.lag import consumer_lag
-from rowcast.streams.app import app_id
-from rowcast.streams.processes import sink_group
 from tests.helpers.kafka_reading import drain
 
 
@@ -16,7 +14,7 @@ def logs(pipeline) -> str:
     try:
         topics = [t for t in admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
         offsets = [f"{group}: {p.topic}[{p.partition}] end={p.log_end} committed={p.committed}"
-                   for group in (app_id(settings), sink_group(settings))
+                   for group in (settings.scorer_group, settings.sink_group)
                    for p in consumer_lag(admin, group, topics) if p.log_end]
     finally:
         admin.close()

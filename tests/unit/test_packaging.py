@@ -3,6 +3,7 @@ layer and its package data, so nothing rowcast installs can shadow a user's ``mo
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,9 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def wheel_names(tmp_path_factory) -> list[str]:
-    out = tmp_path_factory.mktemp("wheel")
+    out, src = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("src")
+    # build from a copy of what git would hand a user: setuptools writes build/ into the tree
+    for name in ("pyproject.toml", "README.md", "rowcast", "core", "models", "connectors",
+                 "streams", "ops"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                         if (ROOT / name).is_dir() else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "-w", str(out), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    "-w", str(out), str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = out.glob("rowcast-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         return zf.namelist()
