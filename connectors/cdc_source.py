@@ -34,13 +34,12 @@ from rowcast.connectors.kafka_clients import AckedSends
 from rowcast.connectors.lag import slot_lag
 from rowcast.connectors.source_position import load_position, save_position
 from rowcast.core import metrics
-from rowcast.core.envelope import SourceInfo, build_value, encode_key
+from rowcast.core.envelope import UNAVAILABLE, SourceInfo, build_value, encode_key
 from rowcast.core.errors import DecodeError, SourceError
 from rowcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = "__debezium_unavailable_value"  # Debezium's marker for an unchanged TOAST value
 
 
 @dataclass

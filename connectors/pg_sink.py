@@ -26,10 +26,11 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from rowcast.connectors.dead_letters import DeadLetterWriter
-from rowcast.connectors.slot import format_lsn
 from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import DecodeError
+from rowcast.core.keys import stored_key
+from rowcast.core.lsn import format_lsn
 from rowcast.core.prediction import PredictionRecord
 from rowcast.core.settings import Settings
 
@@ -101,7 +102,7 @@ def upsert(conn: psycopg.Connection, records: Sequence[PredictionRecord]) -> Non
             for r in records:
                 copy.write_row((
                     r.deployment, r.schema, r.table,
-                    orjson.dumps(r.key, option=orjson.OPT_SORT_KEYS).decode(),
+                    stored_key(r.key),
                     orjson.dumps(r.prediction).decode(), r.score, r.model, r.model_version,
                     format_lsn(r.source_lsn), _ts(r.source_commit_us), _ts(r.scored_at_us),
                 ))

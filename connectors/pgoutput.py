@@ -321,15 +321,3 @@ def decode_message(data: bytes) -> Message:
         raise DecodeError(f"unknown pgoutput message type {kind!r}")
     return decoder(_Reader(data, kind))
 
-
-def format_lsn(lsn: int) -> str:
-    """``0x16B374D848`` → ``'16/B374D848'``, as Postgres prints it."""
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def parse_lsn(text: str) -> int:
-    hi, _, lo = text.partition("/")
-    try:
-        return (int(hi, 16) << 32) | int(lo, 16)
-    except ValueError:
-        raise DecodeError(f"not an LSN: {text!r}") from None

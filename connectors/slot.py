@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from rowcast.core.errors import SourceError
+from rowcast.core.lsn import format_lsn
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +165,6 @@ def advance(conn: psycopg.Connection, slot: str, lsn: int) -> None:
 def current_wal_lsn(conn: psycopg.Connection) -> int:
     """Where the server is writing WAL now: cheap, so the source polls it before peeking."""
     return conn.execute("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").fetchone()[0]
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 

@@ -21,9 +21,12 @@ from typing import Any
 import orjson
 
 from rowcast import __version__
+from rowcast.core import keys
 from rowcast.core.errors import DecodeError
 
 OPS = frozenset({"c", "u", "d", "r", "t", "m"})
+# Debezium's value for an unchanged TOASTed column of an UPDATE: the server did not send it
+UNAVAILABLE = "__debezium_unavailable_value"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,8 @@ def build_value(*, op: str, before: dict[str, Any] | None, after: dict[str, Any]
 
 
 def encode_key(key: dict[str, Any]) -> bytes:
-    return orjson.dumps(key)
+    """The record key of a change: the row's canonical key (see :mod:`rowcast.core.keys`)."""
+    return keys.encode_key(key)
 
 
 def _commit_us(source: dict[str, Any]) -> int:

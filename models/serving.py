@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rowcast.core.envelope import ChangeEvent
+from rowcast.core.envelope import UNAVAILABLE, ChangeEvent
 from rowcast.core.label_events import LabelEvent, Served
 from rowcast.core.prediction import PredictionRecord
 from rowcast.models.deployment import Deployment
@@ -28,7 +28,6 @@ from rowcast.models.scoring import OnlineModel, Score
 
 SCORED_OPS = frozenset({"c", "r"})
 LABEL_OPS = frozenset({"c", "u", "r"})
-UNAVAILABLE = "__debezium_unavailable_value"  # an unchanged TOASTed value: not a label
 
 # what the scorer serves for a deployment before and between snapshots: (version, estimator)
 SnapshotLookup = Callable[[Deployment], tuple[int, Any] | None]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from rowcast.connectors import pgoutput as po
 from rowcast.connectors.pgtypes import decoder_for
 from rowcast.core.errors import DecodeError
+from rowcast.core.lsn import format_lsn, parse_lsn
 
 DATA = Path(__file__).parents[1] / "data" / "pgoutput"
 CAPTURED = json.loads((DATA / "captured.json").read_text())
@@ -177,4 +178,4 @@ def test_begin_round_trip(lsn, pg_time, xid) -> None:
 
 @given(st.integers(0, 2**64 - 1))
 def test_lsn_text_round_trip(lsn) -> None:
-    assert po.parse_lsn(po.format_lsn(lsn)) == lsn
+    assert parse_lsn(format_lsn(lsn)) == lsn
