@@ -92,7 +92,3 @@ def _deployment(r: tuple) -> Deployment:
         if r[9] else None
     return Deployment(r[0], r[1], r[2], r[3], tuple(Feature(n, k) for n, k in r[4]), r[5],
                       tuple(r[6]), r[7], r[8], labels, r[10])
-
-
-def delete_deployment(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("DELETE FROM rowcast.deployments WHERE name = %s", (name,)).rowcount > 0

@@ -95,12 +95,6 @@ def watch_table(conn: psycopg.Connection, publication: str, schema: str, table: 
             sql.Identifier(publication), sql.Identifier(schema, table)))
 
 
-def unwatch_table(conn: psycopg.Connection, publication: str, schema: str, table: str) -> None:
-    if (schema, table) in published_tables(conn, publication):
-        conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
-            sql.Identifier(publication), sql.Identifier(schema, table)))
-
-
 def ensure_slot(conn: psycopg.Connection, slot: str, publication: str) -> None:
     """Create the pgoutput slot after its publication; explains a full slot table."""
     ensure_publication(conn, publication)

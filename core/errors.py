@@ -2,7 +2,8 @@
 
 Split into retryable faults (the service may come back: retry with backoff) and fatal ones
 (configuration or data that will not fix itself). Dead-letter reasons name why an event was set
-aside instead of crashing the pipeline.
+aside instead of crashing the pipeline (the record itself is
+:class:`rowcast.core.dead_letter.DeadLetter`).
 """
 
 from __future__ import annotations
@@ -34,20 +35,6 @@ class DevStackError(FatalError):
 
 class DecodeError(RowcastError):
     """Bytes from the server or an event from a topic that do not parse as expected."""
-
-
-class DeadLetter(RowcastError):
-    """An event set aside with its reason; the pipeline keeps going.
-
-    ``stage`` names where it failed (``source``, ``score``, ``learn``, ``sink``) and ``reason``
-    is a short machine-readable code next to the human message.
-    """
-
-    def __init__(self, stage: str, reason: str, message: str) -> None:
-        super().__init__(f"{stage}/{reason}: {message}")
-        self.stage = stage
-        self.reason = reason
-        self.message = message
 
 
 class SnapshotError(FatalError):
