@@ -1,7 +1,17 @@
 """The prediction record: what goes to ``<prefix>.predictions.<deployment>`` and to Postgres.
 
 One flat JSON object per scored row, keyed on the topic by the source row's primary key, so a
-compacted predictions topic keeps the latest prediction per row.
+compacted predictions topic keeps the latest prediction per row. This is the contract with
+downstream services; ``v`` is its format version (records written before it existed are v1)::
+
+    {"v": 1, "deployment": "spend", "model": "linear_regression", "model_version": 12,
+     "source": {"schema": "public", "table": "customers", "lsn": 23456, "commit_ts_us": ...},
+     "key": {"id": 7}, "prediction": 41.5, "score": 41.5, "scored_at_us": ...}
+
+>>> r = PredictionRecord("spend", "linear_regression", 3, "public", "t", {"id": 7}, 1.5, 1.5,
+...                      100, 1_700_000_000_000_000, 1_700_000_000_001_000)
+>>> PredictionRecord.from_json(r.to_json()) == r
+True
 """
 
 from __future__ import annotations
@@ -12,6 +22,8 @@ from typing import Any
 import orjson
 
 from rowcast.core.errors import DecodeError
+
+VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +42,7 @@ class PredictionRecord:
 
     def to_json(self) -> bytes:
         return orjson.dumps({
+            "v": VERSION,
             "deployment": self.deployment,
             "model": self.model,
             "model_version": self.model_version,
