@@ -37,6 +37,11 @@ DEAD_LETTERS = Counter("rowcast_dead_letters_total", "Records set aside on the d
 SCORE_BATCH_SECONDS = Histogram("rowcast_score_batch_seconds",
                                 "Time to score and publish one batch.", buckets=LATENCY_BUCKETS)
 
+SNAPSHOTS_REFUSED = Counter(
+    "rowcast_snapshots_refused_total",
+    "Models-topic records a worker refused: failed signature (forged, replayed under another "
+    "name, another snapshot key) or a snapshot that cannot be loaded here.",
+    ["deployment", "reason"])
 MODEL_VERSION_SERVED = Gauge("rowcast_model_version_served",
                              "Model version the scorers of this worker serve.", ["deployment"])
 

@@ -15,13 +15,14 @@ False
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -52,6 +53,11 @@ class Stage:
     name: str
     group: str
     topics: tuple[str, ...]
+
+
+def _default_key_file() -> Path:
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "rowcast" / "snapshot.key"
 
 
 DEV_POSTGRES_PORT = 54329
@@ -134,7 +140,13 @@ class Settings(BaseSettings):
     model_versions_keep: int = Field(
         100, ge=1, description="Snapshots kept per deployment (older versions keep their metrics).")
     snapshot_key: SecretStr | None = Field(
-        None, description="HMAC key signing model snapshots; default: a random key in state_dir.")
+        None, description="HMAC key signing model snapshots; default: a random key kept in "
+        "snapshot_key_file.")
+    snapshot_key_file: Path = Field(
+        default_factory=_default_key_file, description="Where the random snapshot key lives "
+        "when snapshot_key is not set (default $XDG_CONFIG_HOME/rowcast/snapshot.key, else "
+        "~/.config/rowcast/snapshot.key); made absolute, so every process of one installation "
+        "shares it whatever its working directory.")
     learner_metrics_port: int = Field(9467, ge=0, description="/metrics of rowcast learner (0: off).")
     state_dir: Path = Field(Path(".rowcast"), description="Dev stack data, logs and pid files.")
     kafka_version: str = Field("3.9.1", description="Apache Kafka broker version of the dev stack.")
@@ -189,6 +201,15 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}.dlq"
+
+    @field_validator("snapshot_key_file")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path.expanduser().absolute()
+
+    def key_file(self) -> Path:
+        """The absolute path of the snapshot key file (see ``snapshot_key_file``)."""
+        return self.snapshot_key_file
 
     def kafka_client_config(self) -> dict[str, object]:
         """Connection and security settings passed through to every kafka-python client (None

@@ -76,19 +76,33 @@ def load_snapshot(blob: bytes, key: bytes) -> Any:
 def signing_key(settings: Settings) -> bytes:
     """The key every process of one installation signs and verifies snapshots with."""
     return snapshot_key(settings.snapshot_key.get_secret_value() if settings.snapshot_key else None,
-                        settings.state_dir)
+                        settings.key_file())
 
 
-def snapshot_key(secret: str | None, state_dir: Path) -> bytes:
+def snapshot_key(secret: str | None, path: Path) -> bytes:
     """The HMAC key: ``ROWCAST_SNAPSHOT_KEY`` when set (production: the same on every rowcast
-    process), else a random key kept in ``<state_dir>/snapshot.key`` (mode 0600), which every
-    process of one machine's dev stack shares. Never stored in the database it protects."""
+    process), else a random key kept in ``path`` (``ROWCAST_SNAPSHOT_KEY_FILE``, by default
+    ``~/.config/rowcast/snapshot.key``: absolute, so processes started from different folders
+    share it), mode 0600. Never stored in the database it protects.
+
+    The file is written whole under a temporary name and linked into place, so a process that
+    races another one's creation reads either nothing (and creates its own, which loses the
+    race and is dropped) or the full key, never an empty file."""
     if secret:
         return secret.encode()
-    path = state_dir / "snapshot.key"
     if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # atomic, and fails if another process got there first
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
     return path.read_text().strip().encode()

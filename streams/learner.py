@@ -326,7 +326,7 @@ class Learner(ConsumerRebalanceListener):
         record = ModelRecord(d.name, d.generation, version, samples, blob)
         try:
             self.producer.send(self.settings.models_topic, key=record.kafka_key(),
-                               value=record.encode(), partition=0)
+                               value=record.encode(self.key), partition=0)
             self.producer.flush(timeout=30)
         except KafkaError as exc:  # scorers keep the previous version until the next one
             log.error("could not publish version %d of %s: %s", version, d.name, exc)

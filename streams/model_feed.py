@@ -5,9 +5,15 @@ record). Records keyed ``<deployment>`` are the learner's newest version; record
 ``<deployment>#pin`` are pins set by ``rowcast model pin`` (a tombstone unpins). A pin wins
 over the learner's versions until it is removed; otherwise a version is installed only when
 it is not older than the one served, so, per deployment and generation, the versions in the
-predictions only move forward. Snapshots are verified before unpickling
-(:func:`rowcast.models.snapshot.load_snapshot`); one that fails is logged, counted as a dead letter
-and skipped, and the previous version keeps serving.
+predictions only move forward.
+
+Every record's signature (:meth:`rowcast.core.model_record.ModelRecord.verify`: deployment,
+generation, version, pin flag and snapshot) is checked as it arrives; the snapshot itself is
+verified and unpickled (:func:`rowcast.models.snapshot.load_snapshot`) only when a deployment this
+worker serves needs it, so a worker holds the models it serves, not every model on the topic.
+A record that fails either check is logged, counted (``rowcast_snapshots_refused_total``) and
+sent to the dead-letter topic, and the previous version keeps serving. A tombstone under a
+deployment's key (``rowcast undeploy``) drops what the feed kept for it.
 """
 
 from __future__ import annotations
@@ -43,26 +49,42 @@ class ModelFeed:
     def __init__(self, settings: Settings, key: bytes) -> None:
         self.settings = settings
         self.key = key
-        self.latest: dict[str, Entry] = {}
-        self.pins: dict[str, Entry] = {}
+        self.latest: dict[str, ModelRecord] = {}  # verified records, not yet unpickled
+        self.pins: dict[str, ModelRecord] = {}
+        self._loaded: dict[tuple[str, bool], Entry] = {}  # unpickled, for served deployments
         self.serving: ServingSet | None = None
         self.consumer = make_consumer(settings, group_id=None, enable_auto_commit=False)
         tp = TopicPartition(settings.models_topic, 0)
         self.consumer.assign([tp])
         self.consumer.seek_to_beginning(tp)
         self._tp = tp
-        self._lock = threading.Lock()  # the feed's state
+        self._lock = threading.RLock()  # the feed's state
         self._client_lock = threading.Lock()  # kafka-python consumers are not thread-safe
         self._advanced = threading.Condition()
         self._position = 0
 
     def lookup(self, deployment: Deployment) -> tuple[int, Any] | None:
-        """The (version, estimator) to serve for this deployment, if any was published."""
-        for entries in (self.pins, self.latest):
-            entry = entries.get(deployment.name)
-            if entry is not None and entry[0] == deployment.generation:
-                return entry[1], entry[2]
-        return None
+        """The (version, estimator) to serve for this deployment, if any was published; the
+        snapshot is unpickled here, on first use, and kept while it is the one to serve."""
+        with self._lock:
+            for pin, records in ((True, self.pins), (False, self.latest)):
+                record = records.get(deployment.name)
+                if record is None or record.generation != deployment.generation:
+                    continue
+                loaded = self._loaded.get((deployment.name, pin))
+                if loaded is None or loaded[:2] != (record.generation, record.version):
+                    try:
+                        payload = load_snapshot(record.snapshot, self.key)
+                    except SnapshotError as exc:
+                        del records[deployment.name]
+                        self._refuse(deployment.name, "snapshot", str(exc), record.kafka_key(),
+                                     record.encode(self.key), -1)
+                        continue
+                    estimator = payload["estimator"] if isinstance(payload, dict) else payload
+                    loaded = (record.generation, record.version, estimator)
+                    self._loaded[(deployment.name, pin)] = loaded
+                return loaded[1], loaded[2]
+            return None
 
     def serve(self, serving: ServingSet) -> None:
         self.serving = serving
@@ -126,26 +148,28 @@ class ModelFeed:
         name, pin = parse_key(key)
         with self._lock:
             if value is None:
+                self._loaded.pop((name, pin), None)
                 if pin and self.pins.pop(name, None) is not None:
                     log.info("%s unpinned", name)
                     self._install(name)
+                elif not pin:
+                    self.latest.pop(name, None)  # undeployed: keep nothing of it
                 return
             try:
                 record = ModelRecord.decode(key, value)
-                payload = load_snapshot(record.snapshot, self.key)
-                estimator = payload["estimator"] if isinstance(payload, dict) else payload
+                record.verify(self.key)
             except SnapshotError as exc:
-                self._refuse(name, str(exc), key, value, offset)
+                self._refuse(name, "signature", str(exc), key, value, offset)
                 return
-            entry = (record.generation, record.version, estimator)
             if pin:
-                self.pins[name] = entry
-                log.info("%s pinned to version %d", name, entry[1])
+                self.pins[name] = record
+                log.info("%s pinned to version %d", name, record.version)
             else:
                 current = self.latest.get(name)
-                if current is not None and current[0] == entry[0] and entry[1] < current[1]:
+                if (current is not None and current.generation == record.generation
+                        and record.version < current.version):
                     return  # an older version than the one served: versions only move forward
-                self.latest[name] = entry
+                self.latest[name] = record
             self._install(name)
 
     def _install(self, name: str) -> None:
@@ -159,9 +183,11 @@ class ModelFeed:
                     self.serving.install(name, d.generation, chosen[0], chosen[1])
                     metrics.MODEL_VERSION_SERVED.labels(name).set(chosen[0])
 
-    def _refuse(self, name: str, why: str, key: bytes | None, value: bytes, offset: int) -> None:
+    def _refuse(self, name: str, reason: str, why: str, key: bytes | None, value: bytes,
+                offset: int) -> None:
         log.error("refusing model snapshot for %s: %s (still serving the previous version)",
                   name, why)
+        metrics.SNAPSHOTS_REFUSED.labels(name, reason).inc()
         letter = DeadLetter("model_feed", "bad_snapshot", why, self.settings.models_topic, 0, offset,
                             key, value[:4096])
         producer = make_producer(self.settings)

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from rowcast.core.settings import Settings
-from rowcast.ops.cli.common import app, backfill, connect
+from rowcast.ops.cli.common import app, connect
+from rowcast.ops.cli.common import backfill as emit_rows
 
 
 @app.command()
@@ -66,7 +67,7 @@ def deploy(
                f"features {', '.join(f.name for f in d.features)}; "
                f"query it with SELECT * FROM rowcast.{d.name}_scored")
     if backfill:
-        backfill(settings, d.name, missing_only=True)
+        emit_rows(settings, d.name, missing_only=True)
 
 
 @app.command(name="backfill")
@@ -76,12 +77,13 @@ def backfill_command(
                                            "without a prediction.")] = False,
 ) -> None:
     """Re-emit a deployment's table rows (op r) so they are scored; by default only unscored ones."""
-    backfill(Settings(), name, missing_only=not all_rows)
+    emit_rows(Settings(), name, missing_only=not all_rows)
 
 
 @app.command()
 def undeploy(name: str) -> None:
     """Remove a deployment; its table stops being captured once no deployment uses it."""
+    from rowcast.connectors.model_topic import forget
     from rowcast.connectors.registry import remove_deployment
     from rowcast.connectors.schema import init_database
 
@@ -89,6 +91,7 @@ def undeploy(name: str) -> None:
     with connect(settings) as conn:
         init_database(conn, settings)
         remove_deployment(conn, name)
+    forget(settings, name)
     typer.echo(f"removed {name}; its predictions stay in rowcast.predictions")
 
 

@@ -48,7 +48,7 @@ def model_pin(name: str, version: int) -> None:
         ck = versions.set_pin(conn, name, version)
         load_snapshot(ck.snapshot, key)  # a tampered row is refused here, not on every worker
         record = ModelRecord(name, ck.generation, ck.version, ck.samples, ck.snapshot, pin=True)
-        publish_pin(settings, name, record)  # before the commit: a failed publish leaves no pin
+        publish_pin(settings, name, record, key)  # before the commit: a failed publish leaves no pin
     typer.echo(f"{name} pinned to version {version}; `rowcast model unpin {name}` follows the "
                "learner again")
 
@@ -62,7 +62,7 @@ def model_unpin(name: str) -> None:
     settings = Settings()
     with connect(settings) as conn, conn.transaction():
         versions.set_pin(conn, name, None)
-        publish_pin(settings, name, None)
+        publish_pin(settings, name, None, b"")
     typer.echo(f"{name} follows the learner's newest version")
 
 

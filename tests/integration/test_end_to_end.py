@@ -13,7 +13,7 @@ from river import evaluate
 from river import metrics as river_metrics
 
 from rowcast.models.catalog import get_model
-from rowcast.models.snapshot import load_snapshot, snapshot_key
+from rowcast.models.snapshot import load_snapshot, signing_key
 from rowcast.ops.pipeline import Pipeline
 from tests.helpers.cli import deploy_cli
 from tests.helpers.kafka_reading import drain
@@ -57,7 +57,7 @@ def served_version(settings, deployment: str) -> float:
 
 def served_estimators(conn, settings, deployment: str) -> dict[int, object]:
     """Every stored version's estimator (verified), plus the untrained version 0."""
-    key = snapshot_key(None, settings.state_dir)
+    key = signing_key(settings)
     out = {0: get_model("linear_regression").build()}
     for version, blob in conn.execute("SELECT version, snapshot FROM rowcast.model_versions "
                                       "WHERE deployment = %s AND snapshot IS NOT NULL",

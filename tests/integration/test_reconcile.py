@@ -59,7 +59,7 @@ def test_reconcile_repairs_lost_predictions_and_bad_snapshots_are_refused(settin
             "WHERE deployment = 'mended' GROUP BY generation").fetchone()
         forged = ModelRecord("mended", generation, version + 1000, 0,
                              b"RCSNAP1\n" + orjson.dumps({"river": "x", "hmac": "0"}) + b"\n-"
-                             ).encode()
+                             ).encode(b"not the installation's key")
         producer = make_producer(settings)
         producer.send(settings.models_topic, key=b"mended", value=forged, partition=0).get(30)
         producer.close()

@@ -80,3 +80,34 @@ def test_a_genuine_snapshot_whose_code_is_gone_is_refused_plainly(tmp_path, monk
     importlib.invalidate_caches()
     with pytest.raises(SnapshotError, match="cannot be loaded here.*vanishing_model"):
         load_snapshot(blob, key=KEY)
+
+
+def test_the_default_key_file_is_absolute_and_shared_whatever_the_working_directory(
+        tmp_path, monkeypatch):
+    """Processes started from different folders must sign with one key."""
+    from rowcast.core.settings import Settings
+    from rowcast.models.snapshot import signing_key
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = signing_key(Settings())
+    monkeypatch.chdir(tmp_path / "b")
+    assert signing_key(Settings()) == first
+    assert Settings().key_file().is_absolute()
+    assert (tmp_path / "config" / "rowcast" / "snapshot.key").exists()
+
+
+def test_the_key_file_is_never_seen_empty(tmp_path):
+    """Created atomically: many processes racing to create it all read the same full key."""
+    import concurrent.futures
+
+    from rowcast.models.snapshot import snapshot_key
+
+    path = tmp_path / "keys" / "snapshot.key"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: snapshot_key(None, path), range(64)))
+    assert len(keys) == 1
+    assert len(keys.pop()) == 64
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
