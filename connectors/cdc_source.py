@@ -14,6 +14,19 @@ transactions again: those at or below the remembered commit LSN are dropped here
 
 Polling is adaptive: while changes flow the slot is peeked again at once; when idle, the cheap
 ``pg_current_wal_insert_lsn()`` is polled and the (costlier) peek runs only once WAL has moved.
+
+A row the source cannot publish never stops it. When one of its values does not decode (a
+timestamp whose microseconds overflow 64 bits, an interval beyond ±292271 years, any text a
+decoder cannot read) or its event is larger than Kafka accepts, **the whole row change goes to**
+``<prefix>.dlq`` (stage ``source``; ``context`` holds schema, table, key, column, the raw text
+cut to 1 KiB, the reason, op, LSN and xid; the letter's value holds the row's raw texts, bounded)
+in the same acknowledged batch, and the slot advances past it like any other change; the rest of
+its transaction and every other table go on. Why not publish the row with the offending value as
+text: downstream would score, learn from or store a value of the wrong type. Why not only for
+columns some deployment uses (``registry.list_deployments``): the topics are Debezium-style and
+may have other consumers, and an event's shape would then depend on which deployments exist
+when it was read. Session output styles are pinned in :func:`slot.stream_changes`, so database
+or role defaults (``IntervalStyle``, ``DateStyle``, ``bytea_output``, ...) change nothing.
 """
 
 from __future__ import annotations
@@ -28,18 +41,38 @@ from typing import Any
 import orjson
 import psycopg
 from kafka import KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from rowcast.connectors import heartbeat, pgoutput, pgtypes, slot
-from rowcast.connectors.kafka_clients import AckedSends
+from rowcast.connectors.dead_letters import announce
+from rowcast.connectors.kafka_clients import AckedSends, ensure_topics, make_admin
 from rowcast.connectors.lag import slot_lag
 from rowcast.connectors.source_position import load_position, save_position
 from rowcast.core import metrics
+from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.envelope import UNAVAILABLE, SourceInfo, build_value, encode_key
-from rowcast.core.errors import DecodeError, SourceError
+from rowcast.core.errors import DecodeError, EventTooLarge, SourceError, UndecodableValue
+from rowcast.core.lsn import format_lsn
 from rowcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
+RAW_LIMIT = 1024  # characters of an offending value a dead letter keeps
+LETTER_VALUE_LIMIT = 64 * 1024  # bytes of a set-aside row's raw texts a dead letter keeps
+SAFE_EVENT_BYTES = 256 * 1024  # any broker takes this; a larger event checks the topic's limit
+RECORD_OVERHEAD = 512  # bytes Kafka's record batch adds around one key and value
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # Kafka's message.max.bytes, when the topic's is unknown
+
+
+def _raw_text(raw: pgoutput.Value, limit: int = RAW_LIMIT) -> str | None:
+    """A column's bytes as the server printed them, bounded, for a dead letter."""
+    if raw is None:
+        return None
+    if raw is pgoutput.UNCHANGED_TOAST:
+        return UNAVAILABLE
+    data = raw.data if isinstance(raw, pgoutput.BinaryValue) else raw
+    assert isinstance(data, bytes)
+    return data[:limit].decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -53,6 +86,8 @@ class RelationInfo:
     key_names: tuple[str, ...]
 
     def row(self, values: tuple) -> dict[str, Any]:
+        """Decoded values; :class:`UndecodableValue` names the first column that fails, for
+        whatever reason (any decoder error is that value's problem, never the stream's)."""
         out: dict[str, Any] = {}
         for name, decode, raw in zip(self.names, self.decoders, values, strict=True):
             if raw is None:
@@ -60,8 +95,37 @@ class RelationInfo:
             elif raw is pgoutput.UNCHANGED_TOAST:
                 out[name] = UNAVAILABLE
             else:
-                out[name] = decode(raw)
+                try:
+                    out[name] = decode(raw)
+                except Exception as exc:  # noqa: BLE001 - set aside with its reason, see module
+                    raise self._undecodable(name, raw, exc) from exc
         return out
+
+    def _undecodable(self, name: str, raw: Any, exc: Exception) -> UndecodableValue:
+        reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+        type_oid = self.relation.columns[self.names.index(name)].type_oid
+        return UndecodableValue(name, type_oid, _raw_text(raw) or "", reason)
+
+    def raw_row(self, values: tuple) -> dict[str, str | None]:
+        """Each column's text as the server sent it (bounded): what a dead letter carries."""
+        return {name: _raw_text(raw) for name, raw in zip(self.names, values, strict=True)}
+
+    def raw_key(self, values: tuple) -> dict[str, Any]:
+        """The key of a row that may not decode: decoded where it can be, else its text."""
+        key: dict[str, Any] = {}
+        for name in self.key_names:
+            if name not in self.names:
+                continue
+            i = self.names.index(name)
+            raw = values[i]
+            if raw is None or raw is pgoutput.UNCHANGED_TOAST:
+                key[name] = None if raw is None else UNAVAILABLE
+                continue
+            try:
+                key[name] = self.decoders[i](raw)
+            except Exception:  # noqa: BLE001 - the key then travels as its text
+                key[name] = _raw_text(raw)
+        return key
 
     def key_of(self, row: dict[str, Any]) -> dict[str, Any]:
         return {k: row.get(k) for k in self.key_names}
@@ -96,6 +160,8 @@ class CdcSource:
         self._unconfirmed = 0  # acknowledged by Kafka, slot not yet advanced past them
         self._last_beat = 0.0
         self._nudge_ok = True
+        self._size_limits: dict[str, int] = {}  # topic -> largest key + value Kafka takes
+        self._dlq_ready = False
 
     def run(self, stop: threading.Event) -> None:
         backoff_s = 0.001
@@ -252,23 +318,40 @@ class CdcSource:
         info = self.relations.get(message.relation_oid)
         if info is None:
             raise DecodeError(f"change for relation {message.relation_oid} before its Relation")
-        if isinstance(message, pgoutput.Insert):
-            self._emit(info, "c", None, info.row(message.new), lsn)
-        elif isinstance(message, pgoutput.Update):
-            after = info.row(message.new)
-            before = info.row(message.old) if message.old is not None else None
-            if before is not None and info.key_of(before) != info.key_of(after):
-                # the primary key changed: as Debezium does, the old key is deleted (with its
-                # tombstone) and the new one created, so keyed consumers forget the old key
-                self._emit(info, "d", before, None, lsn)
-                self._emit(info, "c", None, after, lsn)
+        assert self._txn is not None
+        order = self._txn.order
+        records: list[tuple[bytes, bytes | None]] = []
+        try:
+            if isinstance(message, pgoutput.Insert):
+                self._emit(info, "c", None, info.row(message.new), lsn, records)
+            elif isinstance(message, pgoutput.Update):
+                after = info.row(message.new)
+                before = info.row(message.old) if message.old is not None else None
+                if before is not None and info.key_of(before) != info.key_of(after):
+                    # the primary key changed: as Debezium does, the old key is deleted (with
+                    # its tombstone) and the new one created, so keyed consumers forget the old
+                    self._emit(info, "d", before, None, lsn, records)
+                    self._emit(info, "c", None, after, lsn, records)
+                else:
+                    self._emit(info, "u", before, after, lsn, records)
             else:
-                self._emit(info, "u", before, after, lsn)
-        else:
-            self._emit(info, "d", info.row(message.old), None, lsn)
+                self._emit(info, "d", info.row(message.old), None, lsn, records)
+        except UndecodableValue as exc:
+            self._txn.order = order
+            self._set_aside(info, message, lsn, "undecodable_value", str(exc), exc.column,
+                            exc.raw, exc.reason)
+            return
+        except EventTooLarge as exc:
+            self._txn.order = order
+            self._set_aside(info, message, lsn, "too_large", str(exc), exc.column, exc.raw,
+                            f"event of {exc.size} bytes is too large for Kafka "
+                            f"(limit {exc.limit} bytes)")
+            return
+        for key, value in records:  # only once the whole row change can be published
+            self._send(info.topic, key, value)
 
     def _emit(self, info: RelationInfo, op: str, before: dict | None, after: dict | None,
-              lsn: int) -> None:
+              lsn: int, records: list[tuple[bytes, bytes | None]]) -> None:
         assert self._txn is not None
         keyed = after if after is not None else before
         assert keyed is not None
@@ -279,9 +362,81 @@ class CdcSource:
                             self._txn.xid, self._txn.commit_us, commit_lsn=self._txn.final_lsn)
         value = build_value(op=op, before=before, after=after, source=source,
                             tx_order=self._txn.order, now_us=time.time_ns() // 1000)
-        self._send(info.topic, key, orjson.dumps(value))
+        try:
+            encoded = orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:  # a decoded value JSON cannot hold
+            raise _unencodable(info, keyed, exc) from exc
+        self._check_size(info, keyed, len(key) + len(encoded))
+        records.append((key, encoded))
         if op == "d":
-            self._send(info.topic, key, None)  # tombstone: compacted topics forget the key
+            records.append((key, None))  # tombstone: compacted topics forget the key
+
+    def _check_size(self, info: RelationInfo, row: dict[str, Any], size: int) -> None:
+        """Refuse an event Kafka would reject: sent, the broker's refusal would fail the whole
+        batch and stop the source at the same row forever (the slot never advancing)."""
+        if size <= SAFE_EVENT_BYTES:
+            return
+        limit = self._size_limits.get(info.topic)
+        if limit is None:
+            limit = min(int(self.producer.config["max_request_size"]),
+                        _topic_max_message_bytes(self.settings, info.topic)) - RECORD_OVERHEAD
+            self._size_limits[info.topic] = limit
+        if size > limit:
+            column = max(row, key=lambda name: len(str(row[name])), default=None)
+            raw = str(row[column])[:RAW_LIMIT] if column is not None else ""
+            raise EventTooLarge(size, limit, column, raw)
+
+    def _set_aside(self, info: RelationInfo, message: Any, lsn: int, reason: str, error: str,
+                   column: str | None, raw: str, why: str) -> None:
+        """The row change goes to the dead letters, in this batch: acknowledged with the events
+        before the slot advances past it, so it is neither lost nor holding the slot."""
+        assert self._txn is not None
+        rel = info.relation
+        new = getattr(message, "new", None)
+        old = getattr(message, "old", None)
+        key = info.raw_key(new if new is not None else old)
+        op = {pgoutput.Insert: "c", pgoutput.Update: "u", pgoutput.Delete: "d"}[type(message)]
+        doc = {"op": op, "before": info.raw_row(old) if old is not None else None,
+               "after": info.raw_row(new) if new is not None else None}
+        value = orjson.dumps(doc)[:LETTER_VALUE_LIMIT].decode("utf-8", "ignore").encode()
+        letter = announce(DeadLetter(
+            "source", reason, f"{rel.schema}.{rel.table} key {orjson.dumps(key).decode()}: "
+            f"{error}", topic=info.topic, key=orjson.dumps(key), value=value,
+            context={"schema": rel.schema, "table": rel.table, "key": key, "column": column,
+                     "raw": raw, "reason": why, "op": op, "lsn": format_lsn(lsn),
+                     "xid": self._txn.xid}))
+        if not self._dlq_ready:
+            ensure_topics(self.settings, [self.settings.dlq_topic])  # once, on the rare path
+            self._dlq_ready = True
+        self._send(self.settings.dlq_topic, letter.kafka_key(), letter.encode())
 
     def _send(self, topic: str, key: bytes, value: bytes | None) -> None:
         self._pending.send(topic, key, value)
+
+
+def _unencodable(info: RelationInfo, row: dict[str, Any], exc: Exception) -> UndecodableValue:
+    for name, value in row.items():
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            type_oid = info.relation.columns[info.names.index(name)].type_oid
+            return UndecodableValue(name, type_oid, str(value)[:RAW_LIMIT], str(exc))
+    return UndecodableValue("?", 0, "", str(exc))
+
+
+def _topic_max_message_bytes(settings: Settings, topic: str) -> int:
+    """The topic's ``max.message.bytes`` (the broker's ``message.max.bytes`` unless set on the
+    topic); asked only for events over :data:`SAFE_EVENT_BYTES`, once per topic."""
+    try:
+        admin = make_admin(settings)
+        try:
+            found = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})],
+                config_filter="all")
+        finally:
+            admin.close()
+        return int(found["topic"][topic]["max.message.bytes"]["value"])
+    except Exception as exc:  # noqa: BLE001 - an unknown limit is Kafka's default, not a stop
+        log.warning("cannot read max.message.bytes of topic %s (%s): assuming Kafka's default "
+                    "of %d bytes", topic, exc, DEFAULT_MAX_MESSAGE_BYTES)
+        return DEFAULT_MAX_MESSAGE_BYTES

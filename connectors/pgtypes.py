@@ -26,7 +26,20 @@ arrays of the above   JSON arrays (nested for multi-dimensional arrays)
 ====================  ==============================================================
 
 ``infinity`` / ``-infinity`` dates and timestamps become the strings ``"infinity"`` and
-``"-infinity"``: no integer would be honest.
+``"-infinity"``: no integer would be honest. Dates and timestamps are computed by calendar
+arithmetic, not with Python's ``datetime``, so every date Postgres stores decodes (4713 BC to
+5874897 AD, BC years counted astronomically, 1 BC = year 0); a ``timestamptz`` outside the years
+0-9999 is printed as Java's ISO formatter does (``+12345-06-07T...Z``, ``-0043-03-15T...Z``).
+Integers must fit in 64 bits (Debezium's int64, and the JSON encoder's limit): a timestamp past
+about 294247 AD or an interval beyond ±292271 years is refused with :class:`DecodeError`.
+
+The source pins its session's output settings (``DateStyle ISO``, ``IntervalStyle postgres``,
+``bytea_output hex``, ``TimeZone UTC``, ``extra_float_digits 3``, see
+:func:`rowcast.connectors.slot.stream_changes`), yet the decoders also read the other
+``IntervalStyle`` outputs and escape-format ``bytea``, so a value never depends on a
+database or role default. A value a decoder cannot read raises (:class:`DecodeError`, or the
+``ValueError`` of the parse: no wrapper costs a call per value); the source then sets the row
+aside on the dead-letter topic instead of stopping.
 
 >>> decoder_for(1700)(b"12345678901234567890.0123456789")
 '12345678901234567890.0123456789'
@@ -34,6 +47,8 @@ arrays of the above   JSON arrays (nested for multi-dimensional arrays)
 '2024-01-02T01:04:05.500000Z'
 >>> decoder_for(1007)(b'{1,NULL,3}')
 [1, None, 3]
+>>> decoder_for(1082)(b"0044-03-15 BC"), decoder_for(1186)(b"P1DT-1H")
+(-735160, 82800000000)
 """
 
 from __future__ import annotations
@@ -41,16 +56,14 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 from rowcast.core.errors import DecodeError
 
 Decoder = Callable[[bytes], Any]
 
-_EPOCH_DATE = date(1970, 1, 1)
-_EPOCH = datetime(1970, 1, 1)
 _DAY_US = 86_400_000_000
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SPECIAL_FLOATS = {b"NaN": "NaN", b"Infinity": "Infinity", b"-Infinity": "-Infinity"}
 _INFINITIES = {b"infinity": "infinity", b"-infinity": "-infinity"}
 
@@ -72,18 +85,67 @@ def _bool(raw: bytes) -> bool:
     return raw == b"t"
 
 
+_BYTEA_ESCAPE = re.compile(rb"\\(\\|[0-7]{3})")
+
+
 def _bytea(raw: bytes) -> str:
-    if not raw.startswith(b"\\x"):
-        raise DecodeError("bytea not in hex format (bytea_output must be 'hex')")
-    return base64.b64encode(bytes.fromhex(raw[2:].decode("ascii"))).decode("ascii")
+    """``bytea_output=hex`` (``\\x00ff``), or ``escape`` (``\\000\\377\\\\A``)."""
+    if raw.startswith(b"\\x"):
+        data = bytes.fromhex(raw[2:].decode("ascii"))
+    else:
+        data = _BYTEA_ESCAPE.sub(
+            lambda m: b"\\" if m[1] == b"\\" else bytes((int(m[1], 8),)), raw)
+    return base64.b64encode(data).decode("ascii")
+
+
+def _int64(value: int, what: str, text: str) -> int:
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise DecodeError(f"{what} {text!r} is out of range: its microseconds do not fit in "
+                          "64 bits")
+    return value
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date, any year (astronomical: 0 = 1 BC)."""
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        raise DecodeError(f"not a calendar date: {year}-{month}-{day}")
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    return era * 146_097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719_468
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """The inverse of :func:`_days_from_civil`."""
+    days += 719_468
+    era = days // 146_097
+    doe = days - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
+
+
+_DATE = re.compile(r"(\d+)-(\d{2})-(\d{2})")
+
+
+def _ymd_days(text: str, bc: bool) -> int:
+    match = _DATE.fullmatch(text)
+    if match is None:
+        raise DecodeError(f"not an ISO date {text!r} (DateStyle must be ISO)")
+    year = int(match[1])
+    return _days_from_civil(1 - year if bc else year, int(match[2]), int(match[3]))
 
 
 def _date(raw: bytes) -> int | str:
     if raw in _INFINITIES:
         return _INFINITIES[raw]
-    if raw.endswith(b" BC"):
-        raise DecodeError(f"BC dates are not supported: {raw.decode()}")
-    return (date.fromisoformat(raw.decode("ascii")) - _EPOCH_DATE).days
+    text = raw.decode("ascii")
+    bc = text.endswith(" BC")
+    return _ymd_days(text[:-3] if bc else text, bc)
 
 
 def _time_us(text: str) -> int:
@@ -116,51 +178,132 @@ def _timetz(raw: bytes) -> str:
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{micros:06d}Z"
 
 
-def _naive(text: str) -> datetime:
-    if text.endswith(" BC"):
-        raise DecodeError(f"BC timestamps are not supported: {text}")
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        raise DecodeError(f"unsupported timestamp {text!r} (years beyond 9999?)") from None
+def _local_us(text: str, bc: bool) -> int:
+    """``'YYYY-MM-DD HH:MM:SS[.f]'`` (any number of year digits) → µs since 1970, unbounded."""
+    day, sep, clock = text.partition(" ")
+    if not sep:
+        raise DecodeError(f"not an ISO timestamp {text!r} (DateStyle must be ISO)")
+    return _ymd_days(day, bc) * _DAY_US + _time_us(clock)
 
 
 def _timestamp(raw: bytes) -> int | str:
     if raw in _INFINITIES:
         return _INFINITIES[raw]
-    delta = _naive(raw.decode("ascii")) - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    text = raw.decode("ascii")
+    bc = text.endswith(" BC")
+    return _int64(_local_us(text[:-3] if bc else text, bc), "timestamp", text)
 
 
 def _timestamptz(raw: bytes) -> str:
     if raw in _INFINITIES:
         return _INFINITIES[raw]
-    text, offset = _split_offset(raw.decode("ascii"))
-    moment = _naive(text).replace(tzinfo=timezone(timedelta(seconds=offset))).astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = raw.decode("ascii")
+    bc = text.endswith(" BC")  # after the offset: '0044-03-15 12:00:00+00 BC'
+    local, offset = _split_offset(text[:-3] if bc else text)
+    us = _int64(_local_us(local, bc) - offset * 1_000_000, "timestamptz", text)
+    days, day_us = divmod(us, _DAY_US)
+    year, month, day = _civil_from_days(days)
+    seconds, micros = divmod(day_us, 1_000_000)
+    # as java.time's ISO_OFFSET_DATE_TIME (Debezium's ZonedTimestamp) prints years beyond 4 digits
+    yyyy = f"{year:04d}" if 0 <= year <= 9999 else f"+{year}" if year > 0 else f"-{-year:04d}"
+    return (f"{yyyy}-{month:02d}-{day:02d}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:"
+            f"{seconds % 60:02d}.{micros:06d}Z")
 
 
-_INTERVAL_PART = re.compile(
-    r"(?P<n>[+-]?\d+) (?P<unit>year|mon|day)s?|(?P<clock>[+-]?\d+:\d{2}:\d{2}(?:\.\d+)?)")
 _MONTH_US = 2_629_800_000_000  # 365.25 / 12 days, Debezium's MicroDuration.DAYS_PER_MONTH_AVG
-_UNIT_US = {"year": 12 * _MONTH_US, "mon": _MONTH_US, "day": _DAY_US}
+_HOUR_US = 3_600_000_000
+_UNIT_US = {"year": 12 * _MONTH_US, "mon": _MONTH_US, "day": _DAY_US, "hour": _HOUR_US,
+            "min": 60_000_000, "sec": 1_000_000}
+_POSTGRES_PART = re.compile(
+    r"(?P<n>[+-]?\d+(?:\.\d+)?) (?P<unit>year|mon|day|hour|min|sec)s?"
+    r"|(?P<clock>[+-]?\d+:\d{2}:\d{2}(?:\.\d+)?)")
+_ISO_PART = re.compile(r"(?P<n>[+-]?\d+(?:\.\d+)?)(?P<unit>[YMDHS])")
+_ISO = re.compile(r"P(?:[+-]?\d+[YMD])*(?:T(?:[+-]?\d+(?:\.\d+)?[HMS])+)?")
+_SQL_PART = re.compile(
+    r"(?P<ym>(?P<ys>[+-]?)(?P<y>\d+)-(?P<m>\d+))|(?P<clock>[+-]?\d+:\d{2}:\d{2}(?:\.\d+)?)"
+    r"|(?P<day>[+-]?\d+)")
+
+
+def _seconds_us(text: str) -> int:
+    """``'-6.789'`` → -6789000, exactly (no float)."""
+    negative = text.startswith("-")
+    whole, _, fraction = text.lstrip("+-").partition(".")
+    us = int(whole) * 1_000_000 + int(fraction[:6].ljust(6, "0"))
+    return -us if negative else us
+
+
+def _clock_us(clock: str) -> int:
+    negative = clock.startswith("-")
+    us = _time_us(clock.lstrip("+-"))
+    return -us if negative else us
+
+
+def _interval_postgres(text: str) -> int:
+    """``postgres`` (``1 year 2 mons -3 days +04:05:06.5``) and ``postgres_verbose``
+    (``@ 1 year 2 mons -3 days 4 hours 5 mins 6.5 secs ago``)."""
+    total = 0
+    for match in _POSTGRES_PART.finditer(text):
+        if match["clock"]:
+            total += _clock_us(match["clock"])
+        elif match["unit"] == "sec":
+            total += _seconds_us(match["n"])
+        else:
+            total += int(match["n"]) * _UNIT_US[match["unit"]]
+    return -total if text.endswith(" ago") else total
+
+
+def _interval_iso(text: str) -> int:
+    """``iso_8601``: ``P1Y2M-3DT4H5M6.5S``, each field with its own sign."""
+    total = 0
+    date_part, _, time_part = text[1:].partition("T")
+    for part, units in ((date_part, {"Y": "year", "M": "mon", "D": "day"}),
+                        (time_part, {"H": "hour", "M": "min", "S": "sec"})):
+        for match in _ISO_PART.finditer(part):
+            unit = units[match["unit"]]
+            total += (_seconds_us(match["n"]) if unit == "sec"
+                      else int(match["n"]) * _UNIT_US[unit])
+    return total
+
+
+def _interval_sql(text: str) -> int:
+    """``sql_standard``: ``1-2 3 4:05:06``; a single leading ``-`` negates every field unless
+    the fields carry signs of their own (mixed signs: ``+1-2 -3 +4:05:06``)."""
+    parts = text.split()
+    signed = sum(p[0] in "+-" for p in parts)
+    negate_all = parts[0].startswith("-") and signed == 1
+    total = 0
+    for part in parts:
+        if negate_all:
+            part = part.lstrip("-")
+        match = _SQL_PART.fullmatch(part)
+        if match is None:
+            raise DecodeError(f"unsupported interval {text!r}")
+        if match["ym"]:
+            months = int(match["y"]) * 12 + int(match["m"])
+            total += (-months if match["ys"] == "-" else months) * _MONTH_US
+        elif match["clock"]:
+            total += _clock_us(match["clock"])
+        else:
+            total += int(match["day"]) * _DAY_US
+    return -total if negate_all else total
 
 
 def _interval(raw: bytes) -> int:
-    """Postgres's default ``IntervalStyle=postgres`` output, e.g. ``1 year 2 mons -3 days 04:05:06.5``."""
+    """Microseconds, a month as 365.25 / 12 days; reads every ``IntervalStyle``."""
     text = raw.decode("ascii")
-    total = 0
-    for match in _INTERVAL_PART.finditer(text):
-        if match["clock"]:
-            clock = match["clock"]
-            negative = clock.startswith("-")
-            us = _time_us(clock.lstrip("+-"))
-            total += -us if negative else us
-        else:
-            total += int(match["n"]) * _UNIT_US[match["unit"]]
-    if total == 0 and text not in ("00:00:00", "0"):
-        raise DecodeError(f"unsupported interval {text!r} (IntervalStyle must be 'postgres')")
-    return total
+    if text.startswith("P"):
+        if not _ISO.fullmatch(text):
+            raise DecodeError(f"unsupported interval {text!r}")
+        total = _interval_iso(text)
+    elif text == "@ 0":  # postgres_verbose's zero
+        total = 0
+    elif any(c.isalpha() for c in text):  # postgres or postgres_verbose: units spelled out
+        if _POSTGRES_PART.sub("", text).replace("@", "").replace("ago", "").strip():
+            raise DecodeError(f"unsupported interval {text!r}")
+        total = _interval_postgres(text)
+    else:  # sql_standard, or a bare clock ('04:05:06'), which every style prints alike
+        total = _interval_sql(text)
+    return _int64(total, "interval", text)
 
 
 def _parse_array(text: str, element: Decoder) -> list:

@@ -135,6 +135,21 @@ _PEEK = ("SELECT (lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, data "
          "%s, NULL, %s, 'proto_version', '1', 'publication_names', %s, 'messages', 'true')")
 
 
+# pgoutput prints each column with its type's output function, under the settings of the session
+# that peeks: a database or role default (ALTER DATABASE ... SET IntervalStyle = 'iso_8601') would
+# otherwise change the text the source decodes. Pinned for the peek's transaction only
+# (``set_config(..., true)`` = SET LOCAL), so nothing else on the connection is affected.
+SESSION_SETTINGS = {
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "bytea_output": "hex",
+    "TimeZone": "UTC",
+    "extra_float_digits": "3",  # shortest exact float text (any value > 0 on PostgreSQL 12+)
+}
+_PIN = "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in SESSION_SETTINGS)
+_PIN_ARGS = tuple(x for item in SESSION_SETTINGS.items() for x in item)
+
+
 @contextmanager
 def stream_changes(conn: psycopg.Connection, slot: str, publication: str, max_changes: int,
                    fetch_size: int = 2000) -> Iterator[Iterator[RawChange]]:
@@ -143,9 +158,10 @@ def stream_changes(conn: psycopg.Connection, slot: str, publication: str, max_ch
     The server stops after the transaction in which ``max_changes`` is reached, so one huge
     transaction comes whole: a server-side cursor hands it over ``fetch_size`` rows at a time
     (the server spills its result to disk beyond ``work_mem``), keeping the source's memory
-    flat whatever the transaction's size.
+    flat whatever the transaction's size. Values are printed under :data:`SESSION_SETTINGS`.
     """
     with conn.transaction(), conn.cursor(name="rowcast_peek", binary=True) as cur:
+        conn.execute(_PIN, _PIN_ARGS)
         cur.itersize = fetch_size
         cur.execute(_PEEK, (slot, max_changes, publication))
         yield (RawChange(r[0], r[1], bytes(r[2])) for r in cur)

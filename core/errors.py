@@ -39,3 +39,28 @@ class DecodeError(RowcastError):
 
 class SnapshotError(FatalError):
     """A model snapshot that must not be loaded: tampered, truncated or from another river."""
+
+
+class UndecodableValue(DecodeError):
+    """A column value the CDC source cannot turn into its event encoding (out of range, a text
+    it cannot read): its row is set aside on the dead-letter topic and the stream goes on."""
+
+    def __init__(self, column: str, type_oid: int, raw: str, reason: str) -> None:
+        super().__init__(f"column {column!r} (type OID {type_oid}) cannot be decoded: {reason}")
+        self.column = column
+        self.type_oid = type_oid
+        self.raw = raw
+        self.reason = reason
+
+
+class EventTooLarge(DecodeError):
+    """A change event larger than Kafka accepts (the producer's ``max_request_size`` or the
+    topic's ``max.message.bytes``): its row is set aside on the dead-letter topic instead."""
+
+    def __init__(self, size: int, limit: int, column: str | None, raw: str) -> None:
+        super().__init__(f"change event of {size} bytes is too large for Kafka (limit {limit} "
+                         "bytes); raise the topic's max.message.bytes to stream such rows")
+        self.size = size
+        self.limit = limit
+        self.column = column
+        self.raw = raw

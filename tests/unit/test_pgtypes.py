@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rowcast.connectors.pgtypes import decode_value, decoder_for
+from rowcast.connectors.pgtypes import _civil_from_days, _days_from_civil, decode_value, decoder_for
 from rowcast.core.errors import DecodeError
 
 INT8, FLOAT8, NUMERIC, BOOL, DATE, TIME, TIMETZ, TS, TSTZ, INTERVAL, BYTEA, JSONB, ENUMISH = (
@@ -57,12 +57,80 @@ def test_null_is_none_for_every_type() -> None:
 
 
 @pytest.mark.parametrize(("oid", "raw"), [
-    (DATE, b"0044-03-15 BC"), (TS, b"0044-03-15 00:00:00 BC"), (BYTEA, b"escaped\\000"),
     (1007, b"{1,2"), (TSTZ, b"2024-01-01 00:00:00"),
+    (TS, b"294276-12-31 23:59:59"),  # µs since 1970 beyond 64 bits
+    (TSTZ, b"294276-12-31 23:59:59.999999+00"),
+    (TS, b"294247-01-10 04:00:54.775808"),  # one µs past int64
+    (INTERVAL, b"178000000 years"), (INTERVAL, b"P178000000Y"), (INTERVAL, b"-2147483648 days"),
+    (INTERVAL, b"1 fortnight"), (INTERVAL, b"garbage"),
+    (DATE, b"29/02/2024"), (DATE, b"2024-13-01"), (TS, b"02/29/2024 12:00:00"),
 ])
 def test_unsupported_or_broken_values_are_decode_errors(oid: int, raw: bytes) -> None:
     with pytest.raises(DecodeError):
         decoder_for(oid)(raw)
+
+
+@pytest.mark.parametrize(("oid", "raw", "expected"), [
+    (DATE, b"0044-03-15 BC", -735_160),  # BC years are astronomical: 44 BC = -43
+    (DATE, b"4713-01-01 BC", -2_440_550),  # PostgreSQL's first date
+    (DATE, b"10000-01-01", 2_932_897),
+    (DATE, b"5874897-12-31", 2_145_042_905),  # PostgreSQL's last date
+    (DATE, b"0001-01-01 BC", -719_528),  # 1 BC (year 0) is a leap year
+    (TS, b"4713-01-01 00:00:00 BC", -2_440_550 * 86_400_000_000),
+    (TS, b"0044-03-15 12:00:00 BC", -735_160 * 86_400_000_000 + 43_200_000_000),
+    (TS, b"294247-01-10 04:00:54.775807", 2**63 - 1),
+    (TS, b"infinity", "infinity"),
+    (TSTZ, b"-infinity", "-infinity"),
+    (TSTZ, b"0044-03-15 12:00:00+00 BC", "-0043-03-15T12:00:00.000000Z"),
+    (TSTZ, b"0044-03-15 12:00:00+00:09:21 BC", "-0043-03-15T11:50:39.000000Z"),
+    (TSTZ, b"12345-06-07 10:09:10+02", "+12345-06-07T08:09:10.000000Z"),
+    (TSTZ, b"0001-01-01 00:00:00+01", "0000-12-31T23:00:00.000000Z"),
+    (BYTEA, b"\\000\\377\\\\A'\\012", "AP9cQScK"),  # bytea_output = escape
+    (BYTEA, b"\\x00ff5c41270a", "AP9cQScK"),
+])
+def test_values_python_datetime_cannot_hold(oid: int, raw: bytes, expected: object) -> None:
+    assert decoder_for(oid)(raw) == expected
+
+
+_M, _D, _H = 2_629_800_000_000, 86_400_000_000, 3_600_000_000
+# one interval, then its text under IntervalStyle postgres, postgres_verbose, sql_standard and
+# iso_8601, as PostgreSQL 15 printed them
+INTERVALS = [
+    (14 * _M - 3 * _D + 4 * _H + 306_500_000, "1 year 2 mons -3 days +04:05:06.5",
+     "@ 1 year 2 mons -3 days 4 hours 5 mins 6.5 secs", "+1-2 -3 +4:05:06.5",
+     "P1Y2M-3DT4H5M6.5S"),
+    (-14 * _M + 3 * _D - 4 * _H - 306_789_000, "-1 years -2 mons +3 days -04:05:06.789",
+     "@ 1 year 2 mons -3 days 4 hours 5 mins 6.789 secs ago", "-1-2 +3 -4:05:06.789",
+     "P-1Y-2M3DT-4H-5M-6.789S"),
+    (-_D - _H, "-1 days -01:00:00", "@ 1 day 1 hour ago", "-1 1:00:00", "P-1DT-1H"),
+    (0, "00:00:00", "@ 0", "0", "PT0S"),
+    (-3 * _D - 4 * _H - 306_000_000, "-3 days -04:05:06", "@ 3 days 4 hours 5 mins 6 secs ago",
+     "-3 4:05:06", "P-3DT-4H-5M-6S"),
+    (12 * _M, "1 year", "@ 1 year", "1-0", "P1Y"),
+    (-14 * _M, "-1 years -2 mons", "@ 1 year 2 mons ago", "-1-2", "P-1Y-2M"),
+    (-500_000, "-00:00:00.5", "@ 0.5 secs ago", "-0:00:00.5", "PT-0.5S"),
+    (5 * _D, "5 days", "@ 5 days", "5 0:00:00", "P5D"),
+    (-5 * _D, "-5 days", "@ 5 days ago", "-5 0:00:00", "P-5D"),
+    (1_000_000, "00:00:01", "@ 1 sec", "0:00:01", "PT1S"),
+    (2 * _M + 1, "2 mons 00:00:00.000001", "@ 2 mons 0.000001 secs", "+0-2 +0 +0:00:00.000001",
+     "P2MT0.000001S"),
+]
+
+
+@pytest.mark.parametrize("style", range(4), ids=["postgres", "postgres_verbose", "sql_standard",
+                                                 "iso_8601"])
+@pytest.mark.parametrize("case", INTERVALS, ids=lambda case: case[1])
+def test_intervals_decode_under_every_interval_style(case: tuple, style: int) -> None:
+    assert decoder_for(INTERVAL)(case[1 + style].encode()) == case[0]
+
+
+@given(st.integers(min_value=-2_440_550, max_value=2_145_042_905))
+def test_every_postgres_date_round_trips_through_its_iso_text(days: int) -> None:
+    year, month, day = _civil_from_days(days)
+    text = f"{year:04d}-{month:02d}-{day:02d}" if year > 0 else \
+        f"{1 - year:04d}-{month:02d}-{day:02d} BC"
+    assert _days_from_civil(year, month, day) == days
+    assert decoder_for(DATE)(text.encode()) == days
 
 
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
