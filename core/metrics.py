@@ -10,9 +10,14 @@ Each process serves ``/metrics`` on its own port (``ROWCAST_SOURCE_METRICS_PORT`
 from __future__ import annotations
 
 import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from rowcast.core.endpoint import is_loopback, token_allows
+from rowcast.core.errors import ConfigError
 from rowcast.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,14 +85,45 @@ CONSUMER_VERDICT = Gauge("rowcast_consumer_verdict",
                          "Burrow-style verdict: 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 ERROR.", ["group"])
 
 
-def serve(port: int, settings: Settings, process: str) -> None:
-    """Start ``/metrics`` for this process (a daemon thread); port 0 turns it off."""
+def serve(port: int, settings: Settings, process: str) -> ThreadingHTTPServer | None:
+    """Start ``/metrics`` for this process (a daemon thread); port 0 turns it off.
+
+    Beyond loopback it requires the token (see :mod:`rowcast.core.endpoint`) and refuses to
+    start without one (:class:`ConfigError`: the process exits with one line), unless
+    ``ROWCAST_METRICS_WITHOUT_TOKEN`` opts out explicitly."""
     if not port:
-        return
+        return None
+    token = settings.dashboard_token.get_secret_value() if settings.dashboard_token else None
+    if not is_loopback(settings.bind_host) and not token and not settings.metrics_without_token:
+        raise ConfigError(f"{process}: /metrics would listen on {settings.bind_host}, beyond this "
+                          "machine, without a token: set ROWCAST_DASHBOARD_TOKEN (scrapers send "
+                          "it as a bearer token) or ROWCAST_METRICS_WITHOUT_TOKEN=true")
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # quiet; tokens stay out of logs
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            url = urlparse(self.path)
+            if not token_allows(token, self.headers.get("Authorization", ""), parse_qs(url.query)):
+                status, body, kind = 401, b"token required\n", "text/plain"
+            elif url.path == "/metrics":
+                status, body, kind = 200, generate_latest(), CONTENT_TYPE_LATEST
+            else:
+                status, body, kind = 404, b"not found\n", "text/plain"
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
     try:
-        start_http_server(port, addr=settings.bind_host)
+        server = ThreadingHTTPServer((settings.bind_host, port), Handler)
     except OSError as exc:  # the data path matters more than its metrics: say so and go on
         log.error("%s: cannot serve /metrics on %s:%d (%s); set ROWCAST_%s_METRICS_PORT",
                   process, settings.bind_host, port, exc, process.upper())
-        return
+        return None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=f"{process}-metrics", daemon=True).start()
     log.info("%s metrics on http://%s:%d/metrics", process, settings.bind_host, port)
+    return server

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     score_batch_within_s: float = Field(0.01, gt=0, description="Longest wait to fill a batch.")
     sink_batch_size: int = Field(2000, ge=1, description="Predictions upserted per transaction.")
     sink_poll_timeout_ms: int = Field(50, ge=1)
+    worker_web_enabled: bool = Field(
+        False, description="Run faust's own web server in the worker (off: rowcast does not need "
+        "it; /metrics is served separately).")
     worker_web_port: int = Field(6066, description="Port of the faust worker's web server.")
     bind_host: str = Field("127.0.0.1", description="Address network services listen on.")
     source_metrics_port: int = Field(9464, ge=0, description="/metrics of rowcast source (0: off).")
@@ -123,7 +126,10 @@ class Settings(BaseSettings):
     sink_metrics_port: int = Field(9466, ge=0, description="/metrics of rowcast sink (0: off).")
     dashboard_port: int = Field(8050, ge=1, description="The live dashboard (and its /metrics).")
     dashboard_token: SecretStr | None = Field(
-        None, description="Required by the dashboard when bind_host is not a loopback address.")
+        None, description="Required by the dashboard and every /metrics endpoint when bind_host "
+        "is not a loopback address (bearer token or ?token=).")
+    metrics_without_token: bool = Field(
+        False, description="Explicit opt-out: serve /metrics beyond loopback without the token.")
     lag_window_s: float = Field(
         30.0, gt=0, description="Window over which consumer verdicts are judged (Burrow).")
     lag_stop_after_s: float = Field(

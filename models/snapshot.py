@@ -18,6 +18,7 @@ rowcast.core.errors.SnapshotError: model snapshot failed verification (HMAC mism
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -99,10 +100,8 @@ def snapshot_key(secret: str | None, path: Path) -> bytes:
                 f.write(secrets.token_hex(32))
                 f.flush()
                 os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # atomic, and fails if another process got there first
-            except FileExistsError:
-                pass
+            with contextlib.suppress(FileExistsError):  # another process got there first
+                os.link(tmp, path)  # atomic: the key appears whole or not at all
         finally:
             tmp.unlink(missing_ok=True)
     return path.read_text().strip().encode()

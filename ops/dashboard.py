@@ -9,8 +9,6 @@ framework.
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +18,7 @@ from urllib.parse import parse_qs, urlparse
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from rowcast.core.endpoint import is_loopback, token_allows
 from rowcast.core.errors import ConfigError
 from rowcast.core.settings import Settings
 from rowcast.ops.dashboard_page import PAGE
@@ -28,21 +27,12 @@ from rowcast.ops.monitor import Monitor
 log = logging.getLogger(__name__)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class Dashboard:
     """Owns the sampler thread and the HTTP server; ``serve_forever`` until ``stop``."""
 
     def __init__(self, settings: Settings, sample_every_s: float = 1.0) -> None:
         token = settings.dashboard_token.get_secret_value() if settings.dashboard_token else None
-        if not _is_loopback(settings.bind_host) and not token:
+        if not is_loopback(settings.bind_host) and not token:
             raise ConfigError(f"the dashboard would listen on {settings.bind_host}, beyond this "
                               "machine, without a token: set ROWCAST_DASHBOARD_TOKEN")
         self.settings, self.token, self.sample_every_s = settings, token, sample_every_s
@@ -93,13 +83,7 @@ class Dashboard:
                 pass
 
             def _allowed(self, query: dict[str, list[str]]) -> bool:
-                if dashboard.token is None:
-                    return True
-                given = (query.get("token") or [""])[0]
-                auth = self.headers.get("Authorization", "")
-                if auth.startswith("Bearer "):
-                    given = auth[len("Bearer "):]
-                return hmac.compare_digest(given.encode(), dashboard.token.encode())
+                return token_allows(dashboard.token, self.headers.get("Authorization", ""), query)
 
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)

@@ -32,7 +32,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=0.5,
         producer_acks=-1,
         producer_linger=0.002,
-        web_enabled=True,
+        web_enabled=settings.worker_web_enabled,
         web_bind=settings.bind_host,
         web_host=settings.bind_host,
         web_port=settings.worker_web_port,
