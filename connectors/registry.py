@@ -7,7 +7,8 @@ real column types, and bad definitions are refused before anything runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import psycopg
 
@@ -34,6 +35,14 @@ CREATE TABLE IF NOT EXISTS rowcast.deployments (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE rowcast.deployments ADD COLUMN IF NOT EXISTS labels jsonb;
+-- written by workers: a deployment (of one generation) they cannot serve, read by status
+CREATE TABLE IF NOT EXISTS rowcast.deployment_failures (
+    name        text PRIMARY KEY,
+    generation  text NOT NULL,
+    reason      text NOT NULL,
+    error       text NOT NULL,
+    failed_at   timestamptz NOT NULL DEFAULT now()
+);
 """
 
 _COLUMNS = ("name, schema_name, table_name, target, features, model, key_columns, target_kind, "
@@ -92,3 +101,32 @@ def _deployment(r: tuple) -> Deployment:
         if r[9] else None
     return Deployment(r[0], r[1], r[2], r[3], tuple(Feature(n, k) for n, k in r[4]), r[5],
                       tuple(r[6]), r[7], r[8], labels, r[10])
+
+
+def record_failures(conn: psycopg.Connection, failed: Mapping[str, tuple[str, str, str]],
+                    built: Mapping[str, str]) -> None:
+    """What a worker found when it built its deployments, for ``rowcast status`` (another
+    process): ``failed`` maps name to (generation, reason, error); ``built`` maps the names it
+    serves to their generation, whose earlier failures are forgotten."""
+    with conn.transaction():
+        for name, (generation, reason, error) in failed.items():
+            conn.execute(
+                "INSERT INTO rowcast.deployment_failures (name, generation, reason, error) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET generation = "
+                "EXCLUDED.generation, reason = EXCLUDED.reason, error = EXCLUDED.error, "
+                "failed_at = now()", (name, generation, reason, error))
+        if built:
+            conn.execute("DELETE FROM rowcast.deployment_failures f USING unnest(%s::text[], "
+                         "%s::text[]) AS b(name, generation) WHERE f.name = b.name AND "
+                         "f.generation = b.generation", (list(built), list(built.values())))
+
+
+def list_failures(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
+    """Failures workers recorded, by deployment name (empty before ``rowcast init`` made the
+    table). Callers compare ``generation`` with the deployment's: a redeploy starts afresh."""
+    if conn.execute("SELECT to_regclass('rowcast.deployment_failures')").fetchone()[0] is None:
+        return {}
+    return {r[0]: {"generation": r[1], "reason": r[2], "error": r[3], "since": r[4]}
+            for r in conn.execute("SELECT name, generation, reason, error, "
+                                  "extract(epoch FROM failed_at)::float8 "
+                                  "FROM rowcast.deployment_failures")}

@@ -3,8 +3,11 @@
 ``rowcast.model_versions`` holds one row per checkpoint: the signed snapshot (bytea), the
 samples learned, the running metrics, the learner's resume state and the labels-topic offset
 to resume from. Everything is written in one transaction with the pending features
-(``rowcast.pending_labels``), so after a kill -9 at any moment the learner restores a state
-that is consistent with its offset: replaying from there learns each label exactly once.
+(``rowcast.pending_labels``), the labels held until their features come
+(``rowcast.held_labels``) and the rows learned already (``rowcast.learned_labels``, what makes
+"each row learned at most once" hold across restarts), so after a kill -9 at any moment the
+learner restores a state that is consistent with its offset: replaying from there learns each
+label exactly once.
 
 ``rowcast.model_control`` fences learners (a learner that lost its partition cannot write:
 each claim bumps ``epoch``, and every checkpoint checks it under a row lock), records the pin
@@ -20,6 +23,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 
 from rowcast.core.errors import ConfigError
 
@@ -52,6 +56,24 @@ CREATE TABLE IF NOT EXISTS rowcast.pending_labels (
     PRIMARY KEY (deployment, pk)
 );
 CREATE INDEX IF NOT EXISTS pending_labels_scored_at ON rowcast.pending_labels (deployment, scored_at);
+CREATE TABLE IF NOT EXISTS rowcast.held_labels (
+    deployment  text NOT NULL,
+    generation  text NOT NULL,
+    pk          text NOT NULL,
+    entry       json NOT NULL,
+    labelled_at timestamptz NOT NULL,
+    PRIMARY KEY (deployment, generation, pk)
+);
+CREATE INDEX IF NOT EXISTS held_labels_labelled_at ON rowcast.held_labels (deployment, labelled_at);
+CREATE TABLE IF NOT EXISTS rowcast.learned_labels (
+    deployment  text NOT NULL,
+    generation  text NOT NULL,
+    pk          text NOT NULL,
+    entry       json NOT NULL,
+    learned_at  timestamptz NOT NULL,
+    PRIMARY KEY (deployment, generation, pk)
+);
+CREATE INDEX IF NOT EXISTS learned_labels_learned_at ON rowcast.learned_labels (deployment, learned_at);
 CREATE OR REPLACE VIEW rowcast.model_metrics AS
 SELECT DISTINCT ON (deployment) deployment, version, samples, metrics, created_at
   FROM rowcast.model_versions ORDER BY deployment, version DESC;
@@ -64,6 +86,11 @@ def ensure_schema(conn: psycopg.Connection) -> None:
 
 class Fenced(Exception):
     """Another learner claimed the deployment (or it was removed or redeployed): stop writing."""
+
+
+class Redeployed(Fenced):
+    """The checkpoint's generation is gone (the deployment was redeployed or removed), but no
+    other learner claimed it: the owner may go on with the registry's current generation."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +169,7 @@ def lock_control(conn: psycopg.Connection, deployment: str, epoch: int,
         "(extract(epoch FROM created_at) * 1000000)::bigint || '.' || version = %s",
         (deployment, generation)).fetchone()
     if alive is None:
-        raise Fenced(f"deployment {deployment!r} generation {generation} is gone")
+        raise Redeployed(f"deployment {deployment!r} generation {generation} is gone")
     return Control(*row)
 
 
@@ -174,11 +201,20 @@ def rollback_target(conn: psycopg.Connection, deployment: str) -> int | None:
 
 
 def has_expired(conn: psycopg.Connection, deployment: str, retention_s: float) -> bool:
-    """Pending features older than the retention wait to be expired by a checkpoint."""
+    """Pending features or held labels older than the retention wait to be expired (and
+    counted) by a checkpoint. Learned-row markers expire quietly with the next checkpoint."""
     return conn.execute(
         "SELECT EXISTS (SELECT 1 FROM rowcast.pending_labels WHERE deployment = %s "
-        "AND scored_at < now() - make_interval(secs => %s))", (deployment, retention_s)
+        "AND scored_at < now() - make_interval(secs => %s)) OR EXISTS (SELECT 1 FROM "
+        "rowcast.held_labels WHERE deployment = %s AND labelled_at < now() - "
+        "make_interval(secs => %s))", (deployment, retention_s, deployment, retention_s)
     ).fetchone()[0]
+
+
+def held_labels(conn: psycopg.Connection, deployment: str, generation: str) -> int:
+    """Labels of this generation the learner holds because their row's features never came."""
+    return conn.execute("SELECT count(*) FROM rowcast.held_labels WHERE deployment = %s "
+                        "AND generation = %s", (deployment, generation)).fetchone()[0]
 
 
 def clear_rollback(conn: psycopg.Connection, deployment: str) -> None:
@@ -218,69 +254,125 @@ def pinned(conn: psycopg.Connection, deployment: str) -> int | None:
     return None if row is None else row[0]
 
 
-class PgPending:
-    """Pending features in ``rowcast.pending_labels``, changed in memory between checkpoints.
+_TABLES = {  # what PgPending keeps: table, time column, keyed by generation too
+    "features": ("pending_labels", "scored_at", False),
+    "held": ("held_labels", "labelled_at", True),
+    "learned": ("learned_labels", "learned_at", True),
+}
 
-    Reads go to Postgres only for keys not seen since the last checkpoint (one query per
-    batch, :meth:`prefetch`); writes wait for :meth:`flush`, inside the checkpoint's
-    transaction, so the table always matches the checkpointed offset. Memory holds only what
-    changed since the last checkpoint.
+
+class PgPending:
+    """What the learner keeps between events, in Postgres, changed in memory between checkpoints.
+
+    Three maps by primary key: features waiting for a label (``rowcast.pending_labels``), labels
+    waiting for their features (``rowcast.held_labels``) and rows learned already
+    (``rowcast.learned_labels``); the last two per generation. Reads go to Postgres only for
+    keys not seen since the last checkpoint (one query per map and batch, :meth:`prefetch`);
+    writes wait for :meth:`flush`, inside the checkpoint's transaction, so the tables always
+    match the checkpointed offset. Memory holds only what changed since the last checkpoint.
     """
 
-    def __init__(self, conn: psycopg.Connection, deployment: str) -> None:
+    def __init__(self, conn: psycopg.Connection, deployment: str, generation: str = "") -> None:
         self.conn = conn
         self.deployment = deployment
-        self.cache: dict[bytes, dict[str, Any] | None] = {}
-        self.dirty: dict[bytes, dict[str, Any] | None] = {}
+        self.generation = generation
+        self.cache: dict[str, dict[bytes, dict[str, Any] | None]] = {k: {} for k in _TABLES}
+        self.dirty: dict[str, dict[bytes, dict[str, Any] | None]] = {k: {} for k in _TABLES}
 
     def prefetch(self, keys: Iterable[bytes]) -> None:
-        missing = sorted({k for k in keys if k not in self.cache})
-        if not missing:
-            return
-        rows = self.conn.execute(
-            "SELECT pk, entry FROM rowcast.pending_labels WHERE deployment = %s AND pk = ANY(%s)",
-            (self.deployment, [k.decode() for k in missing])).fetchall()
-        found = {pk.encode(): entry for pk, entry in rows}
-        for k in missing:
-            self.cache[k] = found.get(k)
+        keys = set(keys)
+        for kind, (table, _, by_generation) in _TABLES.items():
+            cache = self.cache[kind]
+            missing = sorted(k for k in keys if k not in cache)
+            if not missing:
+                continue
+            query = sql.SQL("SELECT pk, entry FROM rowcast.{} WHERE deployment = %s "
+                            "AND pk = ANY(%s)").format(sql.Identifier(table))
+            args: list[Any] = [self.deployment, [k.decode() for k in missing]]
+            if by_generation:
+                query += sql.SQL(" AND generation = %s")
+                args.append(self.generation)
+            found = {pk.encode(): entry for pk, entry in self.conn.execute(query, args)}
+            for k in missing:
+                cache[k] = found.get(k)
+
+    def _get(self, kind: str, key: bytes) -> dict[str, Any] | None:
+        if key not in self.cache[kind]:
+            self.prefetch([key])
+        return self.cache[kind].get(key)
+
+    def _set(self, kind: str, key: bytes, entry: dict[str, Any] | None) -> None:
+        self.cache[kind][key] = self.dirty[kind][key] = entry
 
     def put(self, key: bytes, entry: dict[str, Any]) -> None:
-        self.cache[key] = self.dirty[key] = entry
+        self._set("features", key, entry)
 
     def pop(self, key: bytes) -> dict[str, Any] | None:
-        if key not in self.cache:
-            self.prefetch([key])
-        entry = self.cache.get(key)
-        self.cache[key] = self.dirty[key] = None
+        entry = self._get("features", key)
+        if entry is not None:
+            self._set("features", key, None)
         return entry
 
-    def flush(self, retention_s: float) -> int:
+    def hold(self, key: bytes, entry: dict[str, Any]) -> None:
+        self._set("held", key, entry)
+
+    def take_held(self, key: bytes) -> dict[str, Any] | None:
+        entry = self._get("held", key)
+        if entry is not None:
+            self._set("held", key, None)
+        return entry
+
+    def learned(self, key: bytes) -> dict[str, Any] | None:
+        return self._get("learned", key)
+
+    def mark_learned(self, key: bytes, entry: dict[str, Any]) -> None:
+        self._set("learned", key, entry)
+
+    def flush(self, retention_s: float) -> tuple[int, int]:
         """Write what changed and expire what waited longer than ``retention_s``; returns how
-        many expired. Call inside the checkpoint's transaction."""
-        gone = [k.decode() for k, v in self.dirty.items() if v is None]
-        kept = [(self.deployment, k.decode(), orjson.dumps(v).decode(), v["at_us"])
-                for k, v in self.dirty.items() if v is not None]
+        many features and how many held labels expired. Call inside the checkpoint's
+        transaction."""
+        expired = {}
         with self.conn.cursor() as cur:
-            if gone:
-                cur.execute("DELETE FROM rowcast.pending_labels WHERE deployment = %s "
-                            "AND pk = ANY(%s)", (self.deployment, gone))
-            if kept:
-                cur.executemany(
-                    "INSERT INTO rowcast.pending_labels VALUES (%s, %s, %s, "
-                    "to_timestamp(%s / 1e6)) ON CONFLICT (deployment, pk) DO UPDATE SET "
-                    "entry = EXCLUDED.entry, scored_at = EXCLUDED.scored_at", kept)
-            expired = cur.execute(
-                "DELETE FROM rowcast.pending_labels WHERE deployment = %s "
-                "AND scored_at < now() - make_interval(secs => %s)",
-                (self.deployment, retention_s)).rowcount
-        self.cache.clear()
-        self.dirty.clear()
-        return expired
+            for kind, (table, at, by_generation) in _TABLES.items():
+                name = sql.Identifier(table)
+                dirty = self.dirty[kind]
+                gone = [k.decode() for k, v in dirty.items() if v is None]
+                kept = [(k.decode(), orjson.dumps(v).decode(), v["at_us"])
+                        for k, v in dirty.items() if v is not None]
+                where = sql.SQL("deployment = %s" + (" AND generation = %s" if by_generation
+                                                     else ""))
+                scope = [self.deployment] + ([self.generation] if by_generation else [])
+                if gone:
+                    cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE {} AND pk = ANY(%s)")
+                                .format(name, where), [*scope, gone])
+                if kept:
+                    columns = "deployment, generation, pk, entry, " if by_generation \
+                        else "deployment, pk, entry, "
+                    conflict = "deployment, generation, pk" if by_generation else "deployment, pk"
+                    cur.executemany(sql.SQL(
+                        "INSERT INTO rowcast.{} (" + columns + "{}) VALUES ("
+                        + "%s, " * len(scope) + "%s, %s, to_timestamp(%s / 1e6)) "
+                        "ON CONFLICT (" + conflict + ") DO UPDATE SET entry = EXCLUDED.entry, "
+                        "{} = EXCLUDED.{}").format(name, sql.Identifier(at), sql.Identifier(at),
+                                                   sql.Identifier(at)),
+                        [(*scope, *row) for row in kept])
+                if by_generation:  # older generations' rows are of no use any more
+                    cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE deployment = %s "
+                                        "AND generation <> %s").format(name),
+                                (self.deployment, self.generation))
+                expired[kind] = cur.execute(sql.SQL(
+                    "DELETE FROM rowcast.{} WHERE deployment = %s AND {} < now() - "
+                    "make_interval(secs => %s)").format(name, sql.Identifier(at)),
+                    (self.deployment, retention_s)).rowcount
+        self.forget()
+        return expired["features"], expired["held"]
 
     def forget(self) -> None:
         """Drop unflushed changes (after a failed checkpoint or on restore)."""
-        self.cache.clear()
-        self.dirty.clear()
+        for kind in _TABLES:
+            self.cache[kind].clear()
+            self.dirty[kind].clear()
 
     def count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM rowcast.pending_labels WHERE deployment = %s",

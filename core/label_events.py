@@ -13,6 +13,10 @@ Every event carries the position of the change that caused it (``stream`` and ``
 :attr:`rowcast.core.envelope.ChangeEvent.order`), so the learner can drop the replays a crash
 causes anywhere upstream: per stream, positions only grow.
 
+``was`` (optional) is the row's previous primary key when the event comes from a primary-key
+change (Debezium's delete + create): the learner then knows the row under its new key is one it
+may have learned already. Old records without it decode unchanged.
+
 >>> e = LabelEvent("labelled", "spend", "1.1", {"id": 7}, "t:0", (9, 8, 1), 5, {"x": 1.0}, 2.5)
 >>> LabelEvent.from_json(e.to_json()) == e
 True
@@ -55,6 +59,7 @@ class LabelEvent:
     x: dict[str, float | str] | None = None
     y: Any = None
     served: Served | None = None
+    was: dict[str, Any] | None = None  # the previous primary key, after a key change
 
     def key_bytes(self) -> bytes:
         return orjson.dumps(self.key, option=orjson.OPT_SORT_KEYS)
@@ -71,6 +76,8 @@ class LabelEvent:
             doc["served"] = {"version": self.served.version, "prediction": self.served.prediction,
                              "proba": None if self.served.proba is None
                              else [list(p) for p in self.served.proba]}
+        if self.was is not None:
+            doc["was"] = self.was
         return orjson.dumps(doc)
 
     @classmethod
@@ -86,8 +93,10 @@ class LabelEvent:
             order = tuple(int(v) for v in doc["order"])
             if len(order) != 3:
                 raise ValueError("order must have three parts")
+            was = doc.get("was")
             return cls(doc["kind"], str(doc["deployment"]), str(doc["generation"]),
                        dict(doc["key"]), str(doc["stream"]), order,  # type: ignore[arg-type]
-                       int(doc["at_us"]), doc.get("x"), doc.get("y"), served)
+                       int(doc["at_us"]), doc.get("x"), doc.get("y"), served,
+                       None if was is None else dict(was))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"not a label event: {exc!r}") from None

@@ -42,6 +42,11 @@ DEAD_LETTERS = Counter("rowcast_dead_letters_total", "Records set aside on the d
 SCORE_BATCH_SECONDS = Histogram("rowcast_score_batch_seconds",
                                 "Time to score and publish one batch.", buckets=LATENCY_BUCKETS)
 
+DEPLOYMENT_FAILED = Gauge(
+    "rowcast_deployment_failed",
+    "1 while a deployment cannot be served (its rows go to the dead-letter topic with this "
+    "reason; rowcast status shows the error), 0 once it can.", ["deployment", "reason"])
+
 SNAPSHOTS_REFUSED = Counter(
     "rowcast_snapshots_refused_total",
     "Models-topic records a worker refused: failed signature (forged, replayed under another "

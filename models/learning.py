@@ -5,10 +5,26 @@ deployment's labels topic, and everything it must remember to resume exactly is 
 :class:`LearnerState` plus the pending features (:class:`PendingStore`), which the learner
 process checkpoints with the model in one Postgres transaction (see :mod:`rowcast.connectors.versions`).
 
-Exactly once, from at-least-once inputs: the CDC source and the scorers may replay after a
-crash. Each event carries the position of the change it came from; per stream (a source
-partition) positions only grow, so an event at or below the high-water mark of its stream was
-learned already and is skipped.
+Each label is learned once: a row -- (deployment, generation, primary key) -- teaches the model
+at most once. The store remembers every learned key (with its label) for
+``ROWCAST_LABEL_RETENTION_S``, persisted with the checkpoint, so the rule holds across restarts
+and whatever re-emits a row: a crash replay upstream, ``rowcast backfill --all`` or
+``rowcast reconcile --repair`` (the re-emitted row is scored, its features are not kept), a
+primary-key change (the new key's event names the old key: learned under one, learned under
+both). A later *different* label for a learned row is a **correction**: counted
+(``corrections``) and not learned, since an online model cannot unlearn the first one and
+progressive validation would count the row twice. A reused primary key within the retention
+(delete, then insert a new row with the same key) is therefore not learned again.
+
+Replays are recognised by that rule, not by their position, so a dead letter replayed with
+``rowcast dlq replay`` after a fix (it keeps its old position) is learned if its row never was.
+Per stream (a source partition) the highest position seen is still recorded (``high_water``).
+
+A label can come before its row's features (a labels-table row committed with, or before, the
+scored row reaches the learner first): it is **held** (counted ``unmatched`` on arrival), kept
+like pending features for the retention, and learned when the features come, at their place
+in the stream (``late_joined``); one that never joins expires as ``unjoined`` and
+``rowcast reconcile`` reports the ones still waiting.
 
 Progressive validation: before learning a label the learner scores the row with its current
 model, so the running metric is the one ``river.evaluate.progressive_val_score`` reports on the
@@ -39,22 +55,31 @@ from rowcast.models.deployment import Deployment
 from rowcast.models.progressive import OnlineMetrics
 from rowcast.models.scoring import OnlineModel, Score
 
-COUNTERS = ("learned", "joined", "pending_added", "unmatched", "duplicates", "stale", "expired")
+COUNTERS = ("learned", "joined", "pending_added", "unmatched", "duplicates", "stale", "expired",
+            "corrections", "late_joined", "unjoined")
 
 
 class PendingStore(Protocol):
-    """Features of scored rows still waiting for their label, by the row's key (JSON bytes)."""
+    """What the learner keeps between events, by the row's key (JSON bytes), for one generation:
+    features of scored rows waiting for a label, labels held until their row's features come,
+    and the rows learned already (with the label they were learned with)."""
 
     def prefetch(self, keys: Iterable[bytes]) -> None: ...
     def put(self, key: bytes, entry: dict[str, Any]) -> None: ...
     def pop(self, key: bytes) -> dict[str, Any] | None: ...
+    def hold(self, key: bytes, entry: dict[str, Any]) -> None: ...
+    def take_held(self, key: bytes) -> dict[str, Any] | None: ...
+    def learned(self, key: bytes) -> dict[str, Any] | None: ...
+    def mark_learned(self, key: bytes, entry: dict[str, Any]) -> None: ...
 
 
 class MemoryPending:
-    """A pending store in a dict: for tests and doctests (the learner uses Postgres)."""
+    """A pending store in dicts: for tests and doctests (the learner uses Postgres)."""
 
     def __init__(self) -> None:
         self.entries: dict[bytes, dict[str, Any]] = {}
+        self.held: dict[bytes, dict[str, Any]] = {}
+        self.done: dict[bytes, dict[str, Any]] = {}
 
     def prefetch(self, keys: Iterable[bytes]) -> None:
         pass
@@ -64,6 +89,18 @@ class MemoryPending:
 
     def pop(self, key: bytes) -> dict[str, Any] | None:
         return self.entries.pop(key, None)
+
+    def hold(self, key: bytes, entry: dict[str, Any]) -> None:
+        self.held[key] = entry
+
+    def take_held(self, key: bytes) -> dict[str, Any] | None:
+        return self.held.pop(key, None)
+
+    def learned(self, key: bytes) -> dict[str, Any] | None:
+        return self.done.get(key)
+
+    def mark_learned(self, key: bytes, entry: dict[str, Any]) -> None:
+        self.done[key] = entry
 
 
 @dataclass
@@ -116,36 +153,72 @@ class DeploymentLearner:
     def apply(self, events: Sequence[LabelEvent]) -> int:
         """Apply events in order; returns how many samples were learned."""
         fresh = [e for e in events if self._admit(e)]
-        self.pending.prefetch(e.key_bytes() for e in fresh if e.kind == "label")
+        keys = [e.key_bytes() for e in fresh]
+        keys += [_key_bytes(e.was) for e in fresh if e.was is not None]
+        self.pending.prefetch(keys)
         learned = 0
         for e in fresh:
+            key = e.key_bytes()
+            if self._known(e, key):
+                continue
             if e.kind == "labelled":
-                learned += self._learn(e.x or {}, e.y, e.served)
+                self.pending.pop(key)  # features of an earlier, unlabelled row with this key
+                self.pending.take_held(key)
+                learned += self._learn(key, e.x or {}, e.y, e.served, e.at_us)
             elif e.kind == "scored":
-                self.pending.put(e.key_bytes(), _entry(e))
-                self.state.counters["pending_added"] += 1
+                held = self.pending.take_held(key)
+                if held is None:
+                    self.pending.put(key, _entry(e))
+                    self.state.counters["pending_added"] += 1
+                    continue
+                # its label came first: learn now, at the place of the features in the stream
+                self.state.counters["late_joined"] += 1
+                learned += self._learn(key, e.x or {}, held["y"], e.served, e.at_us)
             else:
-                entry = self.pending.pop(e.key_bytes())
-                if entry is None:  # never scored here, learned already, or expired
+                entry = self.pending.pop(key)
+                if entry is None:  # the features have not come (yet): hold the label
+                    self.pending.hold(key, {"y": e.y, "at_us": e.at_us})
                     self.state.counters["unmatched"] += 1
                     continue
                 self.state.counters["joined"] += 1
-                learned += self._learn(entry["x"], e.y, _served(entry.get("served")))
+                learned += self._learn(key, entry["x"], e.y, _served(entry.get("served")),
+                                       e.at_us)
         return learned
 
     def _admit(self, e: LabelEvent) -> bool:
-        """Drop other generations' events and replays (at or below the stream's high water)."""
+        """Drop other generations' events; record each stream's highest position (replays
+        are recognised by the row, in :meth:`_known`, so a replayed dead letter is learned)."""
         if e.generation != self.deployment.generation:
             self.state.counters["stale"] += 1
             return False
         seen = self.state.high_water.get(e.stream)
-        if seen is not None and e.order <= seen:
-            self.state.counters["duplicates"] += 1
-            return False
-        self.state.high_water[e.stream] = e.order
+        if seen is None or e.order > seen:
+            self.state.high_water[e.stream] = e.order
         return True
 
-    def _learn(self, x: dict[str, float | str], y: Any, served: Served | None) -> int:
+    def _known(self, e: LabelEvent, key: bytes) -> bool:
+        """True when the event's row was learned already (the event is then only counted)."""
+        done = self.pending.learned(key)
+        if done is None and e.was is not None:
+            # a primary-key change: the row under its new key is the row learned under the old
+            done = self.pending.learned(_key_bytes(e.was))
+            if done is not None:
+                self.pending.mark_learned(key, {"y": done["y"], "at_us": e.at_us})
+        if done is None:
+            return False
+        if e.kind == "scored" or e.y is None or e.y == done["y"]:
+            # a replay, or a row re-emitted by backfill / reconcile --repair: its features are
+            # not kept, so a later UPDATE of the row cannot teach it a second time
+            self.state.counters["duplicates"] += 1
+        else:
+            self.state.counters["corrections"] += 1
+            if e.kind == "label":
+                self.state.counters["unmatched"] += 1
+        return True
+
+    def _learn(self, key: bytes, x: dict[str, float | str], y: Any, served: Served | None,
+               at_us: int) -> int:
+        self.pending.mark_learned(key, {"y": y, "at_us": at_us})
         if self.model.spec.task != "anomaly":
             self.progressive.update(y, self.model.score(x))  # test, then train
             if served is not None:
@@ -153,6 +226,10 @@ class DeploymentLearner:
         self.model.learn(x, y)
         self.state.counters["learned"] += 1
         return 1
+
+
+def _key_bytes(key: dict[str, Any]) -> bytes:
+    return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
 
 
 def _entry(e: LabelEvent) -> dict[str, Any]:

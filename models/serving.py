@@ -8,6 +8,12 @@ the snapshot the learner last published, installed with :meth:`ServingSet.instal
 (``c``) and snapshot reads (``r``) are scored. Updates are not rescored, which keeps rowcast
 loop-safe when predictions are written back into the source table; an update that sets the
 target is a label for the row scored earlier.
+
+One deployment never takes the others down. A deployment whose model cannot be built (a custom
+``module:factory`` that does not import, a factory that raises) is kept in :attr:`ServingSet.failed`
+and its rows are rejected as ``model_unavailable``; it is tried again whenever the registry
+changes (a redeploy). A model that raises on one row rejects that row for that deployment
+(``score_failed``), with nothing half-done left in the batch.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rowcast.core.envelope import UNAVAILABLE, ChangeEvent
+from rowcast.core.errors import ConfigError
 from rowcast.core.label_events import LabelEvent, Served
 from rowcast.core.prediction import PredictionRecord
 from rowcast.models.deployment import Deployment
@@ -28,6 +35,8 @@ from rowcast.models.scoring import OnlineModel, Score
 
 SCORED_OPS = frozenset({"c", "r"})
 LABEL_OPS = frozenset({"c", "u", "r"})
+MODEL_UNAVAILABLE = "model_unavailable"  # dead-letter reason: the deployment's model cannot be built
+SCORE_FAILED = "score_failed"  # dead-letter reason: the model (or routing) raised on this row
 
 # what the scorer serves for a deployment before and between snapshots: (version, estimator)
 SnapshotLookup = Callable[[Deployment], tuple[int, Any] | None]
@@ -41,6 +50,14 @@ class Rejected:
     event: ChangeEvent
     reason: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unbuildable:
+    """A deployment whose model could not be built, and why (the error's one-line message)."""
+
+    deployment: Deployment
+    error: str
 
 
 @dataclass
@@ -57,6 +74,7 @@ class ServingSet:
                  snapshots: SnapshotLookup | None = None) -> None:
         self.snapshots = snapshots
         self._lock = threading.Lock()  # update (registry) and install (model feed) may race
+        self.failed: dict[str, Unbuildable] = {}
         self._index(list(models))
 
     @classmethod
@@ -66,7 +84,12 @@ class ServingSet:
         serving.update(deployments)
         return serving
 
-    def _index(self, models: list[OnlineModel]) -> None:
+    def _index(self, models: list[OnlineModel], failed: dict[str, Unbuildable] | None = None,
+               ) -> None:
+        failed = self.failed if failed is None else failed
+        unbuildable: dict[tuple[str, str], list[Unbuildable]] = defaultdict(list)
+        for u in failed.values():
+            unbuildable[(u.deployment.schema, u.deployment.table)].append(u)
         by_table: dict[tuple[str, str], list[OnlineModel]] = defaultdict(list)
         by_labels: dict[tuple[str, str], list[OnlineModel]] = defaultdict(list)
         for model in models:
@@ -75,11 +98,13 @@ class ServingSet:
             if d.labels is not None:
                 by_labels[(d.labels.schema, d.labels.table)].append(model)
         # swapped whole: the scoring thread sees the old index or the new one, never half
-        self.by_table, self.by_labels = dict(by_table), dict(by_labels)
+        self.by_table, self.by_labels, self.unbuildable, self.failed = (
+            dict(by_table), dict(by_labels), dict(unbuildable), dict(failed))
 
     def tables(self) -> list[tuple[str, str]]:
-        """Every table whose change topic the scorer must read (scored and labels tables)."""
-        return sorted(set(self.by_table) | set(self.by_labels))
+        """Every table whose change topic the scorer must read (scored and labels tables, and
+        the tables of failed deployments, whose rows go to the dead-letter topic)."""
+        return sorted(set(self.by_table) | set(self.by_labels) | set(self.unbuildable))
 
     def models(self) -> list[OnlineModel]:
         return [m for models in self.by_table.values() for m in models]
@@ -102,13 +127,21 @@ class ServingSet:
         with self._lock:
             current = {m.deployment.name: m for m in self.models()}
             served = set(self.tables())
-            models = []
+            models, failed = [], {}
             for d in deployments:
                 kept = current.get(d.name)
                 same = kept is not None and kept.deployment == d \
                     and kept.deployment.generation == d.generation
-                models.append(kept if same else self._build(d))
-            self._index(models)
+                if same:
+                    models.append(kept)
+                    continue
+                try:
+                    models.append(self._build(d))
+                except Exception as exc:  # a user's module or factory: anything can happen
+                    error = str(exc) if isinstance(exc, ConfigError) \
+                        else f"{type(exc).__name__}: {exc}"
+                    failed[d.name] = Unbuildable(d, error)
+            self._index(models, failed)
             return set(self.tables()) - served
 
     def install(self, name: str, generation: str, version: int, estimator: Any) -> bool:
@@ -119,7 +152,7 @@ class ServingSet:
             for i, m in enumerate(models):
                 if m.deployment.name == name and m.deployment.generation == generation:
                     models[i] = OnlineModel(m.deployment, m.spec, estimator, version)
-                    self._index(models)
+                    self._index(models, self.failed)
                     return True
             return False
 
@@ -133,12 +166,17 @@ class ServingSet:
                 if event.only_for is not None and event.only_for != model.deployment.name:
                     continue
                 if event.op in SCORED_OPS:
-                    self._score_one(model, event, result, now_us)
+                    _guarded(self._score_one, model, event, result, now_us)
                 elif event.op == "u":
-                    self._label_from_update(model, event, result)
+                    _guarded(self._label_from_update, model, event, result)
+            if event.op in SCORED_OPS:
+                for u in self.unbuildable.get(table, ()):
+                    if event.only_for is None or event.only_for == u.deployment.name:
+                        result.rejected.append(Rejected(u.deployment.name, event,
+                                                        MODEL_UNAVAILABLE, u.error))
             if event.op in LABEL_OPS:
                 for model in self.by_labels.get(table, ()):
-                    self._label_from_table(model, event, result)
+                    _guarded(self._label_from_table, model, event, result)
         return result
 
     @staticmethod
@@ -204,6 +242,19 @@ class ServingSet:
                 and event.before.get(d.labels.column) == value:
             return
         _append_label(model, event, value, {d.key_columns[0]: ref}, result)
+
+
+def _guarded(step: Callable[..., None], model: OnlineModel, event: ChangeEvent,
+             result: BatchResult, *args: Any) -> None:
+    """Run one deployment's step on one event; if it raises, undo what it added and reject
+    the event for that deployment alone, so a model failing on a row costs only that row."""
+    marks = len(result.predictions), len(result.labels), len(result.rejected)
+    try:
+        step(model, event, result, *args)
+    except Exception as exc:
+        del result.predictions[marks[0]:], result.labels[marks[1]:], result.rejected[marks[2]:]
+        result.rejected.append(Rejected(model.deployment.name, event, SCORE_FAILED,
+                                        f"{type(exc).__name__}: {exc}"))
 
 
 def _append_label(model: OnlineModel, event: ChangeEvent, value: Any, key: dict[str, Any],

@@ -3,7 +3,9 @@
 Every ``sample()`` reads each stage once: the replication slot (bytes, seconds, retained WAL),
 the scorer's, the learner's (labels not yet learned and checkpointed) and the sink's consumer
 groups (per-partition lag, membership), each deployment's model version and online metric, throughput and
-commit→prediction latency percentiles from ``rowcast.predictions``, and the deployments. It
+commit→prediction latency percentiles from ``rowcast.predictions``, and the deployments (with
+``failed``: what a worker recorded in ``rowcast.deployment_failures`` when it could not build a
+deployment's model, for the deployment's current generation). It
 keeps the samples of the last ``lag_window_s`` to judge each consumer with Burrow's rules
 (:mod:`rowcast.ops.verdict`), and a longer history for the dashboard's charts.
 
@@ -27,7 +29,7 @@ from kafka.errors import KafkaError
 from rowcast.connectors import heartbeat
 from rowcast.connectors.kafka_clients import make_admin
 from rowcast.connectors.lag import consumer_lag, oldest_unconsumed_age_s, slot_lag
-from rowcast.connectors.registry import list_deployments
+from rowcast.connectors.registry import list_deployments, list_failures
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
 from rowcast.ops.verdict import Sample, Verdict, evaluate, judge, slot_verdict
@@ -63,6 +65,7 @@ class Monitor:
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self._admin = None
         self._reader: KafkaConsumer | None = None
+        self._failed: dict[str, str] = {}  # deployments shown failed -> reason, for the metric
 
     def close(self) -> None:
         if self._admin is not None:
@@ -83,6 +86,7 @@ class Monitor:
             total = conn.execute("SELECT count(*) FROM rowcast.predictions").fetchone()[0]
             models = {r[0]: r[1:] for r in conn.execute(
                 "SELECT deployment, version, samples, metrics FROM rowcast.model_metrics")}
+            failures = list_failures(conn)
         stages = [self._stage(st.name, st.group, now, list(st.topics))
                   for st in self.settings.stages(deployments)]
         snapshot = {
@@ -98,8 +102,15 @@ class Monitor:
             "latency_ms": dict(zip(("p50", "p95", "p99"),
                                    [round(c, 1) for c in cuts] if cuts else [None] * 3,
                                    strict=True)),
-            "deployments": [_deployment(d, models.get(d.name)) for d in deployments],
+            "deployments": [_deployment(d, models.get(d.name), failures.get(d.name))
+                            for d in deployments],
         }
+        for d in snapshot["deployments"]:  # the dashboard's /metrics says it too
+            if d["failed"] is not None:
+                metrics.DEPLOYMENT_FAILED.labels(d["name"], d["failed"]["reason"]).set(1)
+                self._failed[d["name"]] = d["failed"]["reason"]
+            elif d["name"] in self._failed:
+                metrics.DEPLOYMENT_FAILED.labels(d["name"], self._failed.pop(d["name"])).set(0)
         self.history.append(snapshot)
         return snapshot
 
@@ -141,12 +152,18 @@ class Monitor:
                         self.settings.lag_stop_after_s)
 
 
-def _deployment(d: Any, model: tuple | None) -> dict[str, Any]:
-    """A deployment with its learner's latest version, samples and online metrics."""
+def _deployment(d: Any, model: tuple | None, failure: dict[str, Any] | None = None,
+                ) -> dict[str, Any]:
+    """A deployment with its learner's latest version, samples and online metrics, and why
+    the workers cannot serve it (None when they can, or a redeploy came after the failure)."""
     version, samples, metrics_ = model if model is not None else (None, 0, {})
+    failed = None
+    if failure is not None and failure["generation"] == d.generation:
+        failed = {"reason": failure["reason"], "error": failure["error"],
+                  "since": failure["since"]}
     return {"name": d.name, "table": d.qualified_table, "model": d.model, "version": d.version,
             "target": d.target, "model_version": version, "samples": samples,
-            "metrics": (metrics_ or {}).get("progressive", {})}
+            "metrics": (metrics_ or {}).get("progressive", {}), "failed": failed}
 
 
 def make_reader(settings: Settings) -> KafkaConsumer:

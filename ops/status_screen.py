@@ -19,8 +19,15 @@ def render(s: dict[str, Any]) -> str:
     lines = ["DEPLOYMENT            TABLE                          MODEL                      "
              "MODEL VERSION  LEARNED   ONLINE METRIC"]
     lines += [f"{d['name']:<21} {d['table']:<30} {d['model']:<26} "
-              f"{_num(d.get('model_version')):<14} {d.get('samples', 0):<9} {_metric(d)}"
+              f"{_num(d.get('model_version')):<14} {d.get('samples', 0):<9} "
+              + (f"FAILED ({d['failed']['reason']})" if d.get("failed") else _metric(d))
               for d in s["deployments"]] or ["(no deployments: rowcast deploy ...)"]
+    failed = [d for d in s["deployments"] if d.get("failed")]
+    if failed:
+        lines.append("")
+    lines += [f"FAILED {d['name']}: {d['failed']['error']} — its rows go to the dead-letter "
+              f"topic as {d['failed']['reason']}; fix the model and deploy again"
+              for d in failed]
     p, lat = s["predictions"], s["latency_ms"]
     lines += ["", f"predictions {p['total']}   throughput {p['per_second']:.1f} rows/s (10 s)   "
               f"commit→prediction p50 {_num(lat['p50'], ' ms')}  p95 {_num(lat['p95'], ' ms')}  "

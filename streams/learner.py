@@ -26,10 +26,10 @@ from kafka.structs import OffsetAndMetadata
 from rowcast.connectors import versions
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.registry import list_deployments
-from rowcast.connectors.versions import Checkpoint, Fenced, PgPending
+from rowcast.connectors.versions import Checkpoint, Fenced, PgPending, Redeployed
 from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
-from rowcast.core.errors import DecodeError, SnapshotError
+from rowcast.core.errors import ConfigError, DecodeError, SnapshotError
 from rowcast.core.label_events import LabelEvent
 from rowcast.core.model_record import ModelRecord
 from rowcast.core.settings import Settings
@@ -77,6 +77,7 @@ class Learner(ConsumerRebalanceListener):
         self.active: dict[str, Owned] = {}
         self.subscribed: tuple[str, ...] = ()
         self.paused: set[TopicPartition] = set()  # assigned, but its checkpoint is unusable
+        self.unbuildable: dict[str, str] = {}  # deployment -> generation whose model won't build
         self._rejoined_for: set[str] = set()
         self._subscribed_at = 0.0
         self.prefix = f"{settings.topic_prefix}.labels."
@@ -84,6 +85,10 @@ class Learner(ConsumerRebalanceListener):
     # -- group membership ------------------------------------------------------------------
     def refresh(self) -> None:
         self.deployments = {d.name: d for d in list_deployments(self.conn)}
+        for name, owned in list(self.active.items()):
+            d = self.deployments.get(name)
+            if d is not None and d.generation != owned.learner.deployment.generation:
+                self._switch_generation(owned, d)  # redeployed: no checkpoint of the old one
         topics = tuple(sorted(self.settings.labels_topic(n) for n in self.deployments))
         if topics != self.subscribed:
             log.info("learning %d deployment(s): %s", len(topics), sorted(self.deployments))
@@ -100,7 +105,11 @@ class Learner(ConsumerRebalanceListener):
                     or versions.has_expired(self.conn, name, self.settings.label_retention_s):
                 self._checkpoint(owned)  # applies the rollback / counts what expired
         for tp in list(self.paused):
-            if versions.rollback_target(self.conn, tp.topic[len(self.prefix):]) is not None:
+            name = tp.topic[len(self.prefix):]
+            d = self.deployments.get(name)
+            redeployed = d is not None and self.unbuildable.get(name, d.generation) != d.generation
+            if redeployed or versions.rollback_target(self.conn, name) is not None:
+                self.unbuildable.pop(name, None)
                 self.paused.discard(tp)
                 self.on_partitions_assigned([tp])
                 if tp not in self.paused:
@@ -143,6 +152,19 @@ class Learner(ConsumerRebalanceListener):
                 metrics.DEAD_LETTERS.labels("learner", "bad_snapshot").inc()
                 self.consumer.pause(tp)
                 self.paused.add(tp)
+            except ConfigError as exc:
+                self._set_aside(tp, exc)
+
+    def _set_aside(self, tp: TopicPartition, exc: ConfigError) -> None:
+        """A deployment whose model cannot be built (e.g. a custom module:factory that does
+        not import) is not learned until it is redeployed; the other deployments go on."""
+        name = tp.topic[len(self.prefix):]
+        log.error("cannot learn %s: %s. Fix the model and deploy again", name, exc)
+        d = self.deployments.get(name)
+        self.unbuildable[name] = d.generation if d is not None else ""
+        self.active.pop(name, None)
+        self.consumer.pause(tp)
+        self.paused.add(tp)
 
     def _restore(self, tp: TopicPartition) -> None:
         name = tp.topic[len(self.prefix):]
@@ -152,7 +174,7 @@ class Learner(ConsumerRebalanceListener):
         started = time.monotonic()
         epoch = versions.claim(self.conn, name)
         ck = versions.latest(self.conn, name, d.generation)
-        pending = PgPending(self.conn, name)
+        pending = PgPending(self.conn, name, d.generation)
         learner = DeploymentLearner.fresh(d, pending)
         offset, target = 0, None
         if ck is not None:
@@ -244,10 +266,24 @@ class Learner(ConsumerRebalanceListener):
         self.deployments = {d.name: d for d in list_deployments(self.conn)}
         d = self.deployments.get(current.name)
         if d is not None and d.generation != current.generation:
-            log.info("%s was redeployed (generation %s): learning a fresh model", d.name,
-                     d.generation)
-            owned.pending.forget()
+            self._switch_generation(owned, d)
+
+    def _switch_generation(self, owned: Owned, d: Deployment) -> None:
+        """Learn a fresh model of the new generation from where the old one stopped: no event
+        of the new generation was applied yet (the first one triggers this), so the offset is
+        right; the next checkpoint is the new generation's first. The old generation's
+        unsaved learning is dropped: its checkpoint would be refused (``Redeployed``)."""
+        log.info("%s was redeployed (generation %s): learning a fresh model", d.name,
+                 d.generation)
+        owned.pending.forget()
+        owned.pending = PgPending(self.conn, d.name, d.generation)
+        try:
             owned.learner = DeploymentLearner.fresh(d, owned.pending)
+        except ConfigError as exc:
+            self._set_aside(owned.tp, exc)
+            return
+        owned.applied_rollback = None
+        self.active[d.name] = owned
 
     def _checkpoint(self, owned: Owned, dropping: bool = False) -> None:
         learner = owned.learner
@@ -268,13 +304,27 @@ class Learner(ConsumerRebalanceListener):
                                       control.rollback_to, exc)
                     versions.clear_rollback(self.conn, d.name)
                 owned.applied_rollback = None
-                learner.state.counters["expired"] += owned.pending.flush(
-                    self.settings.label_retention_s)
+                expired, unjoined = owned.pending.flush(self.settings.label_retention_s)
+                learner.state.counters["expired"] += expired
+                learner.state.counters["unjoined"] += unjoined
                 blob = dump_snapshot(snapshot_payload(learner), self.key)
                 version = versions.write(self.conn, Checkpoint(
                     d.name, 0, d.generation, d.model, blob, learner.model.samples_learned,
                     learner.metrics(), learner.state.to_dict(), owned.offset, note),
                     self.settings.model_versions_keep)
+        except Redeployed as exc:
+            # redeployed under us, and no other learner claimed it: while the partition is
+            # ours, go on with the new generation (dropping it here left it unlearned until
+            # a restart)
+            self.active.pop(d.name, None)
+            self.deployments = {x.name: x for x in list_deployments(self.conn)}
+            current = self.deployments.get(d.name)
+            if dropping or current is None or owned.tp not in self.consumer.assignment():
+                log.warning("%s; letting go of it", exc)
+            else:
+                log.info("%s; learning generation %s", exc, current.generation)
+                self._switch_generation(owned, current)
+            return
         except Fenced as exc:
             log.warning("%s; letting go of it", exc)
             self.active.pop(d.name, None)

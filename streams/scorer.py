@@ -4,15 +4,26 @@ All decisions live in :class:`rowcast.models.serving.ServingSet`; this module on
 faust and that pure core. Batches (``take_events``) are acked by faust after the body returns,
 and the body returns only after :class:`rowcast.streams.publishing.BatchPublisher` saw Kafka acknowledge
 every prediction and dead letter of the batch, so every committed offset has them on Kafka.
+
+The agent must never die quietly: faust ends an agent whose body raises while the process stays
+up, consuming nothing. So every error has one of two outcomes. One that belongs to one record
+(it does not parse, or scoring it raised) sets that record aside on the dead-letter topic with
+its reason, and the rest of the batch is scored. Anything else (the registry cannot be read,
+Kafka does not take the batch, e.g. ``KafkaTimeoutError`` after ``max_block_ms``) ends the
+process with :data:`RETRY_EXIT` before faust can commit the batch; the supervisor in
+:mod:`rowcast.streams.worker` starts a fresh worker, which scores it again from the last
+committed offset.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from typing import Any, NoReturn, Protocol
 
 import faust
 import orjson
@@ -24,12 +35,36 @@ from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.envelope import ChangeEvent, encode_key, parse_event
 from rowcast.core.errors import DecodeError, RetryableError
 from rowcast.core.settings import Settings
-from rowcast.models.serving import ServingSet
-from rowcast.streams.publishing import BatchPublisher
+from rowcast.models.serving import SCORE_FAILED, BatchResult, Rejected, ServingSet
 
 log = logging.getLogger(__name__)
 
 RETRY_EXIT = 75  # same code as a reload: the supervisor starts a fresh worker at once
+
+
+class Message(Protocol):
+    """The parts of a faust message the scorer reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+
+
+class Publisher(Protocol):
+    def publish(self, predictions: Any, dead_letters: Any = (), labels: Any = ()) -> int: ...
+
+
+BeforeBatch = Callable[[list[ChangeEvent]], Awaitable[None] | None]
+
+
+def exit_for_retry(why: str) -> NoReturn:
+    """End the worker before faust can commit the batch in hand; the supervisor restarts it."""
+    log.error("%s; restarting the worker to retry the batch", why)
+    os._exit(RETRY_EXIT)
+    raise AssertionError("unreachable")  # os._exit does not return (unless a test stubs it)
 
 
 def _only_for(headers: object) -> str | None:
@@ -41,67 +76,125 @@ def _only_for(headers: object) -> str | None:
     return None
 
 
-def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
-                  publisher: BatchPublisher,
-                  before_batch: Callable[[list[ChangeEvent]], Awaitable[None] | None] | None = None,
-                  ) -> faust.types.AgentT:
-    """Register the scoring agent over the source topics of every deployed table.
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
-    ``publisher`` sends each batch's predictions and dead letters and returns only once Kafka
-    acknowledged them. ``before_batch`` runs before each batch is scored (the worker uses it to
-    bring the deployments up to date with the batch's commit times).
+
+class BatchScorer:
+    """One batch of source records → predictions, label events and dead letters, published.
+
+    ``publisher`` sends each batch's records and returns only once Kafka acknowledged them.
+    ``before_batch`` runs before each batch is scored (the worker uses it to bring the
+    deployments up to date with the batch's commit times).
     """
+
+    def __init__(self, serving: ServingSet, publisher: Publisher,
+                 before_batch: BeforeBatch | None = None) -> None:
+        self.serving = serving
+        self.publisher = publisher
+        self.before_batch = before_batch
+        # one thread: batches are published in order, and never two at once
+        self.sender = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                            thread_name_prefix="publish")
+
+    async def score(self, messages: Sequence[Message]) -> None:
+        changes, dead, originals = self._parse(messages)
+        try:
+            if self.before_batch is not None:
+                pending = self.before_batch(changes)
+                if pending is not None:
+                    await pending
+        except Exception as exc:  # not one record's fault: nothing of this batch may commit
+            exit_for_retry(f"cannot prepare the batch ({_error(exc)})")
+        result = self._handle(changes)
+        for r in result.rejected:
+            dead.append(self._rejected(r, originals.get(id(r.event))))
+        try:
+            with metrics.SCORE_BATCH_SECONDS.time():
+                await asyncio.get_running_loop().run_in_executor(
+                    self.sender, self.publisher.publish, result.predictions, dead, result.labels)
+        except RetryableError as exc:
+            exit_for_retry(str(exc))
+        except Exception as exc:  # e.g. KafkaTimeoutError from send() after max_block_ms
+            exit_for_retry(f"Kafka did not take the batch ({_error(exc)})")
+        for name, count in Counter(p.deployment for p in result.predictions).items():
+            metrics.SCORED.labels(name).inc(count)
+
+    @staticmethod
+    def _parse(messages: Sequence[Message]
+               ) -> tuple[list[ChangeEvent], list[DeadLetter], dict[int, Message]]:
+        changes: list[ChangeEvent] = []
+        dead: list[DeadLetter] = []
+        originals: dict[int, Message] = {}  # id(parsed event) -> its message, for dead letters
+        for msg in messages:
+            try:
+                parsed = parse_event(msg.key, msg.value, _only_for(msg.headers),
+                                     f"{msg.topic}:{msg.partition}")
+            except Exception as exc:  # DecodeError, or e.g. a malformed lsn (ValueError)
+                text = str(exc) if isinstance(exc, DecodeError) else _error(exc)
+                dead.append(_dead("bad_envelope", text, msg.topic, msg.partition, msg.offset,
+                                  msg.key, msg.value))
+                continue
+            if parsed is not None:
+                changes.append(parsed)
+                originals[id(parsed)] = msg
+        return changes, dead, originals
+
+    def _handle(self, changes: list[ChangeEvent]) -> BatchResult:
+        """The serving set sets aside what one deployment fails on; should it raise anyway,
+        the batch is handled event by event so the failure is pinned to its record."""
+        try:
+            return self.serving.handle(changes)
+        except Exception as exc:
+            log.warning("scoring the batch raised %s; scoring its events one by one",
+                        _error(exc))
+        result = BatchResult()
+        for event in changes:
+            try:
+                one = self.serving.handle([event])
+            except Exception as exc:
+                result.rejected.append(Rejected("(batch)", event, SCORE_FAILED, _error(exc)))
+                continue
+            result.predictions += one.predictions
+            result.labels += one.labels
+            result.rejected += one.rejected
+        return result
+
+    @staticmethod
+    def _rejected(r: Rejected, msg: Message | None) -> DeadLetter:
+        # the original record, so `rowcast dlq replay` can send it again after a fix
+        if msg is not None:
+            return _dead(r.reason, f"{r.deployment}: {r.message}", msg.topic, msg.partition,
+                         msg.offset, msg.key, msg.value)
+        payload = orjson.dumps({"after": r.event.after, "source": r.event.source.to_json()})
+        return _dead(r.reason, f"{r.deployment}: {r.message}", None, None, None,
+                     encode_key(r.event.key or {}), payload)
+
+
+async def drive(batches: AsyncIterable[Sequence[Any]], scorer: BatchScorer) -> None:
+    """The agent's loop: score every batch; whatever escapes ends the process (see above).
+
+    ``batches`` yields faust events (their ``.message`` is scored) or messages.
+    """
+    try:
+        async for events in batches:
+            await scorer.score([getattr(e, "message", e) for e in events])
+    except Exception as exc:
+        exit_for_retry(f"the scoring agent failed ({_error(exc)})")
+
+
+def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
+                  publisher: Publisher, before_batch: BeforeBatch | None = None,
+                  ) -> faust.types.AgentT:
+    """Register the scoring agent over the source topics of every deployed table."""
     topics = [settings.source_topic(schema, table) for schema, table in serving.tables()]
     source = app.topic(*topics, key_serializer="raw", value_serializer="raw")
-    # one thread: batches are published in order, and never two at once
-    sender = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+    scorer = BatchScorer(serving, publisher, before_batch)
 
     @app.agent(source, concurrency=1, name="score")
     async def score(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.score_batch_size,
-                                               within=settings.score_batch_within_s):
-            changes: list[ChangeEvent] = []
-            dead: list[DeadLetter] = []
-            originals: dict[int, object] = {}  # id(parsed event) -> its message, for dead letters
-            for event in events:
-                msg = event.message
-                try:
-                    parsed = parse_event(msg.key, msg.value, _only_for(msg.headers),
-                                         f"{msg.topic}:{msg.partition}")
-                except DecodeError as exc:
-                    dead.append(_dead("bad_envelope", str(exc), msg.topic, msg.partition,
-                                      msg.offset, msg.key, msg.value))
-                    continue
-                if parsed is not None:
-                    changes.append(parsed)
-                    originals[id(parsed)] = msg
-            if before_batch is not None:
-                pending = before_batch(changes)
-                if pending is not None:
-                    await pending
-            result = serving.handle(changes)
-            for r in result.rejected:
-                # the original record, so `rowcast dlq replay` can send it again after a fix
-                msg = originals.get(id(r.event))
-                if msg is not None:
-                    dead.append(_dead(r.reason, f"{r.deployment}: {r.message}", msg.topic,
-                                      msg.partition, msg.offset, msg.key, msg.value))
-                else:
-                    payload = orjson.dumps({"after": r.event.after,
-                                            "source": r.event.source.to_json()})
-                    dead.append(_dead(r.reason, f"{r.deployment}: {r.message}", None, None,
-                                      None, encode_key(r.event.key or {}), payload))
-            try:
-                with metrics.SCORE_BATCH_SECONDS.time():
-                    await app.loop.run_in_executor(sender, publisher.publish,
-                                                   result.predictions, dead, result.labels)
-            except RetryableError as exc:
-                # faust would ack this batch on the way out; exit before it can commit, so the
-                # restarted worker scores the batch again from the last committed offset
-                log.error("%s; restarting the worker to retry the batch", exc)
-                os._exit(RETRY_EXIT)
-            for name, count in Counter(p.deployment for p in result.predictions).items():
-                metrics.SCORED.labels(name).inc(count)
+        await drive(stream.take_events(settings.score_batch_size,
+                                       within=settings.score_batch_within_s), scorer)
 
     return score
 

@@ -44,11 +44,22 @@ RELOAD_EXIT = RETRY_EXIT  # the child asks the supervisor to start it again (EX_
 
 def wait_for_deployments(settings: Settings, stop: threading.Event,
                          poll_s: float = 1.0) -> tuple[list[Deployment], int]:
+    """Block until there is something to score: a worker may well start before ``rowcast
+    init`` made rowcast's tables, or before the first deployment. Says once what it waits for."""
+    said = None
     while True:
-        deployments, as_of_us = DeploymentFollower.read(settings)
+        try:
+            deployments, as_of_us = DeploymentFollower.read(settings)
+            waiting = "no deployments yet; waiting for `rowcast deploy` (or rowcast.deploy())"
+        except psycopg.errors.UndefinedTable:
+            deployments, as_of_us = [], 0
+            waiting = ("rowcast's tables do not exist yet; waiting for `rowcast init` "
+                       "(or a `rowcast deploy`)")
         if deployments or stop.is_set():
             return deployments, as_of_us
-        log.info("no deployments yet; waiting for `rowcast deploy`")
+        if waiting != said:
+            log.info(waiting)
+            said = waiting
         stop.wait(poll_s)
 
 
@@ -96,6 +107,7 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
     serving = ServingSet.fresh(deployments, feed.lookup)
     feed.serve(serving)
     follower = DeploymentFollower(settings, serving, as_of_us)
+    follower.report()  # deployments whose model cannot be built: logs, metric, rowcast status
     ensure_topics(settings, [settings.source_topic(s, t) for s, t in serving.tables()])
     app = create_app(settings)
     reload_requested = threading.Event()
@@ -103,12 +115,14 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
     async def refresh() -> None:
         try:
             new_tables = await app.loop.run_in_executor(None, follower.refresh)
-        except psycopg.Error as exc:
-            # Postgres is away: the batch waiting for this refresh is not scored and nothing
-            # is committed; a fresh child (or, while the database stays down, the service
-            # manager restarting the worker) resumes from the committed offsets. A crashed
-            # faust agent, by contrast, was seen to restart without consuming again.
-            log.error("cannot read rowcast.deployments (%s); restarting the worker", exc)
+        except Exception as exc:
+            # Postgres is away (or Kafka refused a new deployment's topics): the batch waiting
+            # for this refresh is not scored and nothing is committed; a fresh child (or, while
+            # the database stays down, the service manager restarting the worker) resumes from
+            # the committed offsets. A crashed faust agent or timer, by contrast, was seen to
+            # leave the process up without consuming again.
+            log.error("cannot bring the deployments up to date (%s: %s); restarting the worker",
+                      type(exc).__name__, exc)
             os._exit(RETRY_EXIT)
         if new_tables and not reload_requested.is_set():
             log.info("deployments on new tables %s: restarting to subscribe", sorted(new_tables))
