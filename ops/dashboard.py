@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlparse
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from rowcast.core.dsn import redact
 from rowcast.core.endpoint import is_loopback, token_allows
 from rowcast.core.errors import ConfigError
 from rowcast.core.settings import Settings
@@ -43,13 +44,18 @@ class Dashboard:
         self.server = ThreadingHTTPServer((settings.bind_host, settings.dashboard_port),
                                           self._handler())
 
+    def sample_once(self) -> None:
+        try:
+            self.latest, self.error = self.monitor.sample(), None
+        except Exception as exc:  # keep serving; the page shows the last good sample
+            # no piece of the connection string reaches the page (or the log)
+            self.error = redact(f"{type(exc).__name__}: {exc}",
+                                self.settings.postgres_dsn.get_secret_value())
+            log.warning("sampling failed: %s", self.error)
+
     def _sample_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.latest, self.error = self.monitor.sample(), None
-            except Exception as exc:  # keep serving; the page shows the last good sample
-                self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("sampling failed: %s", self.error)
+            self.sample_once()
             self._stop.wait(self.sample_every_s)
 
     def state(self) -> dict[str, Any]:

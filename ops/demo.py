@@ -17,6 +17,7 @@ from kafka.errors import KafkaError
 
 from rowcast.connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_admin
 from rowcast.connectors.lag import consumer_lag, slot_lag
+from rowcast.connectors.postgres import connect
 from rowcast.connectors.registry import create_deployment
 from rowcast.connectors.schema import init_database
 from rowcast.core.settings import Settings
@@ -47,7 +48,7 @@ def sample_customer(rng: random.Random) -> tuple[int, float, int | None, float]:
 
 
 def prepare(settings: Settings) -> None:
-    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+    with connect(settings) as conn:
         init_database(conn, settings)
         conn.execute(TABLE_DDL)
         create_deployment(conn, DEPLOYMENT, "public.customers", "purchase_amount",
@@ -119,7 +120,7 @@ def run_demo(settings: Settings, rows_per_second: float, duration_s: float | Non
     inserted, started = 0, time.monotonic()
     next_screen = started + 1.0
     try:
-        with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+        with connect(settings) as conn:
             while duration_s is None or time.monotonic() - started < duration_s:
                 due = int((time.monotonic() - started) * rows_per_second) - inserted
                 for _ in range(max(due, 0)):

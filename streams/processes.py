@@ -11,12 +11,11 @@ import logging
 import signal
 import threading
 
-import psycopg
-
 from rowcast.connectors.cdc_source import CdcSource
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.kafka_clients import ensure_topics, make_consumer, make_producer
 from rowcast.connectors.pg_sink import PredictionSink
+from rowcast.connectors.postgres import connect
 from rowcast.connectors.schema import init_database
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
@@ -35,7 +34,7 @@ def stop_on_signals() -> threading.Event:
 def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or stop_on_signals()
     metrics.serve(settings.source_metrics_port, settings, "source")
-    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+    with connect(settings) as conn:
         init_database(conn, settings)
         producer = make_producer(settings)
         try:
@@ -50,7 +49,7 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or stop_on_signals()
     metrics.serve(settings.sink_metrics_port, settings, "sink")
     ensure_topics(settings, [settings.dlq_topic])
-    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+    with connect(settings) as conn:
         init_database(conn, settings)
         producer = make_producer(settings)
         consumer = make_consumer(settings, settings.sink_group)
@@ -73,7 +72,7 @@ def run_learner(settings: Settings, stop: threading.Event | None = None) -> None
     ensure_topics(settings, [settings.dlq_topic])
     ensure_topics(settings, [settings.models_topic], compacted=True, partitions=1)
     key = signing_key(settings)
-    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as conn:
+    with connect(settings) as conn:
         init_database(conn, settings)
         producer = make_producer(settings)
         consumer = make_consumer(settings, settings.learner_group)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import psycopg
 import typer
 
+from rowcast.core.dsn import redact
 from rowcast.core.errors import RowcastError
 from rowcast.core.settings import Settings
 from rowcast.ops.cli import deployments, dev, model, observe, processes, repair  # noqa: F401
@@ -29,8 +30,9 @@ def main() -> None:
         typer.echo(f"rowcast: {exc}", err=True)
         raise SystemExit(2) from None
     except psycopg.OperationalError as exc:  # the database went away under a running process
+        why = redact(str(exc).strip(), Settings().postgres_dsn.get_secret_value())
         typer.echo(f"rowcast: PostgreSQL connection failed or was lost ({type(exc).__name__}: "
-                   f"{str(exc).strip()}). Long-running processes exit here for their service "
+                   f"{why}). Long-running processes exit here for their service "
                    "manager to restart them; they resume from their last durable position.",
                    err=True)
         raise SystemExit(2) from None

@@ -7,7 +7,6 @@ import logging
 import psycopg
 import typer
 
-from rowcast.core.errors import RetryableError
 from rowcast.core.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -28,12 +27,9 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def connect(settings: Settings) -> psycopg.Connection:
-    try:
-        return psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True)
-    except psycopg.OperationalError as exc:  # psycopg's message names host and port, never
-        # the password; the DSN itself is not echoed
-        raise RetryableError(f"cannot connect to PostgreSQL (ROWCAST_POSTGRES_DSN): "
-                             f"{str(exc).strip()}") from None
+    from rowcast.connectors.postgres import connect as pg_connect
+
+    return pg_connect(settings)
 
 
 def backfill(settings: Settings, name: str, missing_only: bool) -> None:
