@@ -37,19 +37,26 @@ def _columns(conn: psycopg.Connection, schema: str, table: str) -> list[tuple[st
         "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", (schema, table)).fetchall()
 
 
+def _key_sql(conn: psycopg.Connection, schema: str, table: str) -> sql.Composable:
+    """The row's canonical key computed in SQL (``rowcast._key_sql``, see
+    :mod:`rowcast.core.keys`): what the sink stored for a row streamed or read before."""
+    text = conn.execute("SELECT rowcast._key_sql(%s::regclass, 't')",
+                        (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]
+    return sql.SQL(text)
+
+
 def _query(schema: str, table: str, columns: list[tuple[str, int]], keys: tuple[str, ...],
-           missing_for: str | None) -> sql.Composed:
+           missing_for: str | None, key_sql: sql.Composable | None = None) -> sql.Composed:
     as_text = sql.SQL(", ").join(
         sql.SQL("CASE WHEN t.{c} IS NULL THEN NULL ELSE format('%s', t.{c}) END").format(
             c=sql.Identifier(name)) for name, _ in columns)
     query = sql.SQL("SELECT {} FROM {} AS t").format(as_text, sql.Identifier(schema, table))
     if missing_for is not None:
-        pk = sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(k), sql.Identifier(k))
-                                for k in keys)
+        assert key_sql is not None, "missing_for needs the key expression"
         query += sql.SQL(
             " WHERE NOT EXISTS (SELECT 1 FROM rowcast.predictions p WHERE p.deployment = {} "
-            "AND p.source_schema = {} AND p.source_table = {} AND p.pk = jsonb_build_object({}))"
-        ).format(sql.Literal(missing_for), sql.Literal(schema), sql.Literal(table), pk)
+            "AND p.source_schema = {} AND p.source_table = {} AND p.pk = {})"
+        ).format(sql.Literal(missing_for), sql.Literal(schema), sql.Literal(table), key_sql)
     return query + sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, keys)))
 
 
@@ -63,7 +70,9 @@ def emit_snapshot(conn: psycopg.Connection, producer: KafkaProducer, settings: S
     names = [name for name, _ in columns]
     topic = settings.source_topic(schema, table)
     headers = [(DEPLOYMENT_HEADER, for_deployment.encode())] if for_deployment else None
-    query = _query(schema, table, columns, keys, for_deployment if missing_only else None)
+    missing_for = for_deployment if missing_only else None
+    query = _query(schema, table, columns, keys, missing_for,
+                   _key_sql(conn, schema, table) if missing_for is not None else None)
     lsn = slot.current_wal_lsn(conn)
     now_us = time.time_ns() // 1000
     source = SourceInfo(settings.topic_prefix, conn.info.dbname, schema, table, lsn, None, now_us,

@@ -34,6 +34,68 @@ BEGIN
 END
 $fn$;
 
+-- The canonical primary key of a row, computed in SQL: the same JSON the CDC source puts on
+-- Kafka and the sink stores in rowcast.predictions.pk (rowcast.core.keys documents the encoding;
+-- connectors/pgtypes.py produces it on the Python side). One expression per key column type,
+-- independent of the session's TimeZone, DateStyle and bytea_output, so the _scored view,
+-- reconcile and backfill --missing-only match keys whoever runs them. p_expr is the column as
+-- SQL (e.g. 't."id"'); the type OIDs are those pgtypes chooses its decoders by.
+CREATE OR REPLACE FUNCTION rowcast._key_value_sql(p_type oid, p_expr text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $fn$
+SELECT CASE
+    -- integers, floats (NaN and infinities become strings in both), booleans: JSON as they are
+    WHEN p_type IN (16, 20, 21, 23, 26, 700, 701) THEN format('to_jsonb(%s)', p_expr)
+    WHEN p_type = 17 THEN format(  -- bytea: base64 without the line breaks encode() adds
+        'to_jsonb(translate(encode(%s, ''base64''), E''\n'', ''''))', p_expr)
+    WHEN p_type = 1082 THEN format(  -- date: days since 1970-01-01
+        'CASE WHEN isfinite(%1$s) THEN to_jsonb(%1$s - DATE ''1970-01-01'') '
+        'ELSE to_jsonb(%1$s::text) END', p_expr)
+    WHEN p_type = 1114 THEN format(  -- timestamp: microseconds since the epoch
+        'CASE WHEN isfinite(%1$s) THEN to_jsonb((extract(epoch FROM %1$s) * 1000000)::bigint) '
+        'ELSE to_jsonb(%1$s::text) END', p_expr)
+    WHEN p_type = 1184 THEN format(  -- timestamptz: ISO text in UTC, always 6 fractional digits
+        'CASE WHEN isfinite(%1$s) THEN to_jsonb(to_char(%1$s AT TIME ZONE ''UTC'', '
+        '''YYYY-MM-DD"T"HH24:MI:SS.US"Z"'')) ELSE to_jsonb(%1$s::text) END', p_expr)
+    WHEN p_type = 1083 THEN format(  -- time: microseconds since midnight
+        'to_jsonb((extract(epoch FROM %s) * 1000000)::bigint)', p_expr)
+    WHEN p_type = 1266 THEN format(  -- timetz: HH:MM:SS.ffffffZ in UTC
+        'to_jsonb(to_char(DATE ''2000-01-01'' + (%s AT TIME ZONE ''UTC'')::time, '
+        '''HH24:MI:SS.US"Z"''))', p_expr)
+    WHEN p_type = 1186 THEN format(  -- interval: microseconds, a month as 365.25/12 days
+        'to_jsonb(((extract(year FROM %1$s) * 12 + extract(month FROM %1$s)) * 2629800000000 '
+        '+ extract(day FROM %1$s) * 86400000000 + extract(hour FROM %1$s) * 3600000000 '
+        '+ extract(minute FROM %1$s) * 60000000 + extract(microseconds FROM %1$s))::bigint)',
+        p_expr)
+    -- numeric, text, varchar, char (blank-padded), uuid, enums, domains and the rest: the text
+    -- of the type's output function, exactly what pgoutput sends (numeric 1.50 stays "1.50");
+    -- concat() rather than ::text, which trims char(n), and rather than format('%s'), whose %
+    -- a client library would take for a placeholder
+    ELSE format('to_jsonb(concat(%s))', p_expr)
+END
+$fn$;
+
+-- jsonb_build_object('<column>', <canonical value>, ...) over the primary key of p_table for a
+-- row aliased p_alias: the one SQL expression of a row's key (view, reconcile, backfill)
+CREATE OR REPLACE FUNCTION rowcast._key_sql(p_table oid, p_alias text)
+RETURNS text LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    v_parts text;
+BEGIN
+    SELECT string_agg(format('%L, %s', a.attname, rowcast._key_value_sql(
+                                 a.atttypid, format('%I.%I', p_alias, a.attname))),
+                      ', ' ORDER BY k.ord) INTO v_parts
+      FROM pg_index i
+      JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = p_table AND i.indisprimary;
+    IF v_parts IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            'table %s has no primary key: rowcast keys predictions by it', p_table::regclass);
+    END IF;
+    RETURN format('jsonb_build_object(%s)', v_parts);
+END
+$fn$;
+
 DROP FUNCTION IF EXISTS rowcast.deploy(text, text, text, text[], text);
 CREATE OR REPLACE FUNCTION rowcast.deploy(
     p_name text, p_table text, p_target text,
@@ -57,7 +119,6 @@ DECLARE
     v_kind text;
     v_pub text;
     v_row rowcast.deployments;
-    v_join text;
     v_cols text;
     v_labels jsonb;
     v_lschema text;
@@ -226,19 +287,21 @@ BEGIN
         EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', v_pub, v_lschema, v_ltable);
     END IF;
 
-    -- only the columns the deployment uses, so the view never blocks an unrelated DROP COLUMN
-    SELECT string_agg(format('%L, t.%I', k, k), ', ') INTO v_join FROM unnest(v_keys) AS k;
-    SELECT string_agg(format('t.%I', c), ', ') INTO v_cols FROM (
-        SELECT DISTINCT ON (c) c, o FROM unnest(v_keys || p_target || v_features)
-          WITH ORDINALITY AS u(c, o) ORDER BY c, o) AS cols(c, o);
+    -- only the columns the deployment uses, so the view never blocks an unrelated DROP COLUMN;
+    -- in the table's own column order, then rowcast's columns
+    SELECT string_agg(format('t.%I', a.attname), ', ' ORDER BY a.attnum) INTO v_cols
+      FROM pg_attribute a
+     WHERE a.attrelid = v_oid AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attname::text = ANY (v_keys || p_target || v_features);
     EXECUTE format('DROP VIEW IF EXISTS rowcast.%I', p_name || '_scored');
     EXECUTE format(
         'CREATE VIEW rowcast.%I AS SELECT %s, p.prediction AS rowcast_prediction, '
         'p.score AS rowcast_score, p.model_version AS rowcast_model_version, '
         'p.scored_at AS rowcast_scored_at FROM %I.%I t LEFT JOIN rowcast.predictions p '
         'ON p.deployment = %L AND p.source_schema = %L AND p.source_table = %L '
-        'AND p.pk = jsonb_build_object(%s)',
-        p_name || '_scored', v_cols, v_schema, v_table, p_name, v_schema, v_table, v_join);
+        'AND p.pk = %s',
+        p_name || '_scored', v_cols, v_schema, v_table, p_name, v_schema, v_table,
+        rowcast._key_sql(v_oid, 't'));
     RETURN v_row;
 END
 $fn$;
