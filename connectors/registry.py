@@ -87,6 +87,10 @@ def create_deployment(conn: psycopg.Connection, name: str, table: str, target: s
     except psycopg.DatabaseError as exc:
         if exc.sqlstate == DEPLOY_REFUSED:
             raise ConfigError(exc.diag.message_primary or str(exc)) from None
+        if isinstance(exc, psycopg.errors.DataError | psycopg.errors.ProgrammingError):
+            # anything else PostgreSQL refuses in the arguments (a name it cannot read, rights)
+            raise ConfigError(f"PostgreSQL refused the deployment: "
+                              f"{exc.diag.message_primary or str(exc).splitlines()[0]}") from None
         raise
     return _deployment(row)
 

@@ -13,8 +13,17 @@ CREATE OR REPLACE FUNCTION rowcast._resolve_table(
     p_ident text, p_what text, OUT schema_name text, OUT table_name text, OUT table_oid oid)
 LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
-    v_ident text[] := parse_ident(p_ident);
+    v_ident text[];
 BEGIN
+    BEGIN
+        v_ident := parse_ident(p_ident);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        -- names with capitals, dashes or spaces must be quoted as SQL quotes them
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            '%s %L is not a valid name: if that is the table''s exact name, quote it as SQL does: '
+            '%s (in a shell: ''%s'')', p_what, p_ident, quote_ident(p_ident),
+            quote_ident(p_ident));
+    END;
     IF array_length(v_ident, 1) > 2 THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
             '%s %L: give it as table or schema.table (rowcast works in the current database)',

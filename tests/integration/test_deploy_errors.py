@@ -1,0 +1,56 @@
+"""Every error ``rowcast deploy`` (and ``SELECT rowcast.deploy``) can give is one line naming
+what to fix, never a traceback (issue #13, item 8)."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from rowcast.connectors.schema import init_database
+from tests.helpers.cli import deploy_cli
+
+
+@pytest.fixture
+def mixed_case_table(settings, pg_conn) -> str:
+    init_database(pg_conn, settings)
+    name = f"Some-Table_{uuid.uuid4().hex[:4]}"
+    pg_conn.execute(f'CREATE TABLE public."{name}" (id int PRIMARY KEY, x float8, y float8)')
+    return name
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--table", "{t}", "--target", "y"), "quote it"),                 # the unquoted name
+    (("--table", '"{t}"', "--target", "y", "--labels-table", "Bad-Labels", "--labels-key", "id"),
+     "quote it"),
+    (("--table", "", "--target", "y"), "table"),
+    (("--table", "w.x.y.z", "--target", "y"), "schema.table"),
+    (("--table", '"{t}"', "--target", "nope"), "target column"),
+    (("--table", '"{t}"', "--target", "y", "--features", "x,nope"), "feature column"),
+    (("--table", '"{t}"', "--target", "y", "--model", "no_such_model"), "unknown model"),
+])
+def test_each_refusal_is_one_line(settings, mixed_case_table, args, says):
+    args = tuple(a.format(t=mixed_case_table) for a in args)
+    done = deploy_cli(settings, f"d_{uuid.uuid4().hex[:6]}", *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("rowcast: ") and says in lines[0], lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_the_quoted_name_deploys_and_the_hint_says_how(settings, pg_conn, mixed_case_table):
+    done = deploy_cli(settings, "quoted_ok", "--table", f'"{mixed_case_table}"', "--target", "y",
+                      "--no-backfill")
+    assert done.returncode == 0, done.stderr
+    wrong = deploy_cli(settings, "quoted_no", "--table", mixed_case_table, "--target", "y")
+    assert f'\'"{mixed_case_table}"\'' in wrong.stderr  # shows the shell-quoted form to type
+
+
+def test_the_sql_function_refuses_with_rc001_and_the_same_words(settings, pg_conn,
+                                                               mixed_case_table):
+    with pytest.raises(psycopg.Error) as refused:
+        pg_conn.execute("SELECT rowcast.deploy('sqlbad', %s, 'y')", (mixed_case_table,))
+    assert refused.value.sqlstate == "RC001"
+    assert "quote it" in refused.value.diag.message_primary
