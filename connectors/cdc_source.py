@@ -50,7 +50,13 @@ from rowcast.connectors.lag import slot_lag
 from rowcast.connectors.source_position import load_position, save_position
 from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
-from rowcast.core.envelope import UNAVAILABLE, SourceInfo, build_value, encode_key
+from rowcast.core.envelope import (
+    OLD_KEY_HEADER,
+    UNAVAILABLE,
+    SourceInfo,
+    build_value,
+    encode_key,
+)
 from rowcast.core.errors import DecodeError, EventTooLarge, SourceError, UndecodableValue
 from rowcast.core.lsn import format_lsn
 from rowcast.core.settings import Settings
@@ -320,7 +326,7 @@ class CdcSource:
             raise DecodeError(f"change for relation {message.relation_oid} before its Relation")
         assert self._txn is not None
         order = self._txn.order
-        records: list[tuple[bytes, bytes | None]] = []
+        records: list[tuple[bytes, bytes | None, list | None]] = []
         try:
             if isinstance(message, pgoutput.Insert):
                 self._emit(info, "c", None, info.row(message.new), lsn, records)
@@ -331,7 +337,8 @@ class CdcSource:
                     # the primary key changed: as Debezium does, the old key is deleted (with
                     # its tombstone) and the new one created, so keyed consumers forget the old
                     self._emit(info, "d", before, None, lsn, records)
-                    self._emit(info, "c", None, after, lsn, records)
+                    self._emit(info, "c", None, after, lsn, records,
+                               [(OLD_KEY_HEADER, encode_key(info.key_of(before)))])
                 else:
                     self._emit(info, "u", before, after, lsn, records)
             else:
@@ -347,11 +354,12 @@ class CdcSource:
                             f"event of {exc.size} bytes is too large for Kafka "
                             f"(limit {exc.limit} bytes)")
             return
-        for key, value in records:  # only once the whole row change can be published
-            self._send(info.topic, key, value)
+        for key, value, headers in records:  # only once the whole row change can be published
+            self._send(info.topic, key, value, headers)
 
     def _emit(self, info: RelationInfo, op: str, before: dict | None, after: dict | None,
-              lsn: int, records: list[tuple[bytes, bytes | None]]) -> None:
+              lsn: int, records: list[tuple[bytes, bytes | None, list | None]],
+              headers: list | None = None) -> None:
         assert self._txn is not None
         keyed = after if after is not None else before
         assert keyed is not None
@@ -367,9 +375,9 @@ class CdcSource:
         except orjson.JSONEncodeError as exc:  # a decoded value JSON cannot hold
             raise _unencodable(info, keyed, exc) from exc
         self._check_size(info, keyed, len(key) + len(encoded))
-        records.append((key, encoded))
+        records.append((key, encoded, headers))
         if op == "d":
-            records.append((key, None))  # tombstone: compacted topics forget the key
+            records.append((key, None, None))  # tombstone: compacted topics forget the key
 
     def _check_size(self, info: RelationInfo, row: dict[str, Any], size: int) -> None:
         """Refuse an event Kafka would reject: sent, the broker's refusal would fail the whole
@@ -410,8 +418,9 @@ class CdcSource:
             self._dlq_ready = True
         self._send(self.settings.dlq_topic, letter.kafka_key(), letter.encode())
 
-    def _send(self, topic: str, key: bytes, value: bytes | None) -> None:
-        self._pending.send(topic, key, value)
+    def _send(self, topic: str, key: bytes, value: bytes | None,
+              headers: list | None = None) -> None:
+        self._pending.send(topic, key, value, headers=headers)
 
 
 def _unencodable(info: RelationInfo, row: dict[str, Any], exc: Exception) -> UndecodableValue:

@@ -27,6 +27,8 @@ from rowcast.core.errors import DecodeError
 OPS = frozenset({"c", "u", "d", "r", "t", "m"})
 # Debezium's value for an unchanged TOASTed column of an UPDATE: the server did not send it
 UNAVAILABLE = "__debezium_unavailable_value"
+# Debezium's header on the create event that follows a primary-key change: the row's old key
+OLD_KEY_HEADER = "__debezium.oldkey"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class ChangeEvent:
     only_for: str | None = None  # a snapshot event meant for one deployment only
     origin: str = ""  # "topic:partition" it was read from ("" when unknown)
     order: tuple[int, int, int] = (0, 0, 0)  # (commit LSN, change LSN, order in transaction)
+    old_key: dict[str, Any] | None = None  # the row's key before a primary-key change
 
     @property
     def stream_id(self) -> str:
@@ -131,7 +134,8 @@ def _order(doc: dict[str, Any], source: dict[str, Any], lsn: int) -> tuple[int, 
 
 
 def parse_event(key: bytes | None, value: bytes | None,
-                only_for: str | None = None, origin: str = "") -> ChangeEvent | None:
+                only_for: str | None = None, origin: str = "",
+                old_key: bytes | None = None) -> ChangeEvent | None:
     """Parse one record of a source topic; ``None`` for a tombstone.
 
     Raises :class:`DecodeError` with the reason for anything that is not a change event.
@@ -165,6 +169,10 @@ def parse_event(key: bytes | None, value: bytes | None,
         commit_us=_commit_us(source),
         snapshot=str(source.get("snapshot", "false")),
     )
+    try:
+        was = orjson.loads(old_key) if old_key else None
+    except orjson.JSONDecodeError:
+        raise DecodeError("the __debezium.oldkey header is not JSON") from None
     return ChangeEvent(doc["op"], doc.get("before"), doc.get("after"), info,
                        key_doc if isinstance(key_doc, dict) else None, only_for, origin,
-                       _order(doc, source, info.lsn))
+                       _order(doc, source, info.lsn), was if isinstance(was, dict) else None)

@@ -215,7 +215,7 @@ class ServingSet:
         kind = "labelled" if y is not None or model.spec.task == "anomaly" else "scored"
         result.labels.append(LabelEvent(
             kind, d.name, d.generation, key, event.stream_id, event.order, event.source.commit_us,
-            x, y, _served(model.version, scored)))
+            x, y, _served(model.version, scored), was=event.old_key))
 
     @staticmethod
     def _label_from_update(model: OnlineModel, event: ChangeEvent, result: BatchResult) -> None:

@@ -32,7 +32,7 @@ from rowcast.connectors.dead_letters import announce
 from rowcast.connectors.snapshot import DEPLOYMENT_HEADER
 from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
-from rowcast.core.envelope import ChangeEvent, encode_key, parse_event
+from rowcast.core.envelope import OLD_KEY_HEADER, ChangeEvent, encode_key, parse_event
 from rowcast.core.errors import DecodeError, RetryableError
 from rowcast.core.settings import Settings
 from rowcast.models.serving import SCORE_FAILED, BatchResult, Rejected, ServingSet
@@ -67,13 +67,18 @@ def exit_for_retry(why: str) -> NoReturn:
     raise AssertionError("unreachable")  # os._exit does not return (unless a test stubs it)
 
 
-def _only_for(headers: object) -> str | None:
-    """The deployment a snapshot event is meant for (see rowcast.connectors.snapshot), if any."""
+def _header(headers: object, wanted: str) -> bytes | None:
     items = headers.items() if isinstance(headers, dict) else (headers or ())
     for name, value in items:
-        if name == DEPLOYMENT_HEADER and value is not None:
-            return bytes(value).decode()
+        if name == wanted and value is not None:
+            return bytes(value)
     return None
+
+
+def _only_for(headers: object) -> str | None:
+    """The deployment a snapshot event is meant for (see rowcast.connectors.snapshot), if any."""
+    value = _header(headers, DEPLOYMENT_HEADER)
+    return None if value is None else value.decode()
 
 
 def _error(exc: BaseException) -> str:
@@ -129,7 +134,8 @@ class BatchScorer:
         for msg in messages:
             try:
                 parsed = parse_event(msg.key, msg.value, _only_for(msg.headers),
-                                     f"{msg.topic}:{msg.partition}")
+                                     f"{msg.topic}:{msg.partition}",
+                                     _header(msg.headers, OLD_KEY_HEADER))
             except Exception as exc:  # DecodeError, or e.g. a malformed lsn (ValueError)
                 text = str(exc) if isinstance(exc, DecodeError) else _error(exc)
                 dead.append(_dead("bad_envelope", text, msg.topic, msg.partition, msg.offset,

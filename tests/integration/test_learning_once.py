@@ -169,3 +169,24 @@ def test_a_label_before_its_row_waits_for_it_and_reconcile_names_the_unjoined(se
         assert "never joined" in rowcast_cli(settings, "reconcile").stdout
     assert counters(pg_conn, "early")["late_joined"] >= 1
     assert learned(pg_conn, "early") == 2
+
+
+@pytest.mark.timeout(300)
+def test_a_primary_key_change_of_a_learned_row_is_not_learned_again(settings, pg_conn, tmp_path):
+    """UPDATE of the key columns is a delete + create downstream (as Debezium does it); the
+    create carries the old key (header ``__debezium.oldkey``), so the learner knows the row."""
+    settings = fast(settings)
+    table = deployed_xy_table(settings, pg_conn, "rekeyed", "rekeyed")
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        insert_xy(pg_conn, table, range(1, 4))
+        wait_until(lambda: learned(pg_conn, "rekeyed") == 3, timeout_s=90,
+                   message=lambda: pipeline.log_tail("learner"))
+        pg_conn.execute(f"UPDATE public.{table} SET id = id + 100 WHERE id = 2")
+        insert_xy(pg_conn, table, [4])  # a new row after it: once it is learned, so is the above
+        wait_until(lambda: learned(pg_conn, "rekeyed") >= 4 and pg_conn.execute(
+            "SELECT count(*) FROM rowcast.predictions WHERE deployment = 'rekeyed' "
+            "AND pk = '{\"id\": 102}'").fetchone()[0] == 1, timeout_s=90,
+                   message=lambda: pipeline.log_tail("learner"))
+        wait_until(lambda: counters(pg_conn, "rekeyed").get("duplicates", 0) >= 1, timeout_s=30,
+                   message=lambda: f"{counters(pg_conn, 'rekeyed')}")
+        assert learned(pg_conn, "rekeyed") == 4
