@@ -145,6 +145,10 @@ class Settings(BaseSettings):
         "expires unlabelled is counted (rowcast_labels_expired_total).")
     model_versions_keep: int = Field(
         100, ge=1, description="Snapshots kept per deployment (older versions keep their metrics).")
+    custom_model_modules: str = Field(
+        "", description="Comma-separated Python modules (and their submodules) that custom "
+        "'module:factory' models may come from; catalog models are always allowed. Empty: no "
+        "custom models. Checked by rowcast deploy and by every worker and learner.")
     snapshot_key: SecretStr | None = Field(
         None, description="HMAC key signing model snapshots; default: a random key kept in "
         "snapshot_key_file.")
@@ -212,6 +216,10 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         return path.expanduser().absolute()
+
+    def allowed_model_modules(self) -> tuple[str, ...]:
+        """``custom_model_modules`` as a tuple of module names."""
+        return tuple(m.strip() for m in self.custom_model_modules.split(",") if m.strip())
 
     def key_file(self) -> Path:
         """The absolute path of the snapshot key file (see ``snapshot_key_file``)."""

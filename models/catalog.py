@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import importlib
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -178,11 +178,44 @@ def task_of(estimator: Any) -> Task | None:
     return None
 
 
+_allowed_modules: tuple[str, ...] | None = None  # None: no policy (library use)
+
+
+def allow_custom_modules(modules: Iterable[str] | None) -> None:
+    """The process-wide policy for ``module:factory`` models: only these modules (and their
+    submodules) may be imported. rowcast's processes set it from
+    ``ROWCAST_CUSTOM_MODEL_MODULES`` before they build any model, so writing a deployment row
+    (``rowcast.deploy``) never makes a worker import and call code the operator did not allow.
+    Catalog models are always allowed.
+
+    >>> allow_custom_modules(["mypkg"])
+    >>> get_model("os:abort")
+    Traceback (most recent call last):
+    ...
+    rowcast.core.errors.ConfigError: custom model 'os:abort': module 'os' is not allowed here; ...
+    >>> allow_custom_modules(None)  # no policy again (library use)
+    """
+    global _allowed_modules
+    _allowed_modules = None if modules is None else tuple(m.strip() for m in modules
+                                                          if m.strip())
+
+
+def _check_allowed(name: str, module_name: str) -> None:
+    if _allowed_modules is None:
+        return
+    if not any(module_name == m or module_name.startswith(m + ".") for m in _allowed_modules):
+        now = ", ".join(_allowed_modules) or "none"
+        raise ConfigError(f"custom model {name!r}: module {module_name!r} is not allowed here; "
+                          "the operator lists the modules custom models may come from in "
+                          f"ROWCAST_CUSTOM_MODEL_MODULES (now: {now})")
+
+
 def _load_factory(name: str) -> Callable[[], Any]:
     module_name, _, attribute = name.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"custom model {name!r} must be written 'module:factory', "
                           "e.g. 'mypkg.models:make'")
+    _check_allowed(name, module_name)
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as exc:

@@ -64,10 +64,12 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
 
 
 def run_learner(settings: Settings, stop: threading.Event | None = None) -> None:
+    from rowcast.models.catalog import allow_custom_modules
     from rowcast.models.snapshot import signing_key
     from rowcast.streams.learner import Learner
 
     stop = stop or stop_on_signals()
+    allow_custom_modules(settings.allowed_model_modules())
     metrics.serve(settings.learner_metrics_port, settings, "learner")
     ensure_topics(settings, [settings.dlq_topic])
     ensure_topics(settings, [settings.models_topic], compacted=True, partitions=1)

@@ -27,6 +27,7 @@ import psycopg
 from rowcast.connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_producer
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
+from rowcast.models.catalog import allow_custom_modules
 from rowcast.models.deployment import Deployment
 from rowcast.models.serving import ServingSet
 from rowcast.models.snapshot import signing_key
@@ -99,6 +100,7 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
     _die_with_parent()
     if os.getppid() != parent:  # the supervisor died before the line above took effect
         raise SystemExit(1)
+    allow_custom_modules(settings.allowed_model_modules())
     metrics.serve(settings.worker_metrics_port, settings, "worker")
     deployments, as_of_us = wait_for_deployments(settings, threading.Event())
     ensure_deployment_topics(settings, [d.name for d in deployments])

@@ -69,7 +69,7 @@ def settings(pg_server: PostgresServer, kafka_server: KafkaServer, services_dir:
                  source_metrics_port=free_port(), worker_metrics_port=free_port(),
                  sink_metrics_port=free_port(), learner_metrics_port=free_port(),
                  dashboard_port=free_port(), snapshot_key_file=services_dir / "snapshot.key",
-                 _env_file=None)
+                 custom_model_modules="tests", _env_file=None)
     yield s
     with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
         drop_slot_and_publication(conn, s.slot_name, s.publication_name)

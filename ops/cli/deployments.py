@@ -47,11 +47,12 @@ def deploy(
     from rowcast.connectors.kafka_clients import check_kafka, ensure_deployment_topics, ensure_topics
     from rowcast.connectors.registry import create_deployment
     from rowcast.connectors.schema import init_database
-    from rowcast.models.catalog import get_model, is_custom
+    from rowcast.models.catalog import allow_custom_modules, get_model, is_custom
 
     settings = Settings()
     if is_custom(model):
-        get_model(model)  # import it here: a typo fails now, not in every worker
+        allow_custom_modules(settings.allowed_model_modules())
+        get_model(model)  # import it here: a typo (or a module not allowed) fails now
     check_kafka(settings)  # before anything is written: no half-made deployment
     feature_list = [f.strip() for f in features.split(",") if f.strip()] if features else None
     with connect(settings) as conn:

@@ -54,3 +54,13 @@ def test_the_sql_function_refuses_with_rc001_and_the_same_words(settings, pg_con
         pg_conn.execute("SELECT rowcast.deploy('sqlbad', %s, 'y')", (mixed_case_table,))
     assert refused.value.sqlstate == "RC001"
     assert "quote it" in refused.value.diag.message_primary
+
+
+def test_a_custom_model_from_a_module_the_operator_did_not_allow_is_refused(settings,
+                                                                            mixed_case_table):
+    done = deploy_cli(settings, "evil", "--table", f'"{mixed_case_table}"', "--target", "y",
+                      "--model", "os:abort")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "rowcast: custom model 'os:abort': module 'os' is not allowed here; the operator lists "
+        "the modules custom models may come from in ROWCAST_CUSTOM_MODEL_MODULES (now: tests)"]

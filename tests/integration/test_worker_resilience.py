@@ -29,7 +29,7 @@ from tests.helpers.kafka_reading import drain
 from tests.helpers.waiting import wait_until
 
 FRAGILE = "tests.helpers.fragile_models:make"  # raises on x == 13
-MISSING = "rowcast_no_such_module_anywhere:make"
+MISSING = "tests.no_such_module_anywhere:make"  # an allowed module that does not exist
 
 
 def envelope(table: str, row: dict, lsn: object | None = None) -> bytes:
@@ -63,6 +63,9 @@ def test_bad_records_and_an_unbuildable_model_go_to_the_dlq_and_scoring_goes_on(
     # the SQL function cannot import Python: it accepts a module that does not exist
     pg_conn.execute("SELECT rowcast.deploy('broken', %s, 'y', ARRAY['x'], %s)",
                     (f"public.{table}", MISSING))
+    # writing a deployment row must not grant code execution: os:abort is never imported/called
+    pg_conn.execute("SELECT rowcast.deploy('evil', %s, 'y', ARRAY['x'], 'os:abort')",
+                    (f"public.{table}",))
     topic = settings.source_topic("public", table)
 
     producer = make_producer(settings)
@@ -89,10 +92,10 @@ def test_bad_records_and_an_unbuildable_model_go_to_the_dlq_and_scoring_goes_on(
                    timeout_s=60, message=lambda: logs(pipeline))
         assert scored(pg_conn, "broken") == set()
 
-        letters = [orjson.loads(r.value) for r in drain(settings, settings.dlq_topic, 6)]
+        letters = [orjson.loads(r.value) for r in drain(settings, settings.dlq_topic, 10)]
         reasons = sorted(le["reason"] for le in letters)
-        assert reasons == ["bad_envelope", "model_unavailable", "model_unavailable",
-                           "model_unavailable", "model_unavailable", "score_failed"], reasons
+        # 4 scorable rows refused by each of the two unbuildable deployments
+        assert reasons == ["bad_envelope", *["model_unavailable"] * 8, "score_failed"], reasons
         bad_lsn = next(le for le in letters if le["reason"] == "bad_envelope")
         assert bad_lsn["origin"]["topic"] == topic and "0/16B3748" in bad_lsn["error"]
         failed_row = next(le for le in letters if le["reason"] == "score_failed")
@@ -100,7 +103,8 @@ def test_bad_records_and_an_unbuildable_model_go_to_the_dlq_and_scoring_goes_on(
         assert failed_row["error"].startswith("fragile: ValueError")
         unavailable = [le for le in letters if le["reason"] == "model_unavailable"]
         assert {orjson.loads(le["key"]["data"])["id"] for le in unavailable} == {1, 3, 4, 5}
-        assert all("broken" in le["error"] and "cannot import" in le["error"]
+        assert all(("broken" in le["error"] and "cannot import" in le["error"])
+                   or ("evil" in le["error"] and "not allowed" in le["error"])
                    for le in unavailable)
 
         # the operator sees which deployment failed and why: status, its JSON, the metric
@@ -113,6 +117,8 @@ def test_bad_records_and_an_unbuildable_model_go_to_the_dlq_and_scoring_goes_on(
         assert states["good"] is None and states["fragile"] is None
         assert states["broken"]["reason"] == "model_unavailable"
         assert "cannot import module" in states["broken"]["error"]
+        assert states["evil"]["reason"] == "model_unavailable"
+        assert "is not allowed here" in states["evil"]["error"]
         page = urllib.request.urlopen(
             f"http://127.0.0.1:{settings.worker_metrics_port}/metrics", timeout=10).read().decode()
         assert 'rowcast_deployment_failed{deployment="broken",reason="model_unavailable"} 1.0' \
