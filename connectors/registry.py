@@ -122,7 +122,29 @@ def record_failures(conn: psycopg.Connection, failed: Mapping[str, tuple[str, st
         if built:
             conn.execute("DELETE FROM rowcast.deployment_failures f USING unnest(%s::text[], "
                          "%s::text[]) AS b(name, generation) WHERE f.name = b.name AND "
-                         "f.generation = b.generation", (list(built), list(built.values())))
+                         "f.generation = b.generation AND f.reason <> %s",
+                         (list(built), list(built.values()), SNAPSHOT_REFUSED))
+
+
+SNAPSHOT_REFUSED = "snapshot_refused"
+
+
+def record_snapshot_refusal(conn: psycopg.Connection, name: str, generation: str,
+                            error: str) -> None:
+    """A worker could not verify the model records of a deployment it serves (most often:
+    processes that do not share one ROWCAST_SNAPSHOT_KEY), so it keeps serving an older or
+    untrained version: an ERROR ``rowcast status`` and the dashboard must show."""
+    conn.execute(
+        "INSERT INTO rowcast.deployment_failures (name, generation, reason, error) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET generation = "
+        "EXCLUDED.generation, reason = EXCLUDED.reason, error = EXCLUDED.error, "
+        "failed_at = now() WHERE rowcast.deployment_failures.reason <> 'model_unavailable'",
+        (name, generation, SNAPSHOT_REFUSED, error))
+
+
+def clear_snapshot_refusal(conn: psycopg.Connection, name: str) -> None:
+    conn.execute("DELETE FROM rowcast.deployment_failures WHERE name = %s AND reason = %s",
+                 (name, SNAPSHOT_REFUSED))
 
 
 def list_failures(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:

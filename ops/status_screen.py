@@ -25,7 +25,9 @@ def render(s: dict[str, Any]) -> str:
     failed = [d for d in s["deployments"] if d.get("failed")]
     if failed:
         lines.append("")
-    lines += [f"FAILED {d['name']}: {d['failed']['error']} — its rows go to the dead-letter "
+    lines += [f"ERROR {d['name']}: {d['failed']['error']}" if d["failed"]["reason"]
+              == "snapshot_refused" else
+              f"FAILED {d['name']}: {d['failed']['error']} — its rows go to the dead-letter "
               f"topic as {d['failed']['reason']}; fix the model and deploy again"
               for d in failed]
     p, lat = s["predictions"], s["latency_ms"]

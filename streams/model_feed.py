@@ -28,6 +28,8 @@ from kafka.errors import KafkaError
 
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.kafka_clients import make_consumer, make_producer
+from rowcast.connectors.postgres import connect
+from rowcast.connectors.registry import clear_snapshot_refusal, record_snapshot_refusal
 from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import SnapshotError
@@ -52,6 +54,7 @@ class ModelFeed:
         self.latest: dict[str, ModelRecord] = {}  # verified records, not yet unpickled
         self.pins: dict[str, ModelRecord] = {}
         self._loaded: dict[tuple[str, bool], Entry] = {}  # unpickled, for served deployments
+        self._refused: set[str] = set()  # served deployments whose records we could not verify
         self.serving: ServingSet | None = None
         self.consumer = make_consumer(settings, group_id=None, enable_auto_commit=False)
         tp = TopicPartition(settings.models_topic, 0)
@@ -171,6 +174,30 @@ class ModelFeed:
                     return  # an older version than the one served: versions only move forward
                 self.latest[name] = record
             self._install(name)
+            if name in self._refused:
+                self._tell_status(name, None)
+
+    def _tell_status(self, name: str, why: str | None) -> None:
+        """Record (or, ``why`` None, clear) that this worker cannot verify the model records of
+        a deployment it serves, for ``rowcast status`` and the dashboard (other processes)."""
+        served = {m.deployment.name: m.deployment for m in self.serving.models()} \
+            if self.serving is not None else {}
+        if name not in served or (why is None and name not in self._refused):
+            return
+        try:
+            with connect(self.settings) as conn:
+                if why is None:
+                    clear_snapshot_refusal(conn, name)
+                    self._refused.discard(name)
+                else:
+                    record_snapshot_refusal(
+                        conn, name, served[name].generation,
+                        f"workers cannot verify its model snapshots ({why}); they keep serving "
+                        "an older version: give every rowcast process the same "
+                        "ROWCAST_SNAPSHOT_KEY (or ROWCAST_SNAPSHOT_KEY_FILE)")
+                    self._refused.add(name)
+        except Exception as exc:  # noqa: BLE001 - the log line and the metric still say it
+            log.warning("cannot record the refusal for rowcast status: %s", exc)
 
     def _install(self, name: str) -> None:
         if self.serving is None:
@@ -188,6 +215,7 @@ class ModelFeed:
         log.error("refusing model snapshot for %s: %s (still serving the previous version)",
                   name, why)
         metrics.SNAPSHOTS_REFUSED.labels(name, reason).inc()
+        self._tell_status(name, why)
         letter = DeadLetter("model_feed", "bad_snapshot", why, self.settings.models_topic, 0, offset,
                             key, value[:4096])
         producer = make_producer(self.settings)

@@ -5,8 +5,10 @@ items 1 and 8)."""
 from __future__ import annotations
 
 import dataclasses
+import urllib.request
 
 import orjson
+import pytest
 from prometheus_client import REGISTRY
 
 from rowcast.connectors.kafka_clients import ensure_topics, make_producer
@@ -16,8 +18,13 @@ from rowcast.models.catalog import get_model
 from rowcast.models.deployment import Deployment, Feature
 from rowcast.models.serving import ServingSet
 from rowcast.models.snapshot import dump_snapshot, signing_key
+from rowcast.ops.pipeline import Pipeline
 from rowcast.streams.model_feed import ModelFeed
+from tests.helpers.cli import rowcast_cli
 from tests.helpers.kafka_reading import drain
+from tests.helpers.learning import fast, learned
+from tests.helpers.tables import deployed_xy_table, insert_xy
+from tests.helpers.waiting import wait_until
 
 
 def deployment(name: str) -> Deployment:
@@ -93,3 +100,33 @@ def test_a_worker_loads_only_what_it_serves_and_a_tombstone_forgets_it(settings)
         assert dataclasses.is_dataclass(feed.latest["alpha"])
     finally:
         feed.consumer.close()
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_that_cannot_verify_snapshots_is_an_error_in_status(settings, pg_conn, tmp_path):
+    """Processes with different snapshot keys (say, started from different folders before the
+    key had one home): the worker refuses every version and keeps serving version 0 — which
+    ``rowcast status`` (and the dashboard's state) must say, not hide."""
+    settings = fast(settings)
+    table = deployed_xy_table(settings, pg_conn, "unverified", "unverified")
+    other_key = settings.model_copy(update={"snapshot_key_file": tmp_path / "other.key"})
+    with Pipeline(settings, tmp_path / "a", names=("source", "learner", "sink")) as main, \
+            Pipeline(other_key, tmp_path / "b", names=("worker",)) as worker:
+        insert_xy(pg_conn, table, range(1, 30))
+        wait_until(lambda: learned(pg_conn, "unverified") > 0, timeout_s=90,
+                   message=lambda: main.log_tail("learner"))
+
+        def failed() -> dict | None:
+            done = rowcast_cli(settings, "status", "--json", "--samples", "1")
+            doc = orjson.loads(done.stdout)
+            return next(d["failed"] for d in doc["deployments"] if d["name"] == "unverified")
+
+        state = wait_until(failed, timeout_s=60, message=lambda: worker.log_tail("worker"))
+        assert state["reason"] == "snapshot_refused"
+        assert "ROWCAST_SNAPSHOT_KEY" in state["error"]
+        screen = rowcast_cli(settings, "status", "--samples", "1").stdout
+        assert "ERROR unverified: workers cannot verify its model snapshots" in screen
+        page = urllib.request.urlopen(f"http://127.0.0.1:{settings.worker_metrics_port}/metrics",
+                                      timeout=10).read().decode()
+        assert 'rowcast_snapshots_refused_total{deployment="unverified",reason="signature"}' \
+            in page
