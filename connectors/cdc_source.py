@@ -10,7 +10,9 @@ The loop, and why it cannot lose a row:
 
 A crash before 4 replays the batch (at-least-once; the sink's upsert is idempotent). The slot's
 position is persisted by the server only at checkpoints, so after a server crash it may hand out
-transactions again: those at or below the remembered commit LSN are dropped here.
+transactions again: those at or below the remembered commit LSN are dropped here. That LSN is
+stored with the cluster's system identifier and forgotten, loudly, when it belongs to another
+history (the database restored into another cluster: see :mod:`rowcast.connectors.position_history`).
 
 Polling is adaptive: while changes flow the slot is peeked again at once; when idle, the cheap
 ``pg_current_wal_insert_lsn()`` is polled and the (costlier) peek runs only once WAL has moved.
@@ -156,7 +158,9 @@ class CdcSource:
         self.producer = producer
         self.relations: dict[int, RelationInfo] = {}
         self.db = conn.info.dbname
-        self.last_commit_lsn = load_position(conn, settings.slot_name)
+        remembered = load_position(conn, settings.slot_name)  # 0 if of another history
+        self.last_commit_lsn = remembered.lsn
+        self._system_id = remembered.system_identifier
         self._on_published = on_published
         self._txn: _Txn | None = None
         self._pending = AckedSends(producer, "change events (the slot was not advanced)")
@@ -258,7 +262,8 @@ class CdcSource:
         that only ever prevents replays (lost in a server crash, the slot replays and downstream
         is idempotent), so it never waits for a WAL flush."""
         if self.last_commit_lsn > self._saved_lsn:
-            save_position(self.conn, self.settings.slot_name, self.last_commit_lsn)
+            save_position(self.conn, self.settings.slot_name, self.last_commit_lsn,
+                          self._system_id)
             self._saved_lsn = self.last_commit_lsn
 
     def _nudge_restart_lsn(self) -> None:

@@ -25,6 +25,7 @@ from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from rowcast.connectors import position_history
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
@@ -149,6 +150,7 @@ class PredictionSink:
         return True
 
     def run(self, stop: threading.Event) -> None:
+        position_history.follow_predictions(self.conn)  # source LSNs compare only within one history
         while not stop.is_set():
             if time.monotonic() >= self._next_refresh:
                 self.refresh_subscription()

@@ -178,6 +178,23 @@ def current_wal_lsn(conn: psycopg.Connection) -> int:
 
 
 
+def system_identifier(conn: psycopg.Connection) -> str | None:
+    """The cluster's system identifier (``pg_control_system()``, PostgreSQL 9.6+), as text.
+
+    Why: LSNs are positions in one cluster's WAL; a database restored into another cluster
+    (dump/restore, major upgrade) starts another history whose LSNs may be lower. Every
+    position rowcast stores carries this identifier (see :mod:`rowcast.connectors.position_history`).
+    Executable by PUBLIC on PostgreSQL 15 (checked with a REPLICATION-only role); a server that
+    refuses it returns None, and only the WAL-position check then guards (logged by the caller).
+    """
+    try:
+        with conn.transaction():  # a refusal must not abort the caller's transaction
+            row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
+        return None
+    return row[0] if row else None
+
+
 def log_running_xacts(conn: psycopg.Connection, slot: str, timeout_ms: int = 250) -> bool:
     """Make the server log a running-transactions record, so the slot's restart LSN can move.
 

@@ -1,0 +1,145 @@
+"""Learning in the table's commit order, out of a labels stream that interleaves partitions.
+
+Kafka keeps order per partition only. A table is spread over N partitions of its change topic,
+workers drain them in whatever order they get them, and the one labels partition of a
+deployment receives an interleaving: learning in arrival order would learn a shuffled stream.
+Every label event carries its source position, ``order`` = (commit LSN, LSN, order in the
+transaction), and its ``stream`` (the change-topic partition it came from). The CDC source
+writes a *watermark* to every partition of a table's topic once Kafka acknowledged every change
+committed at or before an LSN ("everything up to L is published here"), on each acknowledged
+batch and on its heartbeat, so idle partitions advance too; workers forward each watermark
+into the labels stream after the label events that came before it on that partition.
+
+:class:`CommitOrderMerge` buffers label events and releases, in position order, those whose
+commit LSN is at or below every expected stream's watermark: by then no event committed
+earlier can still arrive from any partition. Snapshot reads (``op r``: features to keep, never
+learned as they come) and events without a position (a producer that gives none) are released
+at once. Memory is bounded (``max_buffered``: past it the oldest are released, counted as
+``forced``) and so is the wait (``max_wait_s``: a stream that stays silent, e.g. no worker owns
+it for a while, does not hold learning back forever; counted as ``forced`` too). The buffer and
+the watermarks are part of the learner's checkpoint, so a restart resumes the merge exactly.
+
+>>> from rowcast.core.label_events import LabelEvent
+>>> def ev(stream, commit, key):
+...     return LabelEvent("labelled", "d", "g", {"id": key}, stream, (commit, commit, 1), 0,
+...                       {"x": 1.0}, 1.0)
+>>> merge = CommitOrderMerge(["t:0", "t:1"])
+>>> merge.add(ev("t:1", 30, 3)); merge.add(ev("t:0", 20, 2)); merge.add(ev("t:1", 10, 1))
+>>> merge.release(now=0.0)  # no watermark from t:0 yet: nothing is known to be complete
+[]
+>>> merge.watermark("t:0", 25); merge.watermark("t:1", 40)
+>>> [e.key["id"] for e in merge.release(now=0.0)]  # everything committed at or before 25
+[1, 2]
+>>> merge.watermark("t:0", 40)
+>>> [e.key["id"] for e in merge.release(now=0.0)]
+[3]
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rowcast.core.label_events import LabelEvent
+
+
+def _unordered(e: LabelEvent) -> bool:
+    """Released at once: snapshot reads (their own stream, never learned as they come) and
+    events whose producer gave no commit position."""
+    return e.stream.endswith(":r") or e.order[0] == 0
+
+
+@dataclass(order=True)
+class _Held:
+    order: tuple[int, int, int]
+    seq: int
+    arrived: float = field(compare=False)
+    event: LabelEvent = field(compare=False)
+
+
+class CommitOrderMerge:
+    """Per deployment: label events in, the same events out in commit order (see module)."""
+
+    def __init__(self, streams: Iterable[str] = (), max_buffered: int = 200_000,
+                 max_wait_s: float = 30.0) -> None:
+        self.expected: set[str] = set(streams)
+        self.watermarks: dict[str, int] = {}
+        self.max_buffered = max_buffered
+        self.max_wait_s = max_wait_s
+        self.forced = 0  # released before every watermark passed them (bounds hit)
+        self._heap: list[_Held] = []
+        self._seq = itertools.count()
+        self._ready: list[LabelEvent] = []  # unordered events, released on the next call
+
+    def expect(self, streams: Iterable[str]) -> None:
+        """The streams (change-topic partitions) whose watermarks gate release; streams may be
+        added as topics gain partitions or a labels table joins."""
+        self.expected = set(streams)
+
+    def add(self, event: LabelEvent, now: float | None = None) -> None:
+        if _unordered(event):
+            self._ready.append(event)
+            return
+        arrived = time.monotonic() if now is None else now
+        heapq.heappush(self._heap, _Held(event.order, next(self._seq), arrived, event))
+
+    def watermark(self, stream: str, lsn: int) -> None:
+        """Everything committed at or before ``lsn`` on ``stream`` has been forwarded."""
+        if lsn > self.watermarks.get(stream, 0):
+            self.watermarks[stream] = lsn
+        self.expected.add(stream)
+
+    @property
+    def low_watermark(self) -> int:
+        """The commit LSN up to which every expected stream is complete (0: not known)."""
+        if not self.expected:
+            return 0
+        return min(self.watermarks.get(s, 0) for s in self.expected)
+
+    def __len__(self) -> int:
+        return len(self._heap) + len(self._ready)
+
+    def release(self, now: float | None = None) -> list[LabelEvent]:
+        """The events that can be learned now, in the order to learn them."""
+        now = time.monotonic() if now is None else now
+        out, self._ready = self._ready, []
+        low = self.low_watermark
+        heap = self._heap
+        while heap:
+            head = heap[0]
+            if head.order[0] <= low:
+                pass
+            elif len(heap) > self.max_buffered or now - head.arrived > self.max_wait_s:
+                self.forced += 1
+            else:
+                break
+            out.append(heapq.heappop(heap).event)
+        return out
+
+    def oldest_wait_s(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        return max((now - h.arrived for h in self._heap), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The buffer and watermarks, for the checkpoint (events as their JSON encoding)."""
+        held = sorted(self._heap)
+        return {"watermarks": dict(self.watermarks), "expected": sorted(self.expected),
+                "forced": self.forced,
+                "buffered": [h.event.to_json().decode() for h in held]
+                + [e.to_json().decode() for e in self._ready]}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any] | None, **kwargs: Any) -> CommitOrderMerge:
+        merge = cls(**kwargs)
+        if not doc:
+            return merge
+        merge.expected = set(doc.get("expected", ()))
+        merge.watermarks = {k: int(v) for k, v in doc.get("watermarks", {}).items()}
+        merge.forced = int(doc.get("forced", 0))
+        for raw in doc.get("buffered", ()):
+            merge.add(LabelEvent.from_json(raw.encode()))
+        return merge

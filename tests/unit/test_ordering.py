@@ -1,0 +1,108 @@
+"""The commit-order merge: whatever the interleaving of partitions, label events come out in
+commit order, nothing is lost or released early, memory and waiting are bounded, and a
+checkpoint resumes it exactly."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rowcast.core.label_events import LabelEvent
+from rowcast.models.ordering import CommitOrderMerge
+
+
+def event(stream: str, commit: int, n: int) -> LabelEvent:
+    return LabelEvent("labelled", "d", "g", {"id": n}, stream, (commit, commit + n, 1), 0,
+                      {"x": float(n)}, float(n))
+
+
+def interleaved(n_events: int, n_streams: int, seed: int):
+    """What one labels partition receives: per stream in order (events, then the watermarks
+    the source wrote after them), streams interleaved at random, as workers forward them."""
+    rng = random.Random(seed)
+    streams = [f"t:{i}" for i in range(n_streams)]
+    per_stream: dict[str, list] = {s: [] for s in streams}
+    commit = 0
+    for n in range(n_events):
+        commit += rng.randint(1, 3)  # several changes may share a commit
+        s = rng.choice(streams)
+        per_stream[s].append(("event", event(s, commit, n)))
+        if rng.random() < 0.2:  # the source acknowledged up to here: a watermark everywhere
+            for t in streams:
+                per_stream[t].append(("watermark", t, commit))
+    for t in streams:  # the heartbeat at the end
+        per_stream[t].append(("watermark", t, commit + 1))
+    out, cursors = [], {s: 0 for s in streams}
+    while any(cursors[s] < len(per_stream[s]) for s in streams):
+        s = rng.choice([s for s in streams if cursors[s] < len(per_stream[s])])
+        out.append(per_stream[s][cursors[s]])
+        cursors[s] += 1
+    return streams, out
+
+
+def drive(merge: CommitOrderMerge, items) -> list[LabelEvent]:
+    released = []
+    for item in items:
+        if item[0] == "event":
+            merge.add(item[1], now=0.0)
+        else:
+            merge.watermark(item[1], item[2])
+        released += merge.release(now=0.0)
+    return released
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 6), st.integers(0, 10**6))
+def test_any_interleaving_comes_out_in_commit_order_and_complete(n, n_streams, seed):
+    streams, items = interleaved(n, n_streams, seed)
+    merge = CommitOrderMerge(streams)
+    released = drive(merge, items)
+    assert [e.order for e in released] == sorted(e.order for e in released)
+    assert sorted(e.key["id"] for e in released) == list(range(n))
+    assert merge.forced == 0 and len(merge) == 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 200), st.integers(1, 4), st.integers(0, 10**6), st.data())
+def test_a_checkpoint_anywhere_resumes_the_merge_exactly(n, n_streams, seed, data):
+    streams, items = interleaved(n, n_streams, seed)
+    cut = data.draw(st.integers(0, len(items)))
+    first = CommitOrderMerge(streams)
+    before = drive(first, items[:cut])
+    resumed = CommitOrderMerge.from_dict(first.to_dict())
+    after = drive(resumed, items[cut:])
+    whole = drive(CommitOrderMerge(streams), items)
+    assert [e.key["id"] for e in before + after] == [e.key["id"] for e in whole]
+
+
+def test_nothing_is_released_before_every_stream_is_known_complete():
+    merge = CommitOrderMerge(["t:0", "t:1", "t:2"])
+    merge.add(event("t:0", 5, 1), now=0.0)
+    merge.watermark("t:0", 10)
+    merge.watermark("t:1", 10)
+    assert merge.release(now=1.0) == []  # t:2 may still hold an earlier commit
+    merge.watermark("t:2", 4)
+    assert merge.release(now=1.0) == []
+    merge.watermark("t:2", 5)
+    assert [e.key["id"] for e in merge.release(now=1.0)] == [1]
+
+
+def test_waiting_and_memory_are_bounded():
+    merge = CommitOrderMerge(["t:0", "t:1"], max_buffered=3, max_wait_s=10.0)
+    for i in range(5):
+        merge.add(event("t:0", 10 + i, i), now=0.0)
+    assert [e.key["id"] for e in merge.release(now=0.0)] == [0, 1]  # over the bound: oldest
+    assert merge.forced == 2 and len(merge) == 3
+    assert [e.key["id"] for e in merge.release(now=11.0)] == [2, 3, 4]  # waited too long
+    assert merge.forced == 5
+
+
+def test_snapshot_reads_and_unpositioned_events_pass_at_once():
+    merge = CommitOrderMerge(["t:0"])
+    read = LabelEvent("scored", "d", "g", {"id": 1}, "t:0:r", (7, 7, 1), 0, {"x": 1.0})
+    unpositioned = LabelEvent("labelled", "d", "g", {"id": 2}, "t:0", (0, 9, 0), 0, {"x": 1.0}, 1.0)
+    merge.add(read)
+    merge.add(unpositioned)
+    assert merge.release() == [read, unpositioned]
