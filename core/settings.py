@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     kafka_session_timeout_s: float = Field(
         10.0, gt=0, description="Consumer group session timeout: a silent member is dropped after it.")
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics rowcast creates.")
+    topic_replication_factor: int = Field(
+        -1, ge=-1, description="Replicas of every topic rowcast (and faust) creates; -1 (not 0) "
+        "defers to the broker's default.replication.factor, so a 3-broker cluster configured "
+        "for 3 replicas gets them without anyone asking here.")
+    topic_min_insync_replicas: int | None = Field(
+        None, ge=1, description="min.insync.replicas set on topics rowcast creates: with "
+        "acks=all a write succeeds only once this many replicas have it. None: the broker's "
+        "default (min.insync.replicas).")
     slot_name: str = Field("rowcast", description="Logical replication slot of the CDC source.")
     publication_name: str = Field("rowcast", description="Publication the slot decodes.")
     source_max_changes: int = Field(
@@ -211,6 +219,14 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}.dlq"
+
+    @field_validator("topic_replication_factor")
+    @classmethod
+    def _replicas(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 replicas cannot hold a record: use -1 for the broker's default "
+                             "or a count of 1 or more")
+        return value
 
     @field_validator("snapshot_key_file")
     @classmethod

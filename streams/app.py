@@ -3,7 +3,9 @@
 Choices that matter for correctness: agents run with ``concurrency=1`` (faust#606: higher values
 can commit past an in-flight event); no ``exactly_once`` processing guarantee (faust#517, #323):
 exactly-once *effects* come from the idempotent sink instead. Faust flushes its producer before
-every offset commit, so a committed source offset always has its predictions on Kafka.
+every offset commit, so a committed source offset always has its predictions on Kafka. Topics
+faust declares get the same replication as rowcast's (``topic_replication_factor``, resolved to
+the cluster's default when it is -1), and its clients get every bootstrap host.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import ssl
 
 import faust
 
+from rowcast.connectors.kafka_clients import resolved_replication_factor
 from rowcast.core.settings import Settings
 
 
 def create_app(settings: Settings) -> faust.App:
     datadir = settings.state_dir / "faust" / settings.scorer_group
     datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+    replicas = resolved_replication_factor(settings)
     return faust.App(
         settings.scorer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -25,7 +29,8 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
+        # faust declares its own topics (the assignor's) through aiokafka, which cannot send -1
+        topic_replication_factor=replicas,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=1.0,

@@ -44,7 +44,14 @@ def deploy(
     Labels are learned from the inserted row (score first, then learn), from a later UPDATE
     that sets the target, or from a separate labels table joined by key.
     """
-    from rowcast.connectors.kafka_clients import check_kafka, ensure_deployment_topics, ensure_topics
+    from rowcast.connectors.kafka_clients import (
+        check_kafka,
+        cluster_defaults,
+        ensure_deployment_topics,
+        ensure_topics,
+        make_admin,
+        thin_durability,
+    )
     from rowcast.connectors.registry import create_deployment
     from rowcast.connectors.schema import init_database
     from rowcast.models.catalog import allow_custom_modules, get_model, is_custom
@@ -62,8 +69,15 @@ def deploy(
     sources = [settings.source_topic(d.schema, d.table)]
     if d.labels is not None:
         sources.append(settings.source_topic(d.labels.schema, d.labels.table))
-    ensure_topics(settings, sources)
-    ensure_deployment_topics(settings, [d.name])
+    created = ensure_topics(settings, sources) + ensure_deployment_topics(settings, [d.name])
+    if created:  # a write held by one broker only, on a cluster that could do better: say so
+        admin = make_admin(settings)
+        try:
+            warning = thin_durability(created, cluster_defaults(admin).brokers)
+        finally:
+            admin.close()
+        if warning:
+            typer.echo(warning, err=True)
     typer.echo(f"deployed {d.name}: {d.model} on {d.qualified_table}, target {d.target}, "
                f"features {', '.join(f.name for f in d.features)}; "
                f"query it with SELECT * FROM rowcast.{d.name}_scored")

@@ -23,12 +23,19 @@ def demo(
 
 
 @dev_app.command("up")
-def dev_up() -> None:
+def dev_up(
+    brokers: Annotated[int, typer.Option(
+        min=1, help="Kafka brokers: 1 (the quick start) or 3 (a KRaft cluster on loopback, "
+        "replication factor 3, 2 in-sync replicas required).")] = 1,
+) -> None:
     """Start the private Postgres and Kafka of the dev stack."""
     from rowcast.ops.devstack.stack import DevStack
 
-    DevStack(Settings()).up()
+    stack = DevStack(Settings(), brokers=brokers)
+    stack.up()
     typer.echo("dev stack is up")
+    if brokers > 1:
+        typer.echo(f"use the cluster with: export ROWCAST_KAFKA_BOOTSTRAP={stack.kafka.bootstrap}")
 
 
 @dev_app.command("fetch")

@@ -1,4 +1,9 @@
-"""A real Apache Kafka broker (KRaft, single node) as a local process, from Maven Central jars.
+"""A real Apache Kafka broker (KRaft) as a local process, from Maven Central jars; or a cluster of them.
+
+:class:`KafkaServer` is one node in combined mode (broker and controller). Alone it is the dev
+stack's and the tests' broker (replication factor 1); :class:`KafkaCluster` runs several on
+loopback as one KRaft cluster (every node a voter, default replication factor 3, 2 in-sync
+replicas required), which is how rowcast is tried against a broker that loses its leadership.
 
 Why 3.9.1: it is the newest line whose old protocol versions aiokafka 0.14 (faust-streaming 0.15)
 and kafka-python 3.0 still speak everywhere; Kafka 4.0 removed some of them. The jars are fetched
@@ -51,12 +56,16 @@ def render_pom(version: str) -> str:
 
 
 def render_server_properties(*, data_dir: Path, host: str, port: int, controller_port: int,
-                             node_id: int = 1, sasl_port: int | None = None,
+                             node_id: int = 1, voters: str | None = None,
+                             replication: int = 1, sasl_port: int | None = None,
                              sasl_users: dict[str, str] | None = None,
                              ssl_port: int | None = None, ssl_keystore: Path | None = None,
                              ssl_password: str = "", mtls_port: int | None = None,
                              mtls_truststore: Path | None = None) -> str:
-    """KRaft combined mode, one node, tuned for a laptop: instant group joins, RF 1. With
+    """KRaft combined mode, tuned for a laptop: instant group joins. Alone (``voters`` None) the
+    node is its own quorum and every internal topic has one replica; in a cluster ``voters`` lists
+    every node (``id@host:port,...``) and ``replication`` is the cluster's default replication
+    factor, with ``replication - 1`` in-sync replicas required (at least 1). With
     ``sasl_port`` a second listener takes SASL/PLAIN logins from ``sasl_users`` (how the tests
     prove credentials reach every client); with ``ssl_port`` a TLS listener serves the PKCS12
     ``ssl_keystore``; with ``mtls_port`` a TLS listener with the same key also demands a client
@@ -64,7 +73,7 @@ def render_server_properties(*, data_dir: Path, host: str, port: int, controller
     props = {
         "process.roles": "broker,controller",
         "node.id": node_id,
-        "controller.quorum.voters": f"{node_id}@{host}:{controller_port}",
+        "controller.quorum.voters": voters or f"{node_id}@{host}:{controller_port}",
         "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://{host}:{port}",
         "controller.listener.names": "CONTROLLER",
@@ -72,10 +81,12 @@ def render_server_properties(*, data_dir: Path, host: str, port: int, controller
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(data_dir / "logs"),
         "num.partitions": 1,
-        "offsets.topic.replication.factor": 1,
+        "default.replication.factor": replication,
+        "min.insync.replicas": max(1, replication - 1),
+        "offsets.topic.replication.factor": replication,
         "offsets.topic.num.partitions": 4,
-        "transaction.state.log.replication.factor": 1,
-        "transaction.state.log.min.isr": 1,
+        "transaction.state.log.replication.factor": replication,
+        "transaction.state.log.min.isr": max(1, replication - 1),
         "group.initial.rebalance.delay.ms": 0,
         "auto.create.topics.enable": "true",
         "log.retention.hours": 24,
@@ -158,6 +169,11 @@ class KafkaServer:
     sasl_users: dict[str, str] = field(default_factory=dict)
     ssl_port: int | None = None
     mtls_port: int | None = None
+    node_id: int = 1
+    voters: str | None = None  # a cluster's controller.quorum.voters; None: a node of its own
+    replication: int = 1  # the cluster's default replication factor
+    cluster_id: str | None = None  # shared by every node of a cluster; None: a random one
+    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     @property
     def ssl_ca(self) -> Path:
@@ -233,18 +249,27 @@ class KafkaServer:
     def start(self, timeout_s: float = 60.0) -> None:
         if self.is_running():
             return
+        self.launch()
+        self.wait_ready(timeout_s)
+
+    def launch(self) -> None:
+        """Start the JVM without waiting: a cluster's nodes only answer once a quorum of them
+        runs, so :class:`KafkaCluster` launches every node before it waits for any."""
+        if self.is_running():
+            return
         libs = fetch_kafka(self.version, self.cache_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
         props.write_text(render_server_properties(
             data_dir=self.data_dir, host=self.host, port=self.port,
-            controller_port=self.controller_port, sasl_port=self.sasl_port,
+            controller_port=self.controller_port, node_id=self.node_id, voters=self.voters,
+            replication=self.replication, sasl_port=self.sasl_port,
             sasl_users=self.sasl_users, ssl_port=self.ssl_port,
             ssl_keystore=self._make_keystore() if self.ssl_port or self.mtls_port else None,
             ssl_password=KEYSTORE_PASSWORD, mtls_port=self.mtls_port,
             mtls_truststore=self._make_truststore() if self.mtls_port else None))
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = self.cluster_id or new_cluster_id()
             formatted = subprocess.run(
                 self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                            "-c", str(props)), capture_output=True, text=True, timeout=120)
@@ -255,11 +280,21 @@ class KafkaServer:
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     cwd=self.data_dir)
         self.pid_file.write_text(str(proc.pid))
-        wait_for(lambda: proc.poll() is not None or self._accepts_clients(), timeout_s,
+        self._proc = proc
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until the broker answers a metadata request (or its JVM exits: an error with its log)."""
+        proc = self._proc
+
+        def exited() -> bool:
+            return proc.poll() is not None if proc is not None else not self.is_running()
+
+        wait_for(lambda: exited() or self._accepts_clients(), timeout_s,
                  f"Kafka on {self.bootstrap} accepting clients", interval_s=0.25,
                  log=self.log_file)
-        if proc.poll() is not None:
-            raise DevStackError(f"Kafka exited with code {proc.returncode}; see {self.log_file}")
+        if exited():
+            raise DevStackError(f"Kafka exited (code {proc.returncode if proc else '?'}); "
+                                f"see {self.log_file}")
 
     def _accepts_clients(self) -> bool:
         from kafka import KafkaAdminClient
@@ -296,3 +331,110 @@ class KafkaServer:
             terminate(pid, timeout_s)
         self.pid_file.unlink(missing_ok=True)
 
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+@dataclass
+class KafkaCluster:
+    """``len(ports)`` KRaft nodes on loopback, each broker and controller, one cluster id.
+
+    Every node lives in ``data_dir/node-<id>``; the cluster id is kept in ``data_dir/cluster.id``
+    so a node whose storage was lost rejoins the same cluster. One node down leaves a quorum of
+    controllers and, with the default replication factor 3 and 2 in-sync replicas required,
+    every partition writable: that is what :meth:`kill` and a rolling :meth:`restart` exercise.
+    """
+
+    data_dir: Path
+    ports: list[int]
+    controller_ports: list[int]
+    version: str = "3.9.1"
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "rowcast")
+    host: str = "127.0.0.1"
+    heap: str = "384m"
+    servers: list[KafkaServer] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.ports) != len(self.controller_ports) or not self.ports:
+            raise DevStackError("a Kafka cluster needs one broker and one controller port per node")
+        voters = ",".join(f"{i}@{self.host}:{port}"
+                          for i, port in enumerate(self.controller_ports, start=1))
+        self.servers = [
+            KafkaServer(self.data_dir / f"node-{i}", port, controller, version=self.version,
+                        cache_dir=self.cache_dir, host=self.host, heap=self.heap, node_id=i,
+                        voters=voters, replication=min(3, len(self.ports)))
+            for i, (port, controller) in enumerate(zip(self.ports, self.controller_ports,
+                                                       strict=True), start=1)]
+
+    def _cluster_id(self) -> str:
+        path = self.data_dir / "cluster.id"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(new_cluster_id())
+        return path.read_text().strip()
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node, comma separated: clients reach the cluster while any one of them is up."""
+        return ",".join(s.bootstrap for s in self.servers)
+
+    def node(self, node_id: int) -> KafkaServer:
+        return self.servers[node_id - 1]
+
+    def is_running(self) -> bool:
+        return any(s.is_running() for s in self.servers)
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Launch every node, then wait for each (none answers before a quorum runs)."""
+        cluster_id = self._cluster_id()
+        for server in self.servers:
+            server.cluster_id = cluster_id
+            server.launch()
+        for server in self.servers:
+            server.wait_ready(timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        for server in reversed(self.servers):
+            server.stop(timeout_s)
+
+    def kill(self) -> None:
+        """kill -9 of every node (a test's last resort: nothing may be left running)."""
+        for server in self.servers:
+            server.kill()
+
+    def in_sync(self, topics: list[str] | None = None) -> bool:
+        """Whether every partition (of ``topics``, default all) has all its replicas in sync."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap.split(","),
+                                     request_timeout_ms=5000, client_id="rowcast-devstack")
+        except (KafkaError, OSError):
+            return False
+        try:
+            described = admin.describe_topics(topics)
+            return all(len(p["isr_nodes"]) == len(p["replica_nodes"])
+                       for t in described for p in t["partitions"]) and bool(described)
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
+
+    def wait_in_sync(self, topics: list[str] | None = None, timeout_s: float = 120.0) -> None:
+        """Until no partition is under-replicated: what a rolling restart waits for before it
+        takes the next node down."""
+        wait_for(lambda: self.in_sync(topics), timeout_s, "every Kafka partition back in sync",
+                 interval_s=0.5)
+
+    def restart(self, node_id: int, timeout_s: float = 120.0) -> None:
+        """One step of a rolling restart: a clean stop of one node, its start, and a wait until
+        every partition is in sync again."""
+        server = self.node(node_id)
+        server.cluster_id = self._cluster_id()
+        server.stop()
+        server.start(timeout_s)
+        self.wait_in_sync(timeout_s=timeout_s)

@@ -1,7 +1,9 @@
 """The dev stack: the private Postgres and Kafka that the demo, the tests and ``rowcast dev`` use.
 
 Everything lives under ``settings.state_dir`` (``postgres/``, ``kafka/``); pid files let
-``rowcast dev down`` stop what another process started.
+``rowcast dev down`` stop what another process started. ``rowcast dev up --brokers 3`` runs a
+3-node KRaft cluster instead (``kafka-cluster/node-<id>``, broker ports ``19092``, ``19094``,
+``19096``, controllers one above each), to try rowcast where a broker can be lost.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from rowcast.core.errors import DevStackError
 from rowcast.core.settings import DEV_KAFKA_CONTROLLER_PORT, DEV_POSTGRES_PORT, Settings
-from rowcast.ops.devstack.kafka import KafkaServer
+from rowcast.ops.devstack.kafka import KafkaCluster, KafkaServer
 from rowcast.ops.devstack.postgres import PostgresServer
 
 
@@ -33,7 +36,9 @@ def postgres_home(state: Path) -> Path:
 class DevStack:
     """Start and stop both services for one settings object (ports come from its DSN/bootstrap)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, brokers: int | None = None) -> None:
+        """``brokers`` > 1: a cluster; None: whichever form was last started here (one broker
+        when none was)."""
         self.settings = settings
         state = settings.state_dir.resolve()
         pg_port = urlparse(settings.postgres_dsn.get_secret_value()).port or DEV_POSTGRES_PORT
@@ -41,15 +46,28 @@ class DevStack:
         controller = DEV_KAFKA_CONTROLLER_PORT if kafka_port + 1 == DEV_KAFKA_CONTROLLER_PORT \
             else kafka_port + 1
         self.postgres = PostgresServer(postgres_home(state) / "data", pg_port)
-        self.kafka = KafkaServer(state / "kafka", kafka_port, controller,
-                                 version=settings.kafka_version, cache_dir=settings.cache_dir)
+        cluster_dir = state / "kafka-cluster"
+        if brokers is None:
+            brokers = len(list(cluster_dir.glob("node-*"))) or 1
+        self.single = KafkaServer(state / "kafka", kafka_port, controller,
+                                  version=settings.kafka_version, cache_dir=settings.cache_dir)
+        self.cluster = KafkaCluster(
+            cluster_dir, [kafka_port + 2 * i for i in range(max(brokers, 3))],
+            [kafka_port + 2 * i + 1 for i in range(max(brokers, 3))],
+            version=settings.kafka_version, cache_dir=settings.cache_dir)
+        self.kafka: KafkaServer | KafkaCluster = self.cluster if brokers > 1 else self.single
 
     def up(self) -> None:
+        other = self.single if self.kafka is self.cluster else self.cluster
+        if other.is_running():  # they share the first broker port
+            raise DevStackError("the dev stack's Kafka already runs in its other form; "
+                                "`rowcast dev down` first")
         self.postgres.start()
         self.kafka.start()
 
     def down(self) -> None:
-        self.kafka.stop()
+        self.cluster.stop()
+        self.single.stop()
         self.postgres.stop()
 
     def status(self) -> dict[str, str]:
@@ -62,3 +80,4 @@ class DevStack:
         self.down()
         shutil.rmtree(self.postgres.data_dir.parent, ignore_errors=True)
         shutil.rmtree(self.settings.state_dir / "kafka", ignore_errors=True)
+        shutil.rmtree(self.settings.state_dir / "kafka-cluster", ignore_errors=True)

@@ -74,3 +74,82 @@ def test_every_client_retries_a_lost_broker_within_seconds() -> None:
 
     config = Settings(_env_file=None).kafka_client_config()
     assert config["reconnect_backoff_max_ms"] == 2000  # not kafka-python's 30 s
+
+
+def test_cluster_nodes_share_the_quorum_and_require_two_in_sync_replicas() -> None:
+    voters = "1@127.0.0.1:10,2@127.0.0.1:20,3@127.0.0.1:30"
+    text = render_server_properties(data_dir=Path("/d"), host="127.0.0.1", port=19,
+                                    controller_port=20, node_id=2, voters=voters, replication=3)
+    props = dict(line.split("=", 1) for line in text.splitlines())
+    assert (props["node.id"], props["controller.quorum.voters"]) == ("2", voters)
+    assert props["default.replication.factor"] == props["offsets.topic.replication.factor"] == "3"
+    assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2"
+
+
+def test_cluster_form_gives_every_node_its_ports_and_one_bootstrap_list(tmp_path: Path) -> None:
+    from rowcast.ops.devstack.kafka import KafkaCluster
+
+    cluster = KafkaCluster(tmp_path, [1, 3, 5], [2, 4, 6])
+    assert cluster.bootstrap == "127.0.0.1:1,127.0.0.1:3,127.0.0.1:5"
+    assert [s.node_id for s in cluster.servers] == [1, 2, 3]
+    assert {s.voters for s in cluster.servers} == {"1@127.0.0.1:2,2@127.0.0.1:4,3@127.0.0.1:6"}
+    assert not list(tmp_path.iterdir())  # nothing is written before the cluster starts
+
+
+def test_topics_defer_replication_to_the_cluster_unless_the_operator_says() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from rowcast.connectors.kafka_clients import topic_spec
+    from rowcast.core.settings import Settings
+
+    default = topic_spec(Settings(_env_file=None), compacted=True, partitions=1)
+    assert default == {"num_partitions": 1, "replication_factor": -1,
+                       "configs": {"cleanup.policy": "compact"}}
+    chosen = topic_spec(Settings(topic_replication_factor=3, topic_min_insync_replicas=2,
+                                 _env_file=None))
+    assert (chosen["replication_factor"], chosen["configs"]) == (3, {"min.insync.replicas": "2"})
+    with pytest.raises(ValidationError):
+        Settings(topic_replication_factor=0, _env_file=None)
+
+
+def test_faust_declares_its_topics_with_the_resolved_replication(monkeypatch, tmp_path) -> None:
+    """aiokafka cannot send -1, so faust gets the number the cluster resolves it to."""
+    from rowcast.core.settings import Settings
+    from rowcast.streams import app as app_module
+
+    monkeypatch.setattr(app_module, "resolved_replication_factor", lambda settings: 3)
+    app = app_module.create_app(Settings(state_dir=tmp_path, _env_file=None))
+    assert app.conf.topic_replication_factor == 3  # tables' changelogs use it too
+
+
+def test_no_replication_factor_is_hard_coded() -> None:
+    """Every replication count comes from the settings or the cluster (the issue's grep)."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    pattern = re.compile(r"replication_factor\W{0,3}\s*[:=]\s*[0-9]")
+    hard_coded = [f"{path.relative_to(root)}:{n}" for folder in ("connectors", "streams", "ops")
+                  for path in (root / folder).rglob("*.py")
+                  for n, line in enumerate(path.read_text().splitlines(), 1)
+                  if pattern.search(line)]
+    assert hard_coded == []
+
+
+def test_status_names_topics_laid_out_otherwise_and_deploy_warns_on_thin_durability() -> None:
+    from rowcast.connectors.kafka_clients import TopicLayout, layout_problems, thin_durability
+    from rowcast.ops.status_screen import render
+
+    layouts = [TopicLayout("p.models", 1, 1), TopicLayout("p.dlq", 3, 2)]
+    problems = layout_problems(layouts, replicas=3, min_insync=2)
+    assert problems == ["topic p.models: 1 replica(s), expected 3, min.insync.replicas 1, "
+                        "expected 2"]
+    screen = render({"deployments": [], "slot": None, "stages": [], "topic_layout": problems,
+                     "predictions": {"total": 0, "per_second": 0.0},
+                     "latency_ms": {"p50": None, "p95": None, "p99": None}})
+    assert "TOPIC LAYOUT: 1 topic(s)" in screen and "  topic p.models: 1 replica(s)" in screen
+    thin = [TopicLayout("p.labels.x", 3, 1), TopicLayout("p.dlq", 3, 2)]
+    warning = thin_durability(thin, brokers=3)
+    assert warning is not None and "\n" not in warning and "p.labels.x" in warning
+    assert thin_durability(thin, brokers=1) is None  # one broker cannot do better
+    assert thin_durability(thin[1:], brokers=3) is None
