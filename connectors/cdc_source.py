@@ -29,6 +29,19 @@ columns some deployment uses (``registry.list_deployments``): the topics are Deb
 may have other consumers, and an event's shape would then depend on which deployments exist
 when it was read. Session output styles are pinned in :func:`slot.stream_changes`, so database
 or role defaults (``IntervalStyle``, ``DateStyle``, ``bytea_output``, ...) change nothing.
+
+**Watermarks** (issue 14; ``source_watermarks``). Kafka orders records per partition only, so
+the source tells every partition of every published table's topic how far it is complete: a
+record with key :data:`~rowcast.core.envelope.WATERMARK_KEY`, no value and the header
+:data:`~rowcast.core.envelope.WATERMARK_HEADER` = ``L`` says every change committed at or
+before ``L`` (its ``source.sequence[0]``, the transaction's commit LSN) is on the partition
+already. ``L`` is the highest commit LSN of the transactions Kafka acknowledged, sent right after
+each wait for acks (so the watermark follows those events on every partition); and, while idle,
+at most every ``watermark_interval_s``, the flushed WAL position a peek decoded to with nothing
+left to publish (minus one: a commit record starting exactly there was not decoded), so idle
+partitions and tables advance too. Sent to a topic only when ``L`` grew, and only to topics
+that exist (a watermark never creates a topic with the broker's default partition count).
+Not awaited: a lost watermark is superseded by the next one.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ import orjson
 import psycopg
 from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import KafkaTimeoutError
 
 from rowcast.connectors import heartbeat, pgoutput, pgtypes, slot
 from rowcast.connectors.dead_letters import announce
@@ -55,6 +69,8 @@ from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.envelope import (
     OLD_KEY_HEADER,
     UNAVAILABLE,
+    WATERMARK_HEADER,
+    WATERMARK_KEY,
     SourceInfo,
     build_value,
     encode_key,
@@ -70,6 +86,8 @@ LETTER_VALUE_LIMIT = 64 * 1024  # bytes of a set-aside row's raw texts a dead le
 SAFE_EVENT_BYTES = 256 * 1024  # any broker takes this; a larger event checks the topic's limit
 RECORD_OVERHEAD = 512  # bytes Kafka's record batch adds around one key and value
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # Kafka's message.max.bytes, when the topic's is unknown
+TABLES_REFRESH_S = 2.0  # how often the published tables (whose topics get watermarks) are read
+TOPICS_RECHECK_S = 10.0  # how often a published table's missing topic is looked for again
 
 
 def _raw_text(raw: pgoutput.Value, limit: int = RAW_LIMIT) -> str | None:
@@ -172,6 +190,17 @@ class CdcSource:
         self._nudge_ok = True
         self._size_limits: dict[str, int] = {}  # topic -> largest key + value Kafka takes
         self._dlq_ready = False
+        # watermarks: every commit at or before ``_complete`` is published and acknowledged
+        self._committed = self.last_commit_lsn  # highest commit LSN handled (acked or not)
+        self._complete = self.last_commit_lsn
+        self._watermarked: dict[str, int] = {}  # topic -> last watermark sent to it
+        self._last_watermark = 0.0
+        self._published_topics: set[str] = set()
+        self._sent_topics: set[str] = set()  # change topics events went to (so they exist)
+        self._existing_topics: set[str] = set()
+        self._tables_read = -TABLES_REFRESH_S
+        self._topics_checked = -TOPICS_RECHECK_S
+        self.watermarks_sent = 0  # records, for the curious (tests, benchmarks)
 
     def run(self, stop: threading.Event) -> None:
         backoff_s = 0.001
@@ -180,6 +209,7 @@ class CdcSource:
             self._maybe_beat()
             wal_now = slot.current_wal_lsn(self.conn)
             if wal_now == wal_seen:
+                self._maybe_idle_watermark()
                 stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, self.settings.source_idle_backoff_max_s)
                 continue
@@ -218,6 +248,11 @@ class CdcSource:
                 self._skip_irrelevant_wal(flushed)
             elif seen:
                 slot.advance(self.conn, self.settings.slot_name, last_lsn)
+        if seen < self.settings.source_max_changes and self._txn is None and not self._pending:
+            # the peek decoded every record that starts before ``flushed`` and all of it is
+            # acknowledged: nothing committed before ``flushed`` is left to publish
+            self._complete = max(self._complete, flushed - 1)
+            self._maybe_idle_watermark()
         return published
 
     def _checkpoint(self, lsn: int) -> int:
@@ -284,10 +319,62 @@ class CdcSource:
                             "WAL; raise max_replication_slots by one")
 
     def _await_acks(self) -> int:
-        """Wait until Kafka acknowledged every pending send; returns how many there were."""
+        """Wait until Kafka acknowledged every pending send; returns how many there were.
+
+        Then every transaction whose commit was handled is published: watermarks go out."""
         count = self._pending.wait()
         self._unconfirmed += count
+        self._complete = max(self._complete, self._committed)
+        self._send_watermarks()
         return count
+
+    def _maybe_idle_watermark(self) -> None:
+        """While idle, at most every ``watermark_interval_s`` (``_complete`` grows with WAL
+        decoded with nothing to publish: the heartbeat, other tables' writes)."""
+        if time.monotonic() - self._last_watermark >= self.settings.watermark_interval_s:
+            self._send_watermarks()
+
+    def _send_watermarks(self) -> int:
+        """``_complete`` to every partition of every topic it grew for; the records sent."""
+        lsn = self._complete
+        if not self.settings.source_watermarks or lsn <= 0:
+            return 0
+        headers = [(WATERMARK_HEADER, str(lsn).encode())]
+        sent = 0
+        for topic in self._watermark_topics():
+            if self._watermarked.get(topic, 0) >= lsn:
+                continue
+            try:
+                partitions = self.producer.partitions_for(topic) or ()
+            except KafkaTimeoutError:  # deleted since it was seen: look for it again later
+                log.warning("no metadata for topic %s: no watermarks to it for now", topic)
+                self._existing_topics.discard(topic)
+                self._sent_topics.discard(topic)
+                continue
+            for partition in sorted(partitions):
+                self.producer.send(topic, key=WATERMARK_KEY, value=None, partition=partition,
+                                   headers=headers).add_errback(_watermark_lost, topic)
+                sent += 1
+            self._watermarked[topic] = lsn
+        if sent:
+            self._last_watermark = time.monotonic()
+            self.watermarks_sent += sent
+        return sent
+
+    def _watermark_topics(self) -> set[str]:
+        """The change topics of every published table that exist, and those written to."""
+        now = time.monotonic()
+        if now - self._tables_read >= TABLES_REFRESH_S:
+            self._tables_read = now
+            self._published_topics = {
+                self.settings.source_topic(schema, table)
+                for schema, table in slot.published_tables(self.conn,
+                                                           self.settings.publication_name)}
+        missing = self._published_topics - self._existing_topics - self._sent_topics
+        if missing and now - self._topics_checked >= TOPICS_RECHECK_S:
+            self._topics_checked = now
+            self._existing_topics |= _existing(self.settings, missing)
+        return (self._published_topics & self._existing_topics) | self._sent_topics
 
     def _handle(self, change: slot.RawChange) -> int | None:
         message = pgoutput.decode_message(change.data)
@@ -295,6 +382,8 @@ class CdcSource:
             self._txn = _Txn(message.xid, message.commit_time_us, message.final_lsn,
                              skip=message.final_lsn <= self.last_commit_lsn)
         elif isinstance(message, pgoutput.Commit):
+            if self._txn is not None:  # what its events carry as source.sequence[0]
+                self._committed = max(self._committed, self._txn.final_lsn)
             self._txn = None
             return message.end_lsn
         elif isinstance(message, pgoutput.Relation):
@@ -361,6 +450,7 @@ class CdcSource:
             return
         for key, value, headers in records:  # only once the whole row change can be published
             self._send(info.topic, key, value, headers)
+        self._sent_topics.add(info.topic)
 
     def _emit(self, info: RelationInfo, op: str, before: dict | None, after: dict | None,
               lsn: int, records: list[tuple[bytes, bytes | None, list | None]],
@@ -436,6 +526,26 @@ def _unencodable(info: RelationInfo, row: dict[str, Any], exc: Exception) -> Und
             type_oid = info.relation.columns[info.names.index(name)].type_oid
             return UndecodableValue(name, type_oid, str(value)[:RAW_LIMIT], str(exc))
     return UndecodableValue("?", 0, "", str(exc))
+
+
+def _watermark_lost(exc: Exception, topic: str) -> None:
+    log.debug("a watermark to %s was not acknowledged (%s); the next one supersedes it",
+              topic, exc)
+
+
+def _existing(settings: Settings, topics: set[str]) -> set[str]:
+    """Which of ``topics`` exist: a watermark must not be what creates a topic (the broker
+    would give it its default partitions, before ``rowcast deploy`` creates it properly)."""
+    try:
+        admin = make_admin(settings)
+        try:
+            return topics & set(admin.list_topics())
+        finally:
+            admin.close()
+    except Exception as exc:  # noqa: BLE001 - asked again later; watermarks are not urgent
+        log.warning("cannot list Kafka topics for watermarks (%s): retrying in %.0f s", exc,
+                    TOPICS_RECHECK_S)
+        return set()
 
 
 def _topic_max_message_bytes(settings: Settings, topic: str) -> int:

@@ -29,6 +29,14 @@ OPS = frozenset({"c", "u", "d", "r", "t", "m"})
 UNAVAILABLE = "__debezium_unavailable_value"
 # Debezium's header on the create event that follows a primary-key change: the row's old key
 OLD_KEY_HEADER = "__debezium.oldkey"
+# The CDC source's watermark records (issue 14), one per partition of a change topic: key
+# WATERMARK_KEY, null value, header WATERMARK_HEADER = a commit LSN L as decimal text, meaning
+# "every change committed at or before L (ChangeEvent.order[0] <= L) is on this partition
+# already". Workers never score them and forward them to the learners, which merge the
+# partitions in commit order. Not a change: other consumers of the change topics skip records
+# with this header (or its key) (the null value also reads as a tombstone of this one key).
+WATERMARK_KEY = b'{"__rowcast":"watermark"}'  # JSON, as every key on these topics
+WATERMARK_HEADER = "rowcast.watermark"
 
 
 @dataclass(frozen=True, slots=True)

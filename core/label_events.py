@@ -8,6 +8,9 @@ for each row it scores it sends the learner one record on ``<prefix>.labels.<dep
 ``scored``    no label yet: features and score, kept by the learner until a label comes
 ``label``     a label for a row scored earlier (an UPDATE that set the target, or a row of
               the deployment's labels table), joined by the row's primary key
+``watermark`` every change committed at or before ``order[0]`` on ``stream`` was forwarded
+              already (the CDC source's watermark, passed on by the scorer after the label
+              events that preceded it on that partition); no key, features or label
 
 Every event carries the position of the change that caused it (``stream`` and ``order``, see
 :attr:`rowcast.core.envelope.ChangeEvent.order`), so the learner can drop the replays a crash
@@ -31,8 +34,8 @@ import orjson
 
 from rowcast.core.errors import DecodeError
 
-Kind = Literal["labelled", "scored", "label"]
-KINDS = frozenset({"labelled", "scored", "label"})
+Kind = Literal["labelled", "scored", "label", "watermark"]
+KINDS = frozenset({"labelled", "scored", "label", "watermark"})
 
 
 @dataclass(frozen=True, slots=True)

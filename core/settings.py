@@ -118,6 +118,16 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(
         5.0, ge=0, description="How often the source writes a WAL marker so slot lag is known "
         "in seconds and an idle table's slot still advances (0 turns it off).")
+    source_watermarks: bool = Field(
+        True, description="Write watermarks to every partition of every change topic: after "
+        "each acknowledged batch and while idle, a record saying every change committed at or "
+        "before an LSN is on that partition, so learners learn in commit order across "
+        "partitions. Debezium-format consumers of the change topics see these records: key "
+        '{"__rowcast":"watermark"}, null value (a tombstone of that key), header '
+        "rowcast.watermark = the LSN as text; rowcast's workers skip them, others should too.")
+    watermark_interval_s: float = Field(
+        0.5, gt=0, description="While idle (and on the heartbeat), the source tells partitions "
+        "that WAL decoded with nothing to publish is complete at most this often.")
     deployment_refresh_s: float = Field(
         2.0, gt=0, description="How often workers re-read rowcast.deployments.")
     score_batch_size: int = Field(500, ge=1, description="Events a scorer takes per batch.")

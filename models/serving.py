@@ -179,6 +179,19 @@ class ServingSet:
                     _guarded(self._label_from_table, model, event, result)
         return result
 
+    def watermarks(self, table: tuple[str, str], stream: str, lsn: int,
+                   now_us: int | None = None) -> list[LabelEvent]:
+        """The source's watermark ``lsn`` on ``stream`` (a partition of ``table``'s change
+        topic), as one ``watermark`` label event for each deployment reading that table, as
+        its scored table or its labels table (see :mod:`rowcast.models.ordering`). The caller
+        puts them after the label events of the batch that carried the watermark."""
+        at_us = now_us if now_us is not None else time.time_ns() // 1000
+        named: dict[str, Deployment] = {}
+        for model in (*self.by_table.get(table, ()), *self.by_labels.get(table, ())):
+            named.setdefault(model.deployment.name, model.deployment)
+        return [LabelEvent("watermark", d.name, d.generation, {}, stream, (lsn, 0, 0), at_us)
+                for d in named.values()]
+
     @staticmethod
     def _score_one(model: OnlineModel, event: ChangeEvent, result: BatchResult,
                    now_us: int | None) -> None:

@@ -32,8 +32,15 @@ from rowcast.connectors.dead_letters import announce
 from rowcast.connectors.snapshot import DEPLOYMENT_HEADER
 from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
-from rowcast.core.envelope import OLD_KEY_HEADER, ChangeEvent, encode_key, parse_event
+from rowcast.core.envelope import (
+    OLD_KEY_HEADER,
+    WATERMARK_HEADER,
+    ChangeEvent,
+    encode_key,
+    parse_event,
+)
 from rowcast.core.errors import DecodeError, RetryableError
+from rowcast.core.label_events import LabelEvent
 from rowcast.core.settings import Settings
 from rowcast.models.serving import SCORE_FAILED, BatchResult, Rejected, ServingSet
 
@@ -58,6 +65,8 @@ class Publisher(Protocol):
 
 
 BeforeBatch = Callable[[list[ChangeEvent]], Awaitable[None] | None]
+TopicOf = Callable[[str, str], str]  # (schema, table) -> change topic: Settings.source_topic
+Watermark = tuple[str, int, int]  # (topic, partition, commit LSN) of a source watermark
 
 
 def exit_for_retry(why: str) -> NoReturn:
@@ -91,19 +100,27 @@ class BatchScorer:
     ``publisher`` sends each batch's records and returns only once Kafka acknowledged them.
     ``before_batch`` runs before each batch is scored (the worker uses it to bring the
     deployments up to date with the batch's commit times).
+
+    The source's watermark records (header :data:`~rowcast.core.envelope.WATERMARK_HEADER`)
+    are not changes: never scored or dead-lettered, each becomes one ``watermark`` label event
+    per deployment reading its topic, published after every label event of the batch, so it
+    follows every label event its partition had before it (issue 14). ``topic_of`` names a
+    table's change topic; without it a topic is matched by its ``.<schema>.<table>`` ending.
     """
 
     def __init__(self, serving: ServingSet, publisher: Publisher,
-                 before_batch: BeforeBatch | None = None) -> None:
+                 before_batch: BeforeBatch | None = None, topic_of: TopicOf | None = None
+                 ) -> None:
         self.serving = serving
         self.publisher = publisher
         self.before_batch = before_batch
+        self.topic_of = topic_of
         # one thread: batches are published in order, and never two at once
         self.sender = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                             thread_name_prefix="publish")
 
     async def score(self, messages: Sequence[Message]) -> None:
-        changes, dead, originals = self._parse(messages)
+        changes, dead, originals, marks = self._parse(messages)
         try:
             if self.before_batch is not None:
                 pending = self.before_batch(changes)
@@ -112,6 +129,7 @@ class BatchScorer:
         except Exception as exc:  # not one record's fault: nothing of this batch may commit
             exit_for_retry(f"cannot prepare the batch ({_error(exc)})")
         result = self._handle(changes)
+        result.labels += self._watermarks(marks)  # after every label event of the batch
         for r in result.rejected:
             dead.append(self._rejected(r, originals.get(id(r.event))))
         try:
@@ -126,12 +144,21 @@ class BatchScorer:
             metrics.SCORED.labels(name).inc(count)
 
     @staticmethod
-    def _parse(messages: Sequence[Message]
-               ) -> tuple[list[ChangeEvent], list[DeadLetter], dict[int, Message]]:
+    def _parse(messages: Sequence[Message]) -> tuple[
+            list[ChangeEvent], list[DeadLetter], dict[int, Message], list[Watermark]]:
         changes: list[ChangeEvent] = []
         dead: list[DeadLetter] = []
         originals: dict[int, Message] = {}  # id(parsed event) -> its message, for dead letters
+        marks: list[Watermark] = []
         for msg in messages:
+            mark = _header(msg.headers, WATERMARK_HEADER)
+            if mark is not None:  # not a change: never scored nor dead-lettered
+                try:
+                    marks.append((msg.topic, msg.partition, int(mark)))
+                except ValueError:  # a later watermark of the partition says the same
+                    log.warning("ignoring a watermark that is not an LSN: %r (%s:%s@%s)",
+                                mark[:40], msg.topic, msg.partition, msg.offset)
+                continue
             try:
                 parsed = parse_event(msg.key, msg.value, _only_for(msg.headers),
                                      f"{msg.topic}:{msg.partition}",
@@ -144,7 +171,31 @@ class BatchScorer:
             if parsed is not None:
                 changes.append(parsed)
                 originals[id(parsed)] = msg
-        return changes, dead, originals
+        return changes, dead, originals, marks
+
+    def _watermarks(self, marks: list[Watermark]) -> list[LabelEvent]:
+        """One ``watermark`` label event per deployment reading each mark's topic, in the
+        order the marks came (per partition they only grow)."""
+        if not marks:
+            return []
+        tables: dict[str, tuple[str, str]] = {}
+        for schema, table in self.serving.tables():
+            if self.topic_of is not None:
+                tables[self.topic_of(schema, table)] = (schema, table)
+        out: list[LabelEvent] = []
+        for topic, partition, lsn in marks:
+            table = tables.get(topic) or self._table_by_suffix(topic)
+            if table is not None:
+                out += self.serving.watermarks(table, f"{topic}:{partition}", lsn)
+        return out
+
+    def _table_by_suffix(self, topic: str) -> tuple[str, str] | None:
+        if self.topic_of is not None:
+            return None
+        for schema, table in self.serving.tables():
+            if topic.endswith(f".{schema}.{table}"):
+                return schema, table
+        return None
 
     def _handle(self, changes: list[ChangeEvent]) -> BatchResult:
         """The serving set sets aside what one deployment fails on; should it raise anyway,
@@ -195,7 +246,7 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
     """Register the scoring agent over the source topics of every deployed table."""
     topics = [settings.source_topic(schema, table) for schema, table in serving.tables()]
     source = app.topic(*topics, key_serializer="raw", value_serializer="raw")
-    scorer = BatchScorer(serving, publisher, before_batch)
+    scorer = BatchScorer(serving, publisher, before_batch, topic_of=settings.source_topic)
 
     @app.agent(source, concurrency=1, name="score")
     async def score(stream: faust.StreamT) -> None:
