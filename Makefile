@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all test-debezium debezium-deps bench bench-cdc bench-learner setup system-deps lint lock clean
+.PHONY: demo test test-all test-debezium debezium-deps bench bench-cdc bench-learner bench-history setup system-deps lint lock clean
 
 demo: setup
 	$(BIN)/rowcast demo
@@ -34,6 +34,10 @@ bench-cdc: setup
 
 bench-learner: setup
 	$(BIN)/python -m bench.learner $(BENCH_ARGS)
+
+# checkpoint and `rowcast status` times with 100 vs 1,000,000 model versions of history
+bench-history: setup
+	$(BIN)/python -m bench.history $(BENCH_ARGS)
 
 setup: system-deps $(VENV)/.installed
 

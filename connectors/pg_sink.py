@@ -189,27 +189,53 @@ class PredictionSink:
         self._refused_since = None
 
     def _write(self, batch: dict) -> int:
-        """Postgres first, then dead letters, then remember the offsets to commit."""
+        """Postgres first, then dead letters, then remember the offsets to commit.
+
+        A tombstone (the source row was deleted) deletes the row's prediction; per partition,
+        records apply in their order, so a row deleted and inserted again ends predicted."""
         records: list[PredictionRecord] = []
+        written = 0
         for messages in batch.values():
             for m in messages:
+                if m.value is None:
+                    written += self._upsert(records)
+                    records = []
+                    self._delete(m.topic, m.key)
+                    continue
                 try:
                     records.append(PredictionRecord.from_json(m.value))
                 except DecodeError as exc:
                     self.dead_letters.send(DeadLetter("sink", "bad_prediction", str(exc), m.topic,
                                                       m.partition, m.offset, m.key, m.value))
+        written += self._upsert(records)
+        if self.dead_letters.count:
+            self.dead_letters.producer.flush()
+        for tp, messages in batch.items():
+            self.uncommitted[tp] = messages[-1].offset + 1
+        self.written += written
+        return written
+
+    def _upsert(self, records: list[PredictionRecord]) -> int:
         if records:
             upsert(self.conn, records)
             now_us = time.time_ns() // 1000
             for r in records:
                 metrics.WRITTEN.labels(r.deployment).inc()
                 metrics.END_TO_END_SECONDS.observe(max(now_us - r.source_commit_us, 0) / 1e6)
-        if self.dead_letters.count:
-            self.dead_letters.producer.flush()
-        for tp, messages in batch.items():
-            self.uncommitted[tp] = messages[-1].offset + 1
-        self.written += len(records)
         return len(records)
+
+    def _delete(self, topic: str, key: bytes | None) -> None:
+        """The source row is gone: so is its prediction (the tombstone's key is the row's)."""
+        prefix = f"{self.settings.topic_prefix}.predictions."
+        if key is None or not topic.startswith(prefix):
+            return
+        try:
+            pk = stored_key(orjson.loads(key))
+        except orjson.JSONDecodeError:
+            return
+        self.conn.execute("DELETE FROM rowcast.predictions WHERE deployment = %s AND pk = %s::jsonb",
+                          (topic[len(prefix):], pk))
+        metrics.PREDICTIONS_DELETED.labels(topic[len(prefix):]).inc()
 
     def commit(self) -> bool:
         """Commit the offsets of what is in Postgres, named explicitly (kafka-python's bare

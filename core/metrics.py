@@ -35,6 +35,13 @@ SLOT_BEHIND_SECONDS = Gauge("rowcast_slot_behind_seconds",
                             "Age of the oldest heartbeat the slot has not confirmed.")
 SLOT_RETAINED_BYTES = Gauge("rowcast_slot_retained_bytes", "WAL the slot keeps on the server.")
 
+# source, sink and learner
+POSITION_HISTORY_CHANGES = Counter(
+    "rowcast_position_history_changes_total",
+    "Times a process found positions stored under another database history (another cluster's "
+    "system identifier, or ahead of the server's WAL: a restore) and started a new one.",
+    ["process"])
+
 # worker
 SCORED = Counter("rowcast_scored_total", "Rows scored.", ["deployment"])
 DEAD_LETTERS = Counter("rowcast_dead_letters_total", "Records set aside on the dead-letter topic.",
@@ -69,12 +76,21 @@ MODEL_METRIC = Gauge("rowcast_model_metric",
 CHECKPOINT_SECONDS = Histogram("rowcast_learner_checkpoint_seconds",
                                "Time to checkpoint a model (Postgres transaction and publish).",
                                buckets=LATENCY_BUCKETS)
+MODEL_PAUSED = Gauge(
+    "rowcast_model_paused",
+    "1 while a deployment's learning is paused with this reason (non_finite: its model became "
+    "NaN/inf and was not published; bad_snapshot: its checkpoint failed verification); the last "
+    "good version keeps serving until `rowcast model rollback`. 0 once it learns again.",
+    ["deployment", "reason"])
 RESTORE_SECONDS = Gauge("rowcast_learner_restore_seconds",
                         "Time the last restore from a checkpoint took.", ["deployment"])
 
 # sink
 WRITTEN = Counter("rowcast_predictions_written_total", "Predictions upserted into Postgres.",
                   ["deployment"])
+PREDICTIONS_DELETED = Counter("rowcast_predictions_deleted_total",
+                              "Predictions deleted because their source row was deleted.",
+                              ["deployment"])
 END_TO_END_SECONDS = Histogram(
     "rowcast_end_to_end_latency_seconds",
     "From the source transaction's commit to the prediction's write in Postgres.",

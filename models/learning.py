@@ -18,7 +18,9 @@ progressive validation would count the row twice. A reused primary key within th
 
 Replays are recognised by that rule, not by their position, so a dead letter replayed with
 ``rowcast dlq replay`` after a fix (it keeps its old position) is learned if its row never was.
-Per stream (a source partition) the highest position seen is still recorded (``high_water``).
+Per stream (a source partition) the highest position seen is still recorded (``high_water``),
+with the system identifier of the cluster those positions belong to: restored into another
+cluster, the learner starts a new position epoch (``LearnerState.new_epoch``), loudly.
 
 A label can come before its row's features (a labels-table row committed with, or before, the
 scored row reaches the learner first): it is **held** (counted ``unmatched`` on arrival), kept
@@ -44,19 +46,21 @@ tracked beside it: the difference is what snapshot staleness costs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import copy
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
 from rowcast.core.label_events import LabelEvent, Served
+from rowcast.models import health
 from rowcast.models.deployment import Deployment
 from rowcast.models.progressive import OnlineMetrics
 from rowcast.models.scoring import OnlineModel, Score
 
 COUNTERS = ("learned", "joined", "pending_added", "unmatched", "duplicates", "stale", "expired",
-            "corrections", "late_joined", "unjoined")
+            "corrections", "late_joined", "unjoined", "non_finite")
 
 
 class PendingStore(Protocol):
@@ -109,10 +113,18 @@ class LearnerState:
 
     high_water: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    # the cluster whose WAL ``high_water`` positions are in (None: not known yet)
+    system_identifier: str | None = None
+
+    def new_epoch(self, system_identifier: str | None) -> None:
+        """Positions of another database history are not comparable with this one's: forget
+        them (see :mod:`rowcast.connectors.position_history`)."""
+        self.high_water.clear()
+        self.system_identifier = system_identifier
 
     def to_dict(self) -> dict[str, Any]:
         return {"high_water": {k: list(v) for k, v in self.high_water.items()},
-                "counters": dict(self.counters)}
+                "counters": dict(self.counters), "system_identifier": self.system_identifier}
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -121,7 +133,8 @@ class LearnerState:
     def from_json(cls, data: bytes | str | dict) -> LearnerState:
         doc = orjson.loads(data) if isinstance(data, bytes | str) else data
         counters = dict.fromkeys(COUNTERS, 0) | {k: int(v) for k, v in doc["counters"].items()}
-        return cls({k: tuple(v) for k, v in doc["high_water"].items()}, counters)  # type: ignore[misc]
+        return cls({k: tuple(v) for k, v in doc["high_water"].items()}, counters,  # type: ignore[misc]
+                   doc.get("system_identifier"))
 
 
 class DeploymentLearner:
@@ -134,6 +147,11 @@ class DeploymentLearner:
         self.served = served
         self.state = state
         self.pending = pending
+        self.last_x: Mapping[str, float | str] | None = None  # what health() scores
+        self.guarded = False
+        self.refused: list[tuple[LabelEvent, str]] = []  # by a guarded apply, with the reason
+        self._current: LabelEvent | None = None
+        self.broken: str | None = None  # learning raised (overflow): why it must not be kept
 
     @classmethod
     def fresh(cls, deployment: Deployment, pending: PendingStore) -> DeploymentLearner:
@@ -150,14 +168,33 @@ class DeploymentLearner:
         return {"progressive": self.progressive.values(), "served": self.served.values(),
                 "labels": self.progressive.n}
 
-    def apply(self, events: Sequence[LabelEvent]) -> int:
-        """Apply events in order; returns how many samples were learned."""
+    def health(self) -> str | None:
+        """Why this model must not be checkpointed or published (non-finite state, answer or
+        metric), or None when it may be."""
+        return self.broken or health.problem(self.model, self.last_x, self.progressive, self.served)
+
+    def apply(self, events: Sequence[LabelEvent], guarded: bool = False) -> int:
+        """Apply events in order; returns how many samples were learned.
+
+        ``guarded`` (the replay after a model broke and was rolled back): each row is learned
+        on a copy-able model and checked; a row that makes the model non-finite is undone,
+        counted ``non_finite`` and listed in :attr:`refused` (the learner dead-letters it).
+        The row stays marked learned, so a replay of it is a duplicate, not a second break."""
+        self.guarded = guarded
+        try:
+            return self._apply(events)
+        finally:
+            self.guarded = False
+
+    def _apply(self, events: Sequence[LabelEvent]) -> int:
+        events = [e for e in events if e.kind != "watermark"]  # issue 14: the merge's, not ours
         fresh = [e for e in events if self._admit(e)]
         keys = [e.key_bytes() for e in fresh]
         keys += [_key_bytes(e.was) for e in fresh if e.was is not None]
         self.pending.prefetch(keys)
         learned = 0
         for e in fresh:
+            self._current = e  # what a guarded apply refuses, if learning it breaks the model
             key = e.key_bytes()
             if self._known(e, key):
                 continue
@@ -219,13 +256,34 @@ class DeploymentLearner:
     def _learn(self, key: bytes, x: dict[str, float | str], y: Any, served: Served | None,
                at_us: int) -> int:
         self.pending.mark_learned(key, {"y": y, "at_us": at_us})
+        before = copy.deepcopy((self.model.estimator, self.progressive, self.served,
+                                self.last_x, self.model.samples_learned)) if self.guarded else None
+        try:
+            self._learn_row(x, y, served)
+        except ArithmeticError as exc:  # e.g. a metric squaring 1e300: the state is half-updated
+            reason = f"learning a row raised {type(exc).__name__}: {exc}"
+        else:
+            reason = self.health() if before is not None else None
+        if reason is None:
+            self.state.counters["learned"] += 1
+            return 1
+        if before is None:  # not guarded: this model must never be checkpointed
+            self.broken = self.broken or reason
+            return 0
+        (self.model.estimator, self.progressive, self.served, self.last_x,
+         self.model.samples_learned) = before
+        self.state.counters["non_finite"] += 1
+        assert self._current is not None
+        self.refused.append((self._current, reason))
+        return 0
+
+    def _learn_row(self, x: dict[str, float | str], y: Any, served: Served | None) -> None:
         if self.model.spec.task != "anomaly":
             self.progressive.update(y, self.model.score(x))  # test, then train
             if served is not None:
                 self.served.update(y, Score(served.prediction, None, served.proba_dict()))
         self.model.learn(x, y)
-        self.state.counters["learned"] += 1
-        return 1
+        self.last_x = x
 
 
 def _key_bytes(key: dict[str, Any]) -> bytes:

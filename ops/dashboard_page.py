@@ -19,7 +19,7 @@ PAGE = r"""<!doctype html>
  .STOP,.ERROR{background:#b62324}.UNKNOWN{background:#444}
  svg{width:100%;height:90px;background:#11161d;border-radius:4px}
  table{width:100%;border-collapse:collapse} td,th{text-align:left;padding:3px 6px;border-bottom:1px solid #2a313c}
- tr.failed td{color:#ff7b72}
+ tr.failed td{color:#ff7b72} tr.paused td{color:#d29922}
 </style></head>
 <body data-updated="">
 <header><h1>rowcast</h1><span class="muted" id="clock">waiting for data…</span></header>
@@ -91,12 +91,14 @@ async function refresh() {
   const body = $('deployments');  // built with textContent: table names may hold any character
   body.replaceChildren(...now.deployments.map(d => {
     const tr = document.createElement('tr');
-    const metric = d.failed ? 'FAILED (' + d.failed.reason + '): ' + d.failed.error : fmt(d.metrics);
+    const metric = d.failed ? 'FAILED (' + d.failed.reason + '): ' + d.failed.error
+      : d.paused ? 'PAUSED (' + d.paused.reason + '): ' + d.paused.error : fmt(d.metrics);
     for (const v of [d.name, d.table, d.model, d.model_version == null ? '–' : 'v' + d.model_version,
                      d.samples, metric, d.target]) {
       const td = document.createElement('td'); td.textContent = v; tr.appendChild(td);
     }
     if (d.failed) { tr.className = 'failed'; tr.title = 'rows go to the dead-letter topic'; }
+    else if (d.paused) { tr.className = 'paused'; tr.title = 'learning paused since ' + d.paused.since + '; the last good version keeps serving; rowcast model rollback resumes it'; }
     return tr;
   }));
   document.body.dataset.updated = String(now.at);

@@ -5,13 +5,18 @@ the scorer's, the learner's (labels not yet learned and checkpointed) and the si
 groups (per-partition lag, membership), each deployment's model version and online metric, throughput and
 commit→prediction latency percentiles from ``rowcast.predictions``, and the deployments (with
 ``failed``: what a worker recorded in ``rowcast.deployment_failures`` when it could not build a
-deployment's model, for the deployment's current generation). It
+deployment's model, for the deployment's current generation; ``paused``: why its learner stopped
+learning, e.g. a model that became non-finite and was not published). It
 keeps the samples of the last ``lag_window_s`` to judge each consumer with Burrow's rules
 (:mod:`rowcast.ops.verdict`), and a longer history for the dashboard's charts.
 
 A consumer group with no members is ERROR (its process is down); a partition whose committed
 offset did not change for ``lag_stop_after_s`` *while watched* is STOP, so a one-shot
 ``rowcast status`` can say STALL at most; ``--watch`` and the dashboard see STOP too.
+
+``topic_layout`` lists rowcast's topics whose replication differs from what the settings (or the
+cluster's defaults) ask for, e.g. a topic made with one replica before the cluster grew: such a
+topic is reported rather than silently used. It is checked at most every ``LAYOUT_EVERY_S``.
 """
 
 from __future__ import annotations
@@ -26,8 +31,14 @@ import psycopg
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
-from rowcast.connectors import heartbeat
-from rowcast.connectors.kafka_clients import make_admin
+from rowcast.connectors import heartbeat, versions
+from rowcast.connectors.kafka_clients import (
+    cluster_defaults,
+    expected_layout,
+    layout_problems,
+    make_admin,
+    topic_layouts,
+)
 from rowcast.connectors.lag import consumer_lag, oldest_unconsumed_age_s, slot_lag
 from rowcast.connectors.registry import list_deployments, list_failures
 from rowcast.core import metrics
@@ -45,6 +56,9 @@ SELECT count(*) FILTER (WHERE written_at > now() - interval '10 seconds') / 10.0
            ORDER BY extract(epoch FROM written_at - source_committed_at) * 1000)
 FROM rowcast.predictions WHERE written_at > now() - make_interval(secs => %s)
 """
+
+
+LAYOUT_EVERY_S = 30.0
 
 
 @dataclass
@@ -66,6 +80,8 @@ class Monitor:
         self._admin = None
         self._reader: KafkaConsumer | None = None
         self._failed: dict[str, str] = {}  # deployments shown failed -> reason, for the metric
+        self._paused: dict[str, str] = {}  # deployments shown paused -> reason, for the metric
+        self._layout: tuple[float, list[str] | None] | None = None  # (checked at, problems)
 
     def close(self) -> None:
         if self._admin is not None:
@@ -87,6 +103,7 @@ class Monitor:
             models = {r[0]: r[1:] for r in conn.execute(
                 "SELECT deployment, version, samples, metrics FROM rowcast.model_metrics")}
             failures = list_failures(conn)
+            pauses = versions.paused(conn)
         stages = [self._stage(st.name, st.group, now, list(st.topics))
                   for st in self.settings.stages(deployments)]
         snapshot = {
@@ -102,8 +119,9 @@ class Monitor:
             "latency_ms": dict(zip(("p50", "p95", "p99"),
                                    [round(c, 1) for c in cuts] if cuts else [None] * 3,
                                    strict=True)),
-            "deployments": [_deployment(d, models.get(d.name), failures.get(d.name))
-                            for d in deployments],
+            "deployments": [_deployment(d, models.get(d.name), failures.get(d.name),
+                                        pauses.get(d.name)) for d in deployments],
+            "topic_layout": self._topic_layout(deployments, now),
         }
         for d in snapshot["deployments"]:  # the dashboard's /metrics says it too
             if d["failed"] is not None:
@@ -111,6 +129,11 @@ class Monitor:
                 self._failed[d["name"]] = d["failed"]["reason"]
             elif d["name"] in self._failed:
                 metrics.DEPLOYMENT_FAILED.labels(d["name"], self._failed.pop(d["name"])).set(0)
+            if d["paused"] is not None:
+                metrics.MODEL_PAUSED.labels(d["name"], d["paused"]["reason"]).set(1)
+                self._paused[d["name"]] = d["paused"]["reason"]
+            elif d["name"] in self._paused:
+                metrics.MODEL_PAUSED.labels(d["name"], self._paused.pop(d["name"])).set(0)
         self.history.append(snapshot)
         return snapshot
 
@@ -139,6 +162,22 @@ class Monitor:
                 "partitions": [{"topic": p.topic, "partition": p.partition, "log_end": p.log_end,
                                 "committed": p.committed, "lag": p.lag} for p in partitions]}
 
+    def _topic_layout(self, deployments: list[Any], now: float) -> list[str] | None:
+        """Topics laid out otherwise than rowcast would create them now (None: unknown)."""
+        if self._layout is not None and now - self._layout[0] < LAYOUT_EVERY_S:
+            return self._layout[1]
+        topics = {t for st in self.settings.stages(deployments) for t in st.topics}
+        topics |= {self.settings.dlq_topic, self.settings.models_topic}
+        try:
+            admin = self._admin = self._admin or make_admin(self.settings)
+            problems = layout_problems(topic_layouts(admin, topics),
+                                       *expected_layout(self.settings, cluster_defaults(admin)))
+        except KafkaError:  # the broker cannot tell now: the next sample asks again
+            self.close()
+            return None
+        self._layout = (now, problems)
+        return problems
+
     def _judge(self, group: str, topic: str, partition: int, committed: int | None,
                log_end: int, now: float) -> Verdict:
         track = self.tracks.setdefault((group, topic, partition), _Track())
@@ -153,17 +192,24 @@ class Monitor:
 
 
 def _deployment(d: Any, model: tuple | None, failure: dict[str, Any] | None = None,
-                ) -> dict[str, Any]:
-    """A deployment with its learner's latest version, samples and online metrics, and why
-    the workers cannot serve it (None when they can, or a redeploy came after the failure)."""
+                pause: versions.Pause | None = None) -> dict[str, Any]:
+    """A deployment with its learner's latest version, samples and online metrics, why the
+    workers cannot serve it (None when they can, or a redeploy came after the failure) and
+    why its learner is paused (None when it learns; the last good version keeps serving)."""
     version, samples, metrics_ = model if model is not None else (None, 0, {})
     failed = None
     if failure is not None and failure["generation"] == d.generation:
         failed = {"reason": failure["reason"], "error": failure["error"],
                   "since": failure["since"]}
+    paused = None
+    if pause is not None and pause.generation == d.generation:
+        paused = {"reason": pause.reason, "error": pause.error, "since": pause.since}
+    # as floats: jsonb turns a huge metric (1e300) into an integer no JSON encoder takes
+    shown = {k: float(v) for k, v in ((metrics_ or {}).get("progressive") or {}).items()
+             if v is not None}
     return {"name": d.name, "table": d.qualified_table, "model": d.model, "version": d.version,
             "target": d.target, "model_version": version, "samples": samples,
-            "metrics": (metrics_ or {}).get("progressive", {}), "failed": failed}
+            "metrics": shown, "failed": failed, "paused": paused}
 
 
 def make_reader(settings: Settings) -> KafkaConsumer:

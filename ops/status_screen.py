@@ -20,7 +20,8 @@ def render(s: dict[str, Any]) -> str:
              "MODEL VERSION  LEARNED   ONLINE METRIC"]
     lines += [f"{d['name']:<21} {d['table']:<30} {d['model']:<26} "
               f"{_num(d.get('model_version')):<14} {d.get('samples', 0):<9} "
-              + (f"FAILED ({d['failed']['reason']})" if d.get("failed") else _metric(d))
+              + (f"FAILED ({d['failed']['reason']})" if d.get("failed")
+                 else f"PAUSED ({d['paused']['reason']})" if d.get("paused") else _metric(d))
               for d in s["deployments"]] or ["(no deployments: rowcast deploy ...)"]
     failed = [d for d in s["deployments"] if d.get("failed")]
     if failed:
@@ -30,6 +31,12 @@ def render(s: dict[str, Any]) -> str:
               f"FAILED {d['name']}: {d['failed']['error']} — its rows go to the dead-letter "
               f"topic as {d['failed']['reason']}; fix the model and deploy again"
               for d in failed]
+    paused = [d for d in s["deployments"] if d.get("paused")]
+    if paused and not failed:
+        lines.append("")
+    lines += [f"PAUSED {d['name']}: learning stopped ({d['paused']['error']}); version "
+              f"{_num(d.get('model_version'))} keeps serving — `rowcast model rollback "
+              f"{d['name']} {_num(d.get('model_version'))}` resumes it" for d in paused]
     p, lat = s["predictions"], s["latency_ms"]
     lines += ["", f"predictions {p['total']}   throughput {p['per_second']:.1f} rows/s (10 s)   "
               f"commit→prediction p50 {_num(lat['p50'], ' ms')}  p95 {_num(lat['p95'], ' ms')}  "
@@ -47,4 +54,9 @@ def render(s: dict[str, Any]) -> str:
         if st.get("error"):
             detail = st["error"]
         lines.append(f"{st['stage']:<9} {_num(st['lag'], ' records'):<16} {st['verdict']:<9} {detail}")
+    layout = s.get("topic_layout")
+    if layout:
+        lines += ["", f"TOPIC LAYOUT: {len(layout)} topic(s) replicated otherwise than "
+                  "ROWCAST_TOPIC_REPLICATION_FACTOR / _MIN_INSYNC_REPLICAS (or the cluster's "
+                  "defaults) ask; recreate or reassign them:"] + [f"  {p}" for p in layout]
     return "\n".join(lines)

@@ -9,6 +9,14 @@ it applies label events (:class:`rowcast.models.learning.DeploymentLearner`) and
 state, pending features and the next offset in one Postgres transaction (a new model version),
 publishes the snapshot to the compacted models topic for the scorers, and commits the Kafka
 offset (only so lag tools see the learner's progress: the truth is the checkpoint).
+
+A model whose state, answer or metrics became non-finite (a finite but huge feature, 1e300,
+overflows a scaler's variance) is never checkpointed or published: the learner drops what it
+learned since the last checkpoint, records the pause in ``rowcast.model_control`` (status,
+dashboard and ``rowcast_model_paused`` show it) and stops consuming that deployment; the last
+good version keeps serving. ``rowcast model rollback NAME VERSION`` resumes it: the labels
+applied since the last checkpoint are then replayed *guarded* (each row checked; the one that
+breaks the model is refused, counted ``non_finite`` and dead-lettered as ``non_finite_model``).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from rowcast.connectors import versions
+from rowcast.connectors import position_history, versions
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.registry import list_deployments
 from rowcast.connectors.versions import Checkpoint, Fenced, PgPending, Redeployed
@@ -56,6 +64,11 @@ class Owned:
     # the group's committed offset (lag display only); None = not known to match the checkpoint
     committed_offset: int | None = None
     last_commit_try: float = 0.0
+    guard_to: int = 0  # labels below this offset are applied guarded (after a non-finite pause)
+
+
+class ModelPaused(Exception):
+    """The deployment's learning is paused (recorded in Postgres) until a rollback."""
 
 
 def snapshot_payload(learner: DeploymentLearner) -> dict:
@@ -78,6 +91,7 @@ class Learner(ConsumerRebalanceListener):
         self.subscribed: tuple[str, ...] = ()
         self.paused: set[TopicPartition] = set()  # assigned, but its checkpoint is unusable
         self.unbuildable: dict[str, str] = {}  # deployment -> generation whose model won't build
+        self.broken: dict[str, str] = {}  # deployment -> generation paused until a rollback
         self._rejoined_for: set[str] = set()
         self._subscribed_at = 0.0
         self.prefix = f"{settings.topic_prefix}.labels."
@@ -107,9 +121,11 @@ class Learner(ConsumerRebalanceListener):
         for tp in list(self.paused):
             name = tp.topic[len(self.prefix):]
             d = self.deployments.get(name)
-            redeployed = d is not None and self.unbuildable.get(name, d.generation) != d.generation
+            redeployed = d is not None and d.generation not in (
+                self.unbuildable.get(name, d.generation), self.broken.get(name, d.generation))
             if redeployed or versions.rollback_target(self.conn, name) is not None:
                 self.unbuildable.pop(name, None)
+                self.broken.pop(name, None)
                 self.paused.discard(tp)
                 self.on_partitions_assigned([tp])
                 if tp not in self.paused:
@@ -146,10 +162,18 @@ class Learner(ConsumerRebalanceListener):
                 self._restore(tp)
             except SnapshotError as exc:
                 # never unpickle what fails verification; the other deployments go on
+                name = tp.topic[len(self.prefix):]
                 log.error("cannot restore %s: %s. Not learning it until its checkpoint is "
                           "fixed (rowcast model rollback NAME VERSION to a good version)",
-                          tp.topic[len(self.prefix):], exc)
+                          name, exc)
                 metrics.DEAD_LETTERS.labels("learner", "bad_snapshot").inc()
+                self.consumer.pause(tp)
+                self.paused.add(tp)
+                d = self.deployments.get(name)
+                if d is not None:
+                    self._record_pause(name, d.generation, "bad_snapshot", str(exc))
+            except ModelPaused as exc:
+                log.warning("%s; the last good version keeps serving", exc)
                 self.consumer.pause(tp)
                 self.paused.add(tp)
             except ConfigError as exc:
@@ -176,11 +200,17 @@ class Learner(ConsumerRebalanceListener):
         ck = versions.latest(self.conn, name, d.generation)
         pending = PgPending(self.conn, name, d.generation)
         learner = DeploymentLearner.fresh(d, pending)
-        offset, target = 0, None
+        offset, target = 0, versions.rollback_target(self.conn, name)
+        pause = versions.paused(self.conn, name).get(name)
+        if pause is not None and pause.generation == d.generation and target is None:
+            self.broken[name] = d.generation
+            metrics.MODEL_PAUSED.labels(name, pause.reason).set(1)
+            raise ModelPaused(f"learning of {name} is paused ({pause.reason}: {pause.error}); "
+                              f"rowcast model rollback {name} VERSION resumes it")
         if ck is not None:
             # resume position and state come from the latest checkpoint; the model too, unless
-            # a rollback is pending (then from that version: also the way out of a bad snapshot)
-            target = versions.rollback_target(self.conn, name)
+            # a rollback is pending (then from that version: also the way out of a bad snapshot
+            # or of a model that became non-finite)
             source = ck if target is None else versions.get(self.conn, name, target)
             if source.snapshot is None:
                 raise SnapshotError(f"version {source.version} has no snapshot any more")
@@ -190,9 +220,13 @@ class Learner(ConsumerRebalanceListener):
             learner.progressive, learner.served = payload["progressive"], payload["served"]
             learner.state = LearnerState.from_json(ck.state)
             offset = ck.labels_offset
+        else:
+            target = None
+        position_history.follow_learner(self.conn, name, learner.state)  # positions of this cluster only
         self.consumer.seek(tp, offset)
         self.active[name] = Owned(tp, learner, pending, epoch, offset, offset,
-                                  applied_rollback=target)
+                                  applied_rollback=target,
+                                  guard_to=versions.guard_to(self.conn, name))
         took = time.monotonic() - started
         metrics.RESTORE_SECONDS.labels(name).set(took)
         log.info("learner owns %s: restored version %s (%d samples) in %.3f s, resuming at "
@@ -221,16 +255,25 @@ class Learner(ConsumerRebalanceListener):
             records = [r for r in records if owned is not None and r.offset >= owned.offset]
             if owned is None or not records:
                 continue
-            events = []
+            events, origin = [], {}
             for r in records:
                 try:
                     events.append(LabelEvent.from_json(r.value))
+                    origin[id(events[-1])] = r
                 except DecodeError as exc:
                     self.dead_letters.send(DeadLetter("learner", "bad_label_event", str(exc),
                                                       r.topic, r.partition, r.offset, r.key,
                                                       r.value))
             self._follow_generation(owned, events)
-            learned = owned.learner.apply(events)
+            learned = owned.learner.apply(events, guarded=records[0].offset < owned.guard_to)
+            for event, reason in owned.learner.refused:  # learning it made the model non-finite
+                r = origin[id(event)]
+                metrics.DEAD_LETTERS.labels("learner", "non_finite_model").inc()
+                self.dead_letters.send(DeadLetter("learner", "non_finite_model", reason, r.topic,
+                                                  r.partition, r.offset, r.key, r.value))
+            if owned.learner.refused:  # acknowledged before the checkpoint marks them learned
+                owned.learner.refused.clear()
+                self.producer.flush(timeout=30)
             owned.offset = records[-1].offset + 1
             applied += len(records)
             metrics.LEARNED.labels(owned.learner.deployment.name).inc(learned)
@@ -289,9 +332,15 @@ class Learner(ConsumerRebalanceListener):
         learner = owned.learner
         d = learner.deployment
         started = time.monotonic()
+        broken = learner.health()
+        if broken is not None:
+            self._pause_broken(owned, broken, dropping)
+            return
         try:
             with self.conn.transaction():
                 control = versions.lock_control(self.conn, d.name, owned.epoch, d.generation)
+                if control.paused_reason is not None:  # resumed (rollback): learning again
+                    versions.clear_pause(self.conn, d.name)
                 note = None
                 if control.rollback_to is not None:
                     if control.rollback_to == owned.applied_rollback:  # done at restore
@@ -335,6 +384,8 @@ class Learner(ConsumerRebalanceListener):
             if not dropping:
                 self._recover(owned.tp)
             return
+        if control.paused_reason is not None:
+            metrics.MODEL_PAUSED.labels(d.name, control.paused_reason).set(0)
         learner.model.version = version
         owned.checkpointed_offset = owned.offset
         owned.last_checkpoint = time.monotonic()
@@ -347,6 +398,39 @@ class Learner(ConsumerRebalanceListener):
             metrics.MODEL_METRIC.labels(d.name, metric).set(value)
         for outcome, count in learner.state.counters.items():
             metrics.LABEL_EVENTS.labels(d.name, outcome).set(count)
+
+    def _pause_broken(self, owned: Owned, reason: str, dropping: bool) -> None:
+        """The model became non-finite: never checkpoint or publish it. Drop what was learned
+        since the last checkpoint, stop consuming, record why (for status and the next owner)
+        and the offsets to replay guarded once ``rowcast model rollback`` resumes it."""
+        d = owned.learner.deployment
+        log.error("%s: the model became non-finite (%s); not checkpointed or published, version "
+                  "%d keeps serving. Learning is paused: `rowcast model rollback %s %d` resumes "
+                  "it and refuses the row that breaks it", d.name, reason,
+                  owned.learner.model.version, d.name, owned.learner.model.version)
+        self.active.pop(d.name, None)
+        owned.pending.forget()
+        self.broken[d.name] = d.generation
+        if not dropping:
+            self.consumer.pause(owned.tp)
+            self.paused.add(owned.tp)
+        metrics.MODEL_PAUSED.labels(d.name, "non_finite").set(1)
+        try:
+            with self.conn.transaction():
+                versions.lock_control(self.conn, d.name, owned.epoch, d.generation)
+                versions.pause(self.conn, d.name, d.generation, "non_finite", reason,
+                               guard_to_offset=owned.offset)
+        except Fenced as exc:
+            log.warning("%s; letting go of it", exc)
+        except psycopg.Error as exc:  # still paused here; status cannot tell until a restart
+            log.error("could not record the pause of %s: %s", d.name, exc)
+
+    def _record_pause(self, name: str, generation: str, reason: str, error: str) -> None:
+        metrics.MODEL_PAUSED.labels(name, reason).set(1)
+        try:
+            versions.pause(self.conn, name, generation, reason, error)
+        except psycopg.Error as exc:
+            log.error("could not record the pause of %s: %s", name, exc)
 
     def _roll_back(self, learner: DeploymentLearner, version: int) -> str:
         ck = versions.get(self.conn, learner.deployment.name, version)

@@ -1,0 +1,88 @@
+"""A model that breaks is never published: a real overflowing row (x = 1e300, finite, but its
+square is not) on the real services pauses the deployment with the last good version serving,
+status and /metrics say why, and `rowcast model rollback` recovers it, refusing that row."""
+
+from __future__ import annotations
+
+import math
+import urllib.request
+
+import orjson
+import pytest
+
+from rowcast.core.dead_letter import DeadLetter
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.cli import rowcast_cli
+from tests.helpers.kafka_reading import drain
+from tests.helpers.learning import counters, fast, latest_version, learned
+from tests.helpers.tables import deployed_xy_table, insert_xy
+from tests.helpers.waiting import wait_until
+
+
+def _status(settings) -> dict:
+    done = rowcast_cli(settings, "status", "--json", "--samples", "1")
+    assert done.returncode == 0, done.stderr
+    return next(d for d in orjson.loads(done.stdout)["deployments"] if d["name"] == "overflow")
+
+
+def _predictions(conn, ids: range) -> list[tuple[int, float]]:
+    return conn.execute("SELECT model_version, score FROM "
+                        "rowcast.predictions WHERE deployment = 'overflow' "
+                        "AND (pk->>'id')::int BETWEEN %s AND %s",
+                        (ids.start, ids.stop - 1)).fetchall()
+
+
+def _learner_metrics(settings) -> str:
+    url = f"http://127.0.0.1:{settings.learner_metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+@pytest.mark.timeout(300)
+def test_an_overflowing_row_pauses_the_model_and_rollback_recovers_it(settings, pg_conn,
+                                                                       tmp_path):
+    settings = fast(settings)
+    table = deployed_xy_table(settings, pg_conn, "overflow", "overflow")
+    paused_metric = 'rowcast_model_paused{deployment="overflow",reason="non_finite"}'
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        insert_xy(pg_conn, table, range(50))
+        wait_until(lambda: learned(pg_conn, "overflow") >= 50, timeout_s=90,
+                   message=lambda: pipeline.log_tail("learner"))
+        good = latest_version(pg_conn, "overflow")[0]
+
+        pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, 1e300, 5.0)")
+        wait_until(lambda: (_status(settings).get("paused") or {}).get("reason") == "non_finite",
+                   timeout_s=90, message=lambda: pipeline.log_tail("learner"))
+        status = _status(settings)
+        assert "non-finite" in status["paused"]["error"] or "Overflow" in status["paused"]["error"]
+        assert status["model_version"] == good and status["paused"]["since"]
+        assert f"{paused_metric} 1.0" in _learner_metrics(settings)
+        screen = rowcast_cli(settings, "status", "--samples", "1")
+        assert "PAUSED (non_finite)" in screen.stdout and "model rollback" in screen.stdout
+
+        # the last good version keeps serving; nothing newer was checkpointed or published
+        insert_xy(pg_conn, table, range(2000, 2010))
+        wait_until(lambda: len(_predictions(pg_conn, range(2000, 2010))) == 10, timeout_s=60)
+        assert {v for v, _ in _predictions(pg_conn, range(2000, 2010))} == {good}
+        assert all(math.isfinite(p) for _, p in _predictions(pg_conn, range(2000, 2010)))
+        assert latest_version(pg_conn, "overflow")[0] == good
+
+        rollback = rowcast_cli(settings, "model", "rollback", "overflow", str(good))
+        assert rollback.returncode == 0, rollback.stderr
+        wait_until(lambda: learned(pg_conn, "overflow") >= 60, timeout_s=90,
+                   message=lambda: f"{latest_version(pg_conn, 'overflow')}\n"
+                   f"{pipeline.log_tail('learner')}")
+        # the 50 rows and the 10 that came while paused; row 1000 is refused, not learned
+        assert learned(pg_conn, "overflow") == 60
+        assert counters(pg_conn, "overflow")["non_finite"] == 1
+        wait_until(lambda: _status(settings).get("paused") is None, timeout_s=30)
+        assert f"{paused_metric} 0.0" in _learner_metrics(settings)
+        refused = [DeadLetter.decode(r.value) for r in drain(settings, settings.dlq_topic, 1)]
+        assert [(d.stage, d.reason, orjson.loads(d.key)) for d in refused] == [
+            ("learner", "non_finite_model", {"id": 1000})]
+
+        insert_xy(pg_conn, table, range(3000, 3010))
+        wait_until(lambda: len(_predictions(pg_conn, range(3000, 3010))) == 10
+                   and min(v for v, _ in _predictions(pg_conn, range(3000, 3010))) > good,
+                   timeout_s=60)
+        assert all(math.isfinite(p) for _, p in _predictions(pg_conn, range(3000, 3010)))
