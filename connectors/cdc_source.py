@@ -36,11 +36,12 @@ record with key :data:`~rowcast.core.envelope.WATERMARK_KEY`, no value and the h
 :data:`~rowcast.core.envelope.WATERMARK_HEADER` = ``L`` says every change committed at or
 before ``L`` (its ``source.sequence[0]``, the transaction's commit LSN) is on the partition
 already. ``L`` is the highest commit LSN of the transactions Kafka acknowledged, sent right after
-each wait for acks (so the watermark follows those events on every partition); and, while idle,
-at most every ``watermark_interval_s``, the flushed WAL position a peek decoded to with nothing
-left to publish (minus one: a commit record starting exactly there was not decoded), so idle
-partitions and tables advance too. Sent to a topic only when ``L`` grew, and only to topics
-that exist (a watermark never creates a topic with the broker's default partition count).
+each wait for acks, to every partition of every published table's topic, so partitions and
+tables that got none of those changes advance too (the watermark follows the changes on every
+partition); and, while caught up, at most every ``watermark_interval_s``, to topics that have
+not had it yet (a newly published table). Sent to a topic only when ``L`` grew, so an idle
+pipeline writes none, and only to topics that exist (a watermark never creates a topic with the
+broker's default partition count).
 Not awaited: a lost watermark is superseded by the next one.
 """
 
@@ -249,9 +250,10 @@ class CdcSource:
             elif seen:
                 slot.advance(self.conn, self.settings.slot_name, last_lsn)
         if seen < self.settings.source_max_changes and self._txn is None and not self._pending:
-            # the peek decoded every record that starts before ``flushed`` and all of it is
-            # acknowledged: nothing committed before ``flushed`` is left to publish
-            self._complete = max(self._complete, flushed - 1)
+            # caught up: topics that appeared since (a new deployment's table) get the current
+            # watermark; ``_complete`` itself moves only with acknowledged commits, so an idle
+            # pipeline stays quiet (advancing it with the WAL -- which the learners' own
+            # checkpoints write -- kept every partition and labels topic ticking forever)
             self._maybe_idle_watermark()
         return published
 

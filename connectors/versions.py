@@ -279,6 +279,17 @@ def write(conn: psycopg.Connection, ck: Checkpoint, keep_snapshots: int) -> int:
     return version
 
 
+def advance(conn: psycopg.Connection, deployment: str, version: int, state: dict[str, Any],
+            labels_offset: int) -> None:
+    """Move the latest version's resume state and offset forward in place (call inside the
+    transaction that locked control): the learner consumed only positions (watermarks, events
+    still waiting for them), so model, metrics and pending labels are those of ``version`` and
+    a new version would add nothing but a row."""
+    conn.execute("UPDATE rowcast.model_versions SET state = %s, labels_offset = %s "
+                 "WHERE deployment = %s AND version = %s",
+                 (orjson.dumps(state).decode(), labels_offset, deployment, version))
+
+
 def thin(conn: psycopg.Connection, deployment: str, latest_version: int) -> int:
     """One bounded step of the history policy (:data:`KEEP_ALL_S`); returns the versions
     deleted."""

@@ -11,6 +11,7 @@ for each row it scores it sends the learner one record on ``<prefix>.labels.<dep
 ``watermark`` every change committed at or before ``order[0]`` on ``stream`` was forwarded
               already (the CDC source's watermark, passed on by the scorer after the label
               events that preceded it on that partition); no key, features or label
+``deleted``   the row was deleted: features (or an early label) waiting for it are dropped
 
 Every event carries the position of the change that caused it (``stream`` and ``order``, see
 :attr:`rowcast.core.envelope.ChangeEvent.order`), so the learner can drop the replays a crash
@@ -34,8 +35,8 @@ import orjson
 
 from rowcast.core.errors import DecodeError
 
-Kind = Literal["labelled", "scored", "label", "watermark"]
-KINDS = frozenset({"labelled", "scored", "label", "watermark"})
+Kind = Literal["labelled", "scored", "label", "watermark", "deleted"]
+KINDS = frozenset({"labelled", "scored", "label", "watermark", "deleted"})
 
 
 @dataclass(frozen=True, slots=True)

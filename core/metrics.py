@@ -73,6 +73,10 @@ MODEL_VERSION = Gauge("rowcast_model_version", "Latest checkpointed model versio
 MODEL_METRIC = Gauge("rowcast_model_metric",
                      "Progressive validation metric of the learning model (river's definition).",
                      ["deployment", "metric"])
+LEARNING_DELAY_SECONDS = Histogram(
+    "rowcast_learning_delay_seconds",
+    "From the commit of the change that carried a label to its learning (the commit-order "
+    "merge waits for every partition's watermark).", buckets=LATENCY_BUCKETS)
 CHECKPOINT_SECONDS = Histogram("rowcast_learner_checkpoint_seconds",
                                "Time to checkpoint a model (Postgres transaction and publish).",
                                buckets=LATENCY_BUCKETS)

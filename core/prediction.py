@@ -57,6 +57,7 @@ class PredictionRecord:
     def key_bytes(self) -> bytes:
         return orjson.dumps(self.key, option=orjson.OPT_SORT_KEYS)
 
+
     @classmethod
     def from_json(cls, data: bytes) -> PredictionRecord:
         """Parse a record from the predictions topic; :class:`DecodeError` says what is wrong."""
@@ -78,3 +79,16 @@ class PredictionRecord:
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"not a prediction record: {exc!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionTombstone:
+    """The source row was deleted: a record with this key and no value on the predictions topic
+    (compaction then forgets the key; the sink deletes the row's prediction). It travels in the
+    same ordered list as predictions, so a row deleted and inserted again ends predicted."""
+
+    deployment: str
+    key: dict[str, Any]
+
+    def key_bytes(self) -> bytes:
+        return orjson.dumps(self.key, option=orjson.OPT_SORT_KEYS)

@@ -1,7 +1,9 @@
 """The learner's core: label events in, a model that learned each label exactly once.
 
-Pure (no Kafka, no Postgres): :class:`DeploymentLearner` applies label events in the order of the
-deployment's labels topic, and everything it must remember to resume exactly is in
+Pure (no Kafka, no Postgres): :class:`DeploymentLearner` applies label events in the table's
+commit order -- the labels topic interleaves the change topic's partitions, so events pass
+through :class:`rowcast.models.ordering.CommitOrderMerge`, gated by the partitions' watermarks --
+and everything it must remember to resume exactly is in
 :class:`LearnerState` plus the pending features (:class:`PendingStore`), which the learner
 process checkpoints with the model in one Postgres transaction (see :mod:`rowcast.connectors.versions`).
 
@@ -47,6 +49,7 @@ tracked beside it: the difference is what snapshot staleness costs.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,11 +59,12 @@ import orjson
 from rowcast.core.label_events import LabelEvent, Served
 from rowcast.models import health
 from rowcast.models.deployment import Deployment
+from rowcast.models.ordering import CommitOrderMerge
 from rowcast.models.progressive import OnlineMetrics
 from rowcast.models.scoring import OnlineModel, Score
 
 COUNTERS = ("learned", "joined", "pending_added", "unmatched", "duplicates", "stale", "expired",
-            "corrections", "late_joined", "unjoined", "non_finite")
+            "corrections", "late_joined", "unjoined", "non_finite", "forced_order", "forgotten")
 
 
 class PendingStore(Protocol):
@@ -115,16 +119,21 @@ class LearnerState:
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     # the cluster whose WAL ``high_water`` positions are in (None: not known yet)
     system_identifier: str | None = None
+    # label events waiting for every partition's watermark (learning in commit order)
+    merge: CommitOrderMerge = field(default_factory=CommitOrderMerge)
 
     def new_epoch(self, system_identifier: str | None) -> None:
         """Positions of another database history are not comparable with this one's: forget
         them (see :mod:`rowcast.connectors.position_history`)."""
         self.high_water.clear()
+        self.merge.watermarks.clear()
         self.system_identifier = system_identifier
 
     def to_dict(self) -> dict[str, Any]:
+        self.counters["forced_order"] = self.merge.forced
         return {"high_water": {k: list(v) for k, v in self.high_water.items()},
-                "counters": dict(self.counters), "system_identifier": self.system_identifier}
+                "counters": dict(self.counters), "system_identifier": self.system_identifier,
+                "merge": self.merge.to_dict()}
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -134,7 +143,7 @@ class LearnerState:
         doc = orjson.loads(data) if isinstance(data, bytes | str) else data
         counters = dict.fromkeys(COUNTERS, 0) | {k: int(v) for k, v in doc["counters"].items()}
         return cls({k: tuple(v) for k, v in doc["high_water"].items()}, counters,  # type: ignore[misc]
-                   doc.get("system_identifier"))
+                   doc.get("system_identifier"), CommitOrderMerge.from_dict(doc.get("merge")))
 
 
 class DeploymentLearner:
@@ -152,6 +161,8 @@ class DeploymentLearner:
         self.refused: list[tuple[LabelEvent, str]] = []  # by a guarded apply, with the reason
         self._current: LabelEvent | None = None
         self.broken: str | None = None  # learning raised (overflow): why it must not be kept
+        self.changes = 0  # events applied since the last checkpoint (0: only positions moved)
+        self.delays_s: list[float] = []  # label committed -> learned, since the last checkpoint
 
     @classmethod
     def fresh(cls, deployment: Deployment, pending: PendingStore) -> DeploymentLearner:
@@ -165,16 +176,25 @@ class DeploymentLearner:
 
     def metrics(self) -> dict[str, Any]:
         """What a checkpoint stores and dashboards show."""
-        return {"progressive": self.progressive.values(), "served": self.served.values(),
-                "labels": self.progressive.n}
+        out: dict[str, Any] = {"progressive": self.progressive.values(),
+                               "served": self.served.values(), "labels": self.progressive.n}
+        if self.delays_s:  # label committed -> learned, over the labels since the last one
+            ordered = sorted(self.delays_s)
+            out["learning_delay_ms"] = {
+                "p50": round(1000 * ordered[len(ordered) // 2], 1),
+                "p99": round(1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1)}
+        return out
 
     def health(self) -> str | None:
         """Why this model must not be checkpointed or published (non-finite state, answer or
         metric), or None when it may be."""
         return self.broken or health.problem(self.model, self.last_x, self.progressive, self.served)
 
-    def apply(self, events: Sequence[LabelEvent], guarded: bool = False) -> int:
-        """Apply events in order; returns how many samples were learned.
+    def apply(self, events: Sequence[LabelEvent], guarded: bool = False,
+              now: float | None = None) -> int:
+        """Take events as they arrived, learn those the commit-order merge releases
+        (:mod:`rowcast.models.ordering`: watermark events gate, they are never learned);
+        returns how many samples were learned. ``apply([])`` releases what waited too long.
 
         ``guarded`` (the replay after a model broke and was rolled back): each row is learned
         on a copy-able model and checked; a row that makes the model non-finite is undone,
@@ -182,12 +202,26 @@ class DeploymentLearner:
         The row stays marked learned, so a replay of it is a duplicate, not a second break."""
         self.guarded = guarded
         try:
-            return self._apply(events)
+            return self._apply(self._in_commit_order(events, now))
         finally:
             self.guarded = False
 
+    def _in_commit_order(self, events: Sequence[LabelEvent],
+                         now: float | None) -> list[LabelEvent]:
+        merge = self.state.merge
+        for e in events:
+            if e.kind == "watermark":
+                merge.watermark(e.stream, e.order[0])
+            else:
+                merge.add(e, now)
+        released = merge.release(now)
+        self.changes += len(released)
+        now_us = time.time_ns() // 1000
+        self.delays_s += [max(now_us - e.at_us, 0) / 1e6 for e in released
+                          if e.kind != "scored" and e.at_us]
+        return released
+
     def _apply(self, events: Sequence[LabelEvent]) -> int:
-        events = [e for e in events if e.kind != "watermark"]  # issue 14: the merge's, not ours
         fresh = [e for e in events if self._admit(e)]
         keys = [e.key_bytes() for e in fresh]
         keys += [_key_bytes(e.was) for e in fresh if e.was is not None]
@@ -196,6 +230,10 @@ class DeploymentLearner:
         for e in fresh:
             self._current = e  # what a guarded apply refuses, if learning it breaks the model
             key = e.key_bytes()
+            if e.kind == "deleted":  # the row is gone: its features (or early label) too
+                if self.pending.pop(key) is not None or self.pending.take_held(key) is not None:
+                    self.state.counters["forgotten"] += 1
+                continue
             if self._known(e, key):
                 continue
             if e.kind == "labelled":

@@ -11,13 +11,15 @@ batch and on its heartbeat, so idle partitions advance too; workers forward each
 into the labels stream after the label events that came before it on that partition.
 
 :class:`CommitOrderMerge` buffers label events and releases, in position order, those whose
-commit LSN is at or below every expected stream's watermark: by then no event committed
-earlier can still arrive from any partition. Snapshot reads (``op r``: features to keep, never
-learned as they come) and events without a position (a producer that gives none) are released
-at once. Memory is bounded (``max_buffered``: past it the oldest are released, counted as
-``forced``) and so is the wait (``max_wait_s``: a stream that stays silent, e.g. no worker owns
-it for a while, does not hold learning back forever; counted as ``forced`` too). The buffer and
-the watermarks are part of the learner's checkpoint, so a restart resumes the merge exactly.
+commit LSN is at or below every expected stream's watermark: by then no event committed earlier
+can still arrive from any partition. With no stream expected (none named and no watermark seen
+yet, as in a unit test of the learner) nothing gates. Snapshot reads (``op r``: features to
+keep, never learned as they come) and events without a position (a producer that gives none)
+are released at once. Memory is bounded (``max_buffered``: past it the oldest are released,
+counted as ``forced``) and so is the wait (``max_wait_s``: a stream that stays silent, e.g. no
+worker owns it for a while, does not hold learning back forever; counted as ``forced`` too).
+The buffer and the watermarks are part of the learner's checkpoint, so a restart resumes the
+merge exactly.
 
 >>> from rowcast.core.label_events import LabelEvent
 >>> def ev(stream, commit, key):
@@ -71,6 +73,8 @@ class CommitOrderMerge:
         self.max_buffered = max_buffered
         self.max_wait_s = max_wait_s
         self.forced = 0  # released before every watermark passed them (bounds hit)
+        # off (no watermarks will come, e.g. topics written by Debezium): arrival order
+        self.ordered = True
         self._heap: list[_Held] = []
         self._seq = itertools.count()
         self._ready: list[LabelEvent] = []  # unordered events, released on the next call
@@ -108,10 +112,11 @@ class CommitOrderMerge:
         now = time.monotonic() if now is None else now
         out, self._ready = self._ready, []
         low = self.low_watermark
+        gated = self.ordered and bool(self.expected)  # no stream known: nothing to wait for
         heap = self._heap
         while heap:
             head = heap[0]
-            if head.order[0] <= low:
+            if head.order[0] <= low or not gated:
                 pass
             elif len(heap) > self.max_buffered or now - head.arrived > self.max_wait_s:
                 self.forced += 1

@@ -28,7 +28,7 @@ from typing import Any
 from rowcast.core.envelope import UNAVAILABLE, ChangeEvent
 from rowcast.core.errors import ConfigError
 from rowcast.core.label_events import LabelEvent, Served
-from rowcast.core.prediction import PredictionRecord
+from rowcast.core.prediction import PredictionRecord, PredictionTombstone
 from rowcast.models.deployment import Deployment
 from rowcast.models.features import FeatureError
 from rowcast.models.scoring import OnlineModel, Score
@@ -62,7 +62,7 @@ class Unbuildable:
 
 @dataclass
 class BatchResult:
-    predictions: list[PredictionRecord] = field(default_factory=list)
+    predictions: list[PredictionRecord | PredictionTombstone] = field(default_factory=list)
     labels: list[LabelEvent] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
 
@@ -160,6 +160,8 @@ class ServingSet:
         result = BatchResult()
         for event in events:
             if event.after is None:
+                if event.op == "d" and event.before is not None:
+                    self._deleted(event, result)
                 continue
             table = (event.source.schema, event.source.table)
             for model in self.by_table.get(table, ()):
@@ -229,6 +231,19 @@ class ServingSet:
         result.labels.append(LabelEvent(
             kind, d.name, d.generation, key, event.stream_id, event.order, event.source.commit_us,
             x, y, _served(model.version, scored), was=event.old_key))
+
+    def _deleted(self, event: ChangeEvent, result: BatchResult) -> None:
+        """A deleted row keeps nothing: its prediction goes (a tombstone for its key, which the
+        sink turns into a DELETE) and the learner drops features still waiting for its label."""
+        table = (event.source.schema, event.source.table)
+        before = event.before
+        assert before is not None
+        for model in self.by_table.get(table, ()):
+            d = model.deployment
+            key = event.key if event.key is not None else {k: before.get(k) for k in d.key_columns}
+            result.predictions.append(PredictionTombstone(d.name, key))
+            result.labels.append(LabelEvent("deleted", d.name, d.generation, key, event.stream_id,
+                                            event.order, event.source.commit_us))
 
     @staticmethod
     def _label_from_update(model: OnlineModel, event: ChangeEvent, result: BatchResult) -> None:

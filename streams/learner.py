@@ -64,6 +64,7 @@ class Owned:
     # the group's committed offset (lag display only); None = not known to match the checkpoint
     committed_offset: int | None = None
     last_commit_try: float = 0.0
+    streams_known: bool = False  # the commit-order merge knows which partitions gate it
     guard_to: int = 0  # labels below this offset are applied guarded (after a non-finite pause)
 
 
@@ -250,6 +251,7 @@ class Learner(ConsumerRebalanceListener):
     def poll_once(self) -> int:
         batch = self.consumer.poll(timeout_ms=100, max_records=self.settings.learner_batch_size)
         applied = 0
+        waited = {name for name, o in self.active.items() if len(o.learner.state.merge)}
         for tp, records in batch.items():
             owned = self.active.get(tp.topic[len(self.prefix):])
             records = [r for r in records if owned is not None and r.offset >= owned.offset]
@@ -264,8 +266,12 @@ class Learner(ConsumerRebalanceListener):
                     self.dead_letters.send(DeadLetter("learner", "bad_label_event", str(exc),
                                                       r.topic, r.partition, r.offset, r.key,
                                                       r.value))
-            self._follow_generation(owned, events)
+            self._follow_generation(owned, [e for e in events if e.kind != "watermark"])
+            if not owned.streams_known:  # not in the rebalance callback: it fetches metadata
+                self._expect_streams(owned.learner)
+                owned.streams_known = True
             learned = owned.learner.apply(events, guarded=records[0].offset < owned.guard_to)
+            waited.discard(owned.learner.deployment.name)
             for event, reason in owned.learner.refused:  # learning it made the model non-finite
                 r = origin[id(event)]
                 metrics.DEAD_LETTERS.labels("learner", "non_finite_model").inc()
@@ -277,6 +283,10 @@ class Learner(ConsumerRebalanceListener):
             owned.offset = records[-1].offset + 1
             applied += len(records)
             metrics.LEARNED.labels(owned.learner.deployment.name).inc(learned)
+        for name in waited:  # no records for it this time: release what waited too long
+            owned = self.active.get(name)
+            if owned is not None:
+                metrics.LEARNED.labels(name).inc(owned.learner.apply([]))
         now = time.monotonic()
         for owned in list(self.active.values()):
             due = owned.offset - owned.checkpointed_offset
@@ -320,11 +330,14 @@ class Learner(ConsumerRebalanceListener):
                  d.generation)
         owned.pending.forget()
         owned.pending = PgPending(self.conn, d.name, d.generation)
+        watermarks = dict(owned.learner.state.merge.watermarks)  # source positions stay true
         try:
             owned.learner = DeploymentLearner.fresh(d, owned.pending)
         except ConfigError as exc:
             self._set_aside(owned.tp, exc)
             return
+        owned.learner.state.merge.watermarks = watermarks
+        owned.streams_known = False
         owned.applied_rollback = None
         self.active[d.name] = owned
 
@@ -332,6 +345,8 @@ class Learner(ConsumerRebalanceListener):
         learner = owned.learner
         d = learner.deployment
         started = time.monotonic()
+        if learner.changes == 0 and learner.model.version > 0 and self._advance(owned):
+            return
         broken = learner.health()
         if broken is not None:
             self._pause_broken(owned, broken, dropping)
@@ -387,6 +402,10 @@ class Learner(ConsumerRebalanceListener):
         if control.paused_reason is not None:
             metrics.MODEL_PAUSED.labels(d.name, control.paused_reason).set(0)
         learner.model.version = version
+        learner.changes = 0
+        for delay in learner.delays_s:
+            metrics.LEARNING_DELAY_SECONDS.observe(delay)
+        learner.delays_s.clear()
         owned.checkpointed_offset = owned.offset
         owned.last_checkpoint = time.monotonic()
         self._publish(d, version, learner.model.samples_learned, blob)
@@ -398,6 +417,39 @@ class Learner(ConsumerRebalanceListener):
             metrics.MODEL_METRIC.labels(d.name, metric).set(value)
         for outcome, count in learner.state.counters.items():
             metrics.LABEL_EVENTS.labels(d.name, outcome).set(count)
+
+    def _expect_streams(self, learner: DeploymentLearner) -> None:
+        """Tell the commit-order merge which change-topic partitions gate learning: every
+        partition of the deployment's table's topic (and of its labels table's)."""
+        merge, d = learner.state.merge, learner.deployment
+        merge.ordered = self.settings.source_watermarks
+        topics = [self.settings.source_topic(d.schema, d.table)]
+        if d.labels is not None:
+            topics.append(self.settings.source_topic(d.labels.schema, d.labels.table))
+        streams = set(merge.expected)
+        for topic in topics:
+            partitions = self.consumer.partitions_for_topic(topic) or ()
+            streams |= {f"{topic}:{p}" for p in partitions}
+        merge.expect(streams)
+
+    def _advance(self, owned: Owned) -> bool:
+        """Only positions moved since the last version (watermarks, events still waiting for
+        them): store the merge state and offset on that version instead of writing a new one.
+        False when a full checkpoint is needed after all (a rollback or pause to apply)."""
+        learner, d = owned.learner, owned.learner.deployment
+        try:
+            with self.conn.transaction():
+                control = versions.lock_control(self.conn, d.name, owned.epoch, d.generation)
+                if control.rollback_to is not None or control.paused_reason is not None:
+                    return False
+                versions.advance(self.conn, d.name, learner.model.version,
+                                 learner.state.to_dict(), owned.offset)
+        except (Fenced, psycopg.Error):
+            return False  # the full checkpoint handles (and logs) it
+        owned.checkpointed_offset = owned.offset
+        owned.last_checkpoint = time.monotonic()
+        self._commit(owned)
+        return True
 
     def _pause_broken(self, owned: Owned, reason: str, dropping: bool) -> None:
         """The model became non-finite: never checkpoint or publish it. Drop what was learned

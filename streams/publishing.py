@@ -18,7 +18,7 @@ from kafka import KafkaProducer
 from rowcast.connectors.kafka_clients import AckedSends
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.label_events import LabelEvent
-from rowcast.core.prediction import PredictionRecord
+from rowcast.core.prediction import PredictionRecord, PredictionTombstone
 from rowcast.core.settings import Settings
 
 
@@ -29,14 +29,15 @@ class BatchPublisher:
         self.settings = settings
         self.producer = producer
 
-    def publish(self, predictions: Iterable[PredictionRecord],
+    def publish(self, predictions: Iterable[PredictionRecord | PredictionTombstone],
                 dead_letters: Iterable[DeadLetter] = (),
                 labels: Iterable[LabelEvent] = ()) -> int:
         """Send predictions (keyed by source key), label events for the learners and dead
         letters; return once all are acked."""
         sends = AckedSends(self.producer)
-        for p in predictions:
-            sends.send(self.settings.predictions_topic(p.deployment), p.key_bytes(), p.to_json())
+        for p in predictions:  # a tombstone when the row was deleted
+            sends.send(self.settings.predictions_topic(p.deployment), p.key_bytes(),
+                       None if isinstance(p, PredictionTombstone) else p.to_json())
         for e in labels:
             sends.send(self.settings.labels_topic(e.deployment), e.key_bytes(), e.to_json(),
                        partition=0)

@@ -41,6 +41,7 @@ from rowcast.core.envelope import (
 )
 from rowcast.core.errors import DecodeError, RetryableError
 from rowcast.core.label_events import LabelEvent
+from rowcast.core.prediction import PredictionRecord
 from rowcast.core.settings import Settings
 from rowcast.models.serving import SCORE_FAILED, BatchResult, Rejected, ServingSet
 
@@ -140,7 +141,8 @@ class BatchScorer:
             exit_for_retry(str(exc))
         except Exception as exc:  # e.g. KafkaTimeoutError from send() after max_block_ms
             exit_for_retry(f"Kafka did not take the batch ({_error(exc)})")
-        for name, count in Counter(p.deployment for p in result.predictions).items():
+        for name, count in Counter(p.deployment for p in result.predictions
+                                   if isinstance(p, PredictionRecord)).items():
             metrics.SCORED.labels(name).inc(count)
 
     @staticmethod

@@ -9,6 +9,9 @@ strings are never printed; every error a user can cause is one line on stderr, e
 
 from __future__ import annotations
 
+import os
+import sys
+
 import psycopg
 import typer
 
@@ -21,8 +24,25 @@ from rowcast.ops.cli.common import app
 __all__ = ["app", "main"]
 
 
+# the processes that build and learn models: river's trees break ties by iterating sets of
+# class labels, ordered by a string hash Python randomises per process, so without a fixed seed
+# the same labels in the same order could grow different trees in two processes (a standby
+# learner taking over, a restart) -- and differ from river's own run of the stream
+DETERMINISTIC_COMMANDS = frozenset({"learner", "worker"})
+
+
+def deterministic(argv: list[str]) -> None:
+    """Re-execute this command with ``PYTHONHASHSEED=0`` when it learns or scores models."""
+    if os.environ.get("PYTHONHASHSEED") == "0" or not DETERMINISTIC_COMMANDS & set(argv[1:2]):
+        return
+    os.execve(sys.executable, [sys.executable, "-m", "rowcast", *argv[1:]],
+              {**os.environ, "PYTHONHASHSEED": "0"})
+
+
 def main() -> None:
     from kafka.errors import KafkaError
+
+    deterministic(sys.argv)
 
     try:
         app()

@@ -106,3 +106,37 @@ def test_snapshot_reads_and_unpositioned_events_pass_at_once():
     merge.add(read)
     merge.add(unpositioned)
     assert merge.release() == [read, unpositioned]
+
+
+def test_the_learner_learns_in_commit_order_and_its_checkpoint_keeps_the_merge():
+    from river import evaluate, metrics
+
+    from rowcast.models.catalog import get_model
+    from rowcast.models.deployment import Deployment, Feature
+    from rowcast.models.learning import DeploymentLearner, LearnerState, MemoryPending
+
+    d = Deployment("ts", "public", "t", "y", (Feature("x", "number"),), "linear_regression", ("id",))
+    rows = [({"x": float(i % 7)}, 3.0 * (i % 7) + i * 0.1) for i in range(60)]
+    streams, items = interleaved(60, 3, seed=5)  # positions and an interleaving of 3 partitions
+    by_n = {item[1].key["id"]: item[1] for item in items if item[0] == "event"}
+    learner = DeploymentLearner.fresh(d, MemoryPending())
+    learner.state.merge.expect(streams)
+    half = len(items) // 2
+    for part in (items[:half], items[half:]):
+        events = []
+        for item in part:
+            if item[0] == "event":
+                n = item[1].key["id"]
+                x, y = rows[n]
+                events.append(LabelEvent("labelled", "ts", d.generation, {"id": n}, item[1].stream,
+                                         by_n[n].order, 1, x, y))
+            else:
+                events.append(LabelEvent("watermark", "ts", d.generation, {}, item[1],
+                                         (item[2], 0, 0), 1))
+        learner.apply(events)
+        # a checkpoint between the halves: state through JSON, as the learner stores it
+        learner.state = LearnerState.from_json(learner.state.to_json())
+    assert learner.model.samples_learned == 60
+    expected = evaluate.progressive_val_score(rows, get_model("linear_regression").build(),
+                                              metrics.MAE()).get()
+    assert learner.progressive.values()["MAE"] == expected
