@@ -9,7 +9,10 @@ Starts a private dev stack (its own ports and folder), then measures, in this or
 3. the naive poller (INSERT rate while it runs, and its insert→prediction latency);
 4. rowcast: the INSERT rate while it scores, the end-to-end rate over ``--rows`` rows loaded as
    fast as Postgres takes them, and commit→prediction-row latency at each fixed ``--rates``;
-   with each rowcast process's CPU seconds and peak RSS, and the slot's largest retained WAL.
+   with each rowcast process's CPU seconds and peak RSS, and the slot's largest retained WAL;
+5. the learner, which learns every row in the table's commit order (the merge waits for every
+   partition's watermark): labels/s over the bulk load, and at each rate the learning delay
+   (commit of the labelled row -> learned) p50/p99.
 
 Every comparison is a ratio computed from figures of this same run.
 """
@@ -126,6 +129,31 @@ def wait_for_predictions(conn: psycopg.Connection, first: int, last: int, timeou
     raise SystemExit(f"only {got} of {expected} predictions after {timeout_s} s")
 
 
+def wait_for_learning(conn: psycopg.Connection, timeout_s: float) -> float:
+    """Until the learner has learned every row of the table (each arrives labelled); when."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+        learned = conn.execute("SELECT coalesce(max(samples), 0) FROM rowcast.model_versions "
+                               "WHERE deployment = 'bench'").fetchone()[0]
+        if learned >= rows:
+            return time.monotonic()
+        time.sleep(0.2)
+    raise TimeoutError("the learner did not learn every row in time")
+
+
+def learning_delay(conn: psycopg.Connection, since: object) -> dict[str, float | None]:
+    """Label committed -> learned, from the versions written since ``since``: the median of
+    their p50s and the worst of their p99s (each version covers the labels it learned)."""
+    rows = [r[0] for r in conn.execute(
+        "SELECT metrics->'learning_delay_ms' FROM rowcast.model_versions WHERE deployment = "
+        "'bench' AND created_at >= %s AND metrics ? 'learning_delay_ms'", (since,))]
+    if not rows:
+        return {"p50": None, "p99": None}
+    p50s = sorted(r["p50"] for r in rows)
+    return {"p50": p50s[len(p50s) // 2], "p99": max(r["p99"] for r in rows)}
+
+
 def max_id(conn: psycopg.Connection) -> int:
     return conn.execute(f"SELECT coalesce(max(id), 0) FROM {TABLE}").fetchone()[0]
 
@@ -223,6 +251,8 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str) -> d
                 "FROM rowcast.predictions WHERE deployment = 'bench' "
                 "AND (pk->>'id')::bigint >= %s", (first,)).fetchone()[0]
             cpu_after = sampler.stats()
+            learned_s = wait_for_learning(conn, 600 + args.rows / 1000) - load_started
+            out["learner"] = {"labels_per_s_in_commit_order": round(args.rows / learned_s)}
             out["end_to_end"] = {
                 "rows": args.rows,
                 "load_rows_per_s": round(args.rows / load_s),
@@ -232,14 +262,18 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str) -> d
             }
 
             out["latency_ms_at_rate"] = {}
+            out["learning_delay_ms_at_rate"] = {}
             for rate in (float(r) for r in args.rates.split(",")):
                 first = max_id(conn) + 1
+                rate_started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
                 sent = drive_at_rate(conn, rate, args.rate_seconds)
                 wait_for_predictions(conn, first, first + sent - 1, 300, pipeline)
                 n, (p50, p95, p99) = conn.execute(LATENCY_SQL, (first, first + sent - 1)).fetchone()
                 out["latency_ms_at_rate"][f"{rate:g}"] = {
                     "rows": n, "achieved_rows_per_s": round(sent / args.rate_seconds),
                     "p50": round(p50, 1), "p95": round(p95, 1), "p99": round(p99, 1)}
+                wait_for_learning(conn, 300)
+                out["learning_delay_ms_at_rate"][f"{rate:g}"] = learning_delay(conn, rate_started)
             out["processes"] = sampler.stats()
             out["max_slot_retained_wal_mb"] = round(sampler.max_retained_wal / 2**20, 1)
     finally:

@@ -92,7 +92,9 @@ async function refresh() {
   body.replaceChildren(...now.deployments.map(d => {
     const tr = document.createElement('tr');
     const metric = d.failed ? 'FAILED (' + d.failed.reason + '): ' + d.failed.error
-      : d.paused ? 'PAUSED (' + d.paused.reason + '): ' + d.paused.error : fmt(d.metrics);
+      : d.paused ? 'PAUSED (' + d.paused.reason + '): ' + d.paused.error
+      : fmt(d.metrics) + (d.learning_delay_ms ? ' · learned ' + d.learning_delay_ms.p50.toFixed(0)
+        + ' / ' + d.learning_delay_ms.p99.toFixed(0) + ' ms after commit (p50/p99)' : '');
     for (const v of [d.name, d.table, d.model, d.model_version == null ? '–' : 'v' + d.model_version,
                      d.samples, metric, d.target]) {
       const td = document.createElement('td'); td.textContent = v; tr.appendChild(td);

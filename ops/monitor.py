@@ -209,7 +209,9 @@ def _deployment(d: Any, model: tuple | None, failure: dict[str, Any] | None = No
              if v is not None}
     return {"name": d.name, "table": d.qualified_table, "model": d.model, "version": d.version,
             "target": d.target, "model_version": version, "samples": samples,
-            "metrics": shown, "failed": failed, "paused": paused}
+            "metrics": shown, "failed": failed, "paused": paused,
+            # label committed -> learned, p50/p99 in ms, over the labels of the last version
+            "learning_delay_ms": (metrics_ or {}).get("learning_delay_ms")}
 
 
 def make_reader(settings: Settings) -> KafkaConsumer:

@@ -14,12 +14,18 @@ def _metric(d: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in shown) or "–"
 
 
+def _delay(delay: dict[str, float] | None) -> str:
+    """Label committed -> learned (the commit-order merge waits for every partition)."""
+    return "–" if not delay else f"{delay['p50']:.0f} / {delay['p99']:.0f} ms"
+
+
 def render(s: dict[str, Any]) -> str:
     """The operator's screen: what runs, how fast, how late, and a verdict per stage."""
     lines = ["DEPLOYMENT            TABLE                          MODEL                      "
-             "MODEL VERSION  LEARNED   ONLINE METRIC"]
+             "MODEL VERSION  LEARNED   LEARNING DELAY p50/p99  ONLINE METRIC"]
     lines += [f"{d['name']:<21} {d['table']:<30} {d['model']:<26} "
               f"{_num(d.get('model_version')):<14} {d.get('samples', 0):<9} "
+              f"{_delay(d.get('learning_delay_ms')):<23} "
               + (f"FAILED ({d['failed']['reason']})" if d.get("failed")
                  else f"PAUSED ({d['paused']['reason']})" if d.get("paused") else _metric(d))
               for d in s["deployments"]] or ["(no deployments: rowcast deploy ...)"]
