@@ -5,7 +5,8 @@ samples learned, the running metrics, the learner's resume state and the labels-
 to resume from. Everything is written in one transaction with the pending features
 (``rowcast.pending_labels``), the labels held until their features come
 (``rowcast.held_labels``) and the rows learned already (``rowcast.learned_labels``, what makes
-"each row learned at most once" hold across restarts), so after a kill -9 at any moment the
+"each row learned at most once" hold across restarts; all three in
+:mod:`rowcast.connectors.pending_labels`), so after a kill -9 at any moment the
 learner restores a state that is consistent with its offset: replaying from there learns each
 label exactly once.
 
@@ -22,14 +23,12 @@ each claim bumps ``epoch``, and every checkpoint checks it under a row lock), re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg import sql
 
 from rowcast.core.errors import ConfigError
 
@@ -54,32 +53,6 @@ CREATE TABLE IF NOT EXISTS rowcast.model_control (
     pinned_version  integer,
     rollback_to     integer
 );
-CREATE TABLE IF NOT EXISTS rowcast.pending_labels (
-    deployment  text NOT NULL,
-    pk          text NOT NULL,
-    entry       json NOT NULL,
-    scored_at   timestamptz NOT NULL,
-    PRIMARY KEY (deployment, pk)
-);
-CREATE INDEX IF NOT EXISTS pending_labels_scored_at ON rowcast.pending_labels (deployment, scored_at);
-CREATE TABLE IF NOT EXISTS rowcast.held_labels (
-    deployment  text NOT NULL,
-    generation  text NOT NULL,
-    pk          text NOT NULL,
-    entry       json NOT NULL,
-    labelled_at timestamptz NOT NULL,
-    PRIMARY KEY (deployment, generation, pk)
-);
-CREATE INDEX IF NOT EXISTS held_labels_labelled_at ON rowcast.held_labels (deployment, labelled_at);
-CREATE TABLE IF NOT EXISTS rowcast.learned_labels (
-    deployment  text NOT NULL,
-    generation  text NOT NULL,
-    pk          text NOT NULL,
-    entry       json NOT NULL,
-    learned_at  timestamptz NOT NULL,
-    PRIMARY KEY (deployment, generation, pk)
-);
-CREATE INDEX IF NOT EXISTS learned_labels_learned_at ON rowcast.learned_labels (deployment, learned_at);
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'rowcast.model_control'::regclass
@@ -309,23 +282,6 @@ def rollback_target(conn: psycopg.Connection, deployment: str) -> int | None:
     return None if row is None else row[0]
 
 
-def has_expired(conn: psycopg.Connection, deployment: str, retention_s: float) -> bool:
-    """Pending features or held labels older than the retention wait to be expired (and
-    counted) by a checkpoint. Learned-row markers expire quietly with the next checkpoint."""
-    return conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM rowcast.pending_labels WHERE deployment = %s "
-        "AND scored_at < now() - make_interval(secs => %s)) OR EXISTS (SELECT 1 FROM "
-        "rowcast.held_labels WHERE deployment = %s AND labelled_at < now() - "
-        "make_interval(secs => %s))", (deployment, retention_s, deployment, retention_s)
-    ).fetchone()[0]
-
-
-def held_labels(conn: psycopg.Connection, deployment: str, generation: str) -> int:
-    """Labels of this generation the learner holds because their row's features never came."""
-    return conn.execute("SELECT count(*) FROM rowcast.held_labels WHERE deployment = %s "
-                        "AND generation = %s", (deployment, generation)).fetchone()[0]
-
-
 @dataclass(frozen=True)
 class Pause:
     """Why a deployment's learner stopped learning (``rowcast status`` shows it)."""
@@ -408,128 +364,3 @@ def pinned(conn: psycopg.Connection, deployment: str) -> int | None:
     row = conn.execute("SELECT pinned_version FROM rowcast.model_control WHERE deployment = %s",
                        (deployment,)).fetchone()
     return None if row is None else row[0]
-
-
-_TABLES = {  # what PgPending keeps: table, time column, keyed by generation too
-    "features": ("pending_labels", "scored_at", False),
-    "held": ("held_labels", "labelled_at", True),
-    "learned": ("learned_labels", "learned_at", True),
-}
-
-
-class PgPending:
-    """What the learner keeps between events, in Postgres, changed in memory between checkpoints.
-
-    Three maps by primary key: features waiting for a label (``rowcast.pending_labels``), labels
-    waiting for their features (``rowcast.held_labels``) and rows learned already
-    (``rowcast.learned_labels``); the last two per generation. Reads go to Postgres only for
-    keys not seen since the last checkpoint (one query per map and batch, :meth:`prefetch`);
-    writes wait for :meth:`flush`, inside the checkpoint's transaction, so the tables always
-    match the checkpointed offset. Memory holds only what changed since the last checkpoint.
-    """
-
-    def __init__(self, conn: psycopg.Connection, deployment: str, generation: str = "") -> None:
-        self.conn = conn
-        self.deployment = deployment
-        self.generation = generation
-        self.cache: dict[str, dict[bytes, dict[str, Any] | None]] = {k: {} for k in _TABLES}
-        self.dirty: dict[str, dict[bytes, dict[str, Any] | None]] = {k: {} for k in _TABLES}
-
-    def prefetch(self, keys: Iterable[bytes]) -> None:
-        keys = set(keys)
-        for kind, (table, _, by_generation) in _TABLES.items():
-            cache = self.cache[kind]
-            missing = sorted(k for k in keys if k not in cache)
-            if not missing:
-                continue
-            query = sql.SQL("SELECT pk, entry FROM rowcast.{} WHERE deployment = %s "
-                            "AND pk = ANY(%s)").format(sql.Identifier(table))
-            args: list[Any] = [self.deployment, [k.decode() for k in missing]]
-            if by_generation:
-                query += sql.SQL(" AND generation = %s")
-                args.append(self.generation)
-            found = {pk.encode(): entry for pk, entry in self.conn.execute(query, args)}
-            for k in missing:
-                cache[k] = found.get(k)
-
-    def _get(self, kind: str, key: bytes) -> dict[str, Any] | None:
-        if key not in self.cache[kind]:
-            self.prefetch([key])
-        return self.cache[kind].get(key)
-
-    def _set(self, kind: str, key: bytes, entry: dict[str, Any] | None) -> None:
-        self.cache[kind][key] = self.dirty[kind][key] = entry
-
-    def put(self, key: bytes, entry: dict[str, Any]) -> None:
-        self._set("features", key, entry)
-
-    def pop(self, key: bytes) -> dict[str, Any] | None:
-        entry = self._get("features", key)
-        if entry is not None:
-            self._set("features", key, None)
-        return entry
-
-    def hold(self, key: bytes, entry: dict[str, Any]) -> None:
-        self._set("held", key, entry)
-
-    def take_held(self, key: bytes) -> dict[str, Any] | None:
-        entry = self._get("held", key)
-        if entry is not None:
-            self._set("held", key, None)
-        return entry
-
-    def learned(self, key: bytes) -> dict[str, Any] | None:
-        return self._get("learned", key)
-
-    def mark_learned(self, key: bytes, entry: dict[str, Any]) -> None:
-        self._set("learned", key, entry)
-
-    def flush(self, retention_s: float) -> tuple[int, int]:
-        """Write what changed and expire what waited longer than ``retention_s``; returns how
-        many features and how many held labels expired. Call inside the checkpoint's
-        transaction."""
-        expired = {}
-        with self.conn.cursor() as cur:
-            for kind, (table, at, by_generation) in _TABLES.items():
-                name = sql.Identifier(table)
-                dirty = self.dirty[kind]
-                gone = [k.decode() for k, v in dirty.items() if v is None]
-                kept = [(k.decode(), orjson.dumps(v).decode(), v["at_us"])
-                        for k, v in dirty.items() if v is not None]
-                where = sql.SQL("deployment = %s" + (" AND generation = %s" if by_generation
-                                                     else ""))
-                scope = [self.deployment] + ([self.generation] if by_generation else [])
-                if gone:
-                    cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE {} AND pk = ANY(%s)")
-                                .format(name, where), [*scope, gone])
-                if kept:
-                    columns = "deployment, generation, pk, entry, " if by_generation \
-                        else "deployment, pk, entry, "
-                    conflict = "deployment, generation, pk" if by_generation else "deployment, pk"
-                    cur.executemany(sql.SQL(
-                        "INSERT INTO rowcast.{} (" + columns + "{}) VALUES ("
-                        + "%s, " * len(scope) + "%s, %s, to_timestamp(%s / 1e6)) "
-                        "ON CONFLICT (" + conflict + ") DO UPDATE SET entry = EXCLUDED.entry, "
-                        "{} = EXCLUDED.{}").format(name, sql.Identifier(at), sql.Identifier(at),
-                                                   sql.Identifier(at)),
-                        [(*scope, *row) for row in kept])
-                if by_generation:  # older generations' rows are of no use any more
-                    cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE deployment = %s "
-                                        "AND generation <> %s").format(name),
-                                (self.deployment, self.generation))
-                expired[kind] = cur.execute(sql.SQL(
-                    "DELETE FROM rowcast.{} WHERE deployment = %s AND {} < now() - "
-                    "make_interval(secs => %s)").format(name, sql.Identifier(at)),
-                    (self.deployment, retention_s)).rowcount
-        self.forget()
-        return expired["features"], expired["held"]
-
-    def forget(self) -> None:
-        """Drop unflushed changes (after a failed checkpoint or on restore)."""
-        for kind in _TABLES:
-            self.cache[kind].clear()
-            self.dirty[kind].clear()
-
-    def count(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM rowcast.pending_labels WHERE deployment = %s",
-                                 (self.deployment,)).fetchone()[0]

@@ -50,6 +50,23 @@ class Served:
     def proba_dict(self) -> dict[Any, float] | None:
         return dict(self.proba) if self.proba is not None else None
 
+    def to_doc(self) -> dict[str, Any]:
+        """The one encoding of a served score, in label events and in pending features alike."""
+        return {"version": self.version, "prediction": self.prediction,
+                "proba": None if self.proba is None else [list(p) for p in self.proba]}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any] | list | None) -> Served | None:
+        """Also reads the ``[version, prediction, proba]`` lists pending features were stored
+        as before there was one encoding."""
+        if doc is None:
+            return None
+        if isinstance(doc, list):
+            doc = dict(zip(("version", "prediction", "proba"), doc, strict=True))
+        proba = doc["proba"]
+        return cls(int(doc["version"]), doc["prediction"],
+                   None if proba is None else tuple((k, float(p)) for k, p in proba))
+
 
 @dataclass(frozen=True, slots=True)
 class LabelEvent:
@@ -77,9 +94,7 @@ class LabelEvent:
         if self.y is not None:
             doc["y"] = self.y
         if self.served is not None:
-            doc["served"] = {"version": self.served.version, "prediction": self.served.prediction,
-                             "proba": None if self.served.proba is None
-                             else [list(p) for p in self.served.proba]}
+            doc["served"] = self.served.to_doc()
         if self.was is not None:
             doc["was"] = self.was
         return orjson.dumps(doc)
@@ -90,10 +105,7 @@ class LabelEvent:
             doc = orjson.loads(data)
             if doc["kind"] not in KINDS:
                 raise ValueError(f"unknown kind {doc['kind']!r}")
-            s = doc.get("served")
-            served = None if s is None else Served(
-                int(s["version"]), s["prediction"],
-                None if s["proba"] is None else tuple((k, float(p)) for k, p in s["proba"]))
+            served = Served.from_doc(doc.get("served"))
             order = tuple(int(v) for v in doc["order"])
             if len(order) != 3:
                 raise ValueError("order must have three parts")

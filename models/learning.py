@@ -329,15 +329,9 @@ def _key_bytes(key: dict[str, Any]) -> bytes:
 
 
 def _entry(e: LabelEvent) -> dict[str, Any]:
-    s = e.served
     return {"x": e.x or {}, "at_us": e.at_us,
-            "served": None if s is None else [s.version, s.prediction,
-                                              None if s.proba is None else [list(p) for p in s.proba]]}
+            "served": None if e.served is None else e.served.to_doc()}
 
 
-def _served(doc: list | None) -> Served | None:
-    if doc is None:
-        return None
-    version, prediction, proba = doc
-    return Served(int(version), prediction,
-                  None if proba is None else tuple((k, float(p)) for k, p in proba))
+def _served(doc: dict | list | None) -> Served | None:
+    return Served.from_doc(doc)

@@ -26,8 +26,8 @@ from kafka.admin import OffsetSpec
 from psycopg import sql
 
 from rowcast.connectors.lag import consumer_lag
+from rowcast.connectors.pending_labels import held_labels
 from rowcast.connectors.registry import list_deployments
-from rowcast.connectors.versions import held_labels
 from rowcast.core.settings import Settings
 from rowcast.models.deployment import Deployment
 

@@ -33,8 +33,9 @@ from kafka.structs import OffsetAndMetadata
 
 from rowcast.connectors import position_history, versions
 from rowcast.connectors.dead_letters import DeadLetterWriter
+from rowcast.connectors.pending_labels import PgPending, has_expired
 from rowcast.connectors.registry import list_deployments
-from rowcast.connectors.versions import Checkpoint, Fenced, PgPending, Redeployed
+from rowcast.connectors.versions import Checkpoint, Fenced, Redeployed
 from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import ConfigError, DecodeError, SnapshotError
@@ -117,7 +118,7 @@ class Learner(ConsumerRebalanceListener):
         for owned in list(self.active.values()):
             name = owned.learner.deployment.name
             if versions.rollback_target(self.conn, name) is not None \
-                    or versions.has_expired(self.conn, name, self.settings.label_retention_s):
+                    or has_expired(self.conn, name, self.settings.label_retention_s):
                 self._checkpoint(owned)  # applies the rollback / counts what expired
         for tp in list(self.paused):
             name = tp.topic[len(self.prefix):]
