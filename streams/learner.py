@@ -8,7 +8,8 @@ it applies label events (:class:`rowcast.models.learning.DeploymentLearner`) and
 ``learner_checkpoint_s`` or ``learner_checkpoint_every`` events, writes model, metrics, resume
 state, pending features and the next offset in one Postgres transaction (a new model version),
 publishes the snapshot to the compacted models topic for the scorers, and commits the Kafka
-offset (only so lag tools see the learner's progress: the truth is the checkpoint).
+offset (only so lag tools see the learner's progress: the truth is the checkpoint); that order is
+written once, in :class:`Checkpointer`.
 
 A model whose state, answer or metrics became non-finite (a finite but huge feature, 1e300,
 overflows a scaler's variance) is never checkpointed or published: the learner drops what it
@@ -88,6 +89,7 @@ class Learner(ConsumerRebalanceListener):
         self.producer = producer
         self.key = key
         self.dead_letters = DeadLetterWriter(producer, settings.dlq_topic)
+        self.checkpoints = Checkpointer(self)
         self.deployments: dict[str, Deployment] = {}
         self.active: dict[str, Owned] = {}
         self.subscribed: tuple[str, ...] = ()
@@ -296,20 +298,8 @@ class Learner(ConsumerRebalanceListener):
                 self._checkpoint(owned)
             elif (owned.committed_offset != owned.checkpointed_offset
                   and now - owned.last_commit_try >= self.settings.learner_checkpoint_s):
-                self._commit(owned)  # e.g. restored from a checkpoint whose commit failed
+                self.checkpoints.commit_offset(owned)  # e.g. restored from a checkpoint whose commit failed
         return applied
-
-    def _commit(self, owned: Owned) -> None:
-        """Commit the checkpointed offset to the group, so lag shows what is not yet learned.
-        A failure (rebalance, broker restarting) is retried from the loop: with no new labels
-        coming there would otherwise be no later checkpoint to carry the commit."""
-        owned.last_commit_try = time.monotonic()
-        try:
-            self.consumer.commit({owned.tp: OffsetAndMetadata(owned.checkpointed_offset, "", -1)})
-            owned.committed_offset = owned.checkpointed_offset
-        except KafkaError as exc:  # lag display only; the checkpoint is the truth
-            log.info("could not commit the learner offset of %s (will retry): %s",
-                     owned.learner.deployment.name, exc)
 
     def _follow_generation(self, owned: Owned, events: list[LabelEvent]) -> None:
         """A redeploy starts a new model: when events of another generation show up, re-read
@@ -343,40 +333,10 @@ class Learner(ConsumerRebalanceListener):
         self.active[d.name] = owned
 
     def _checkpoint(self, owned: Owned, dropping: bool = False) -> None:
-        learner = owned.learner
-        d = learner.deployment
-        started = time.monotonic()
-        if learner.changes == 0 and learner.model.version > 0 and self._advance(owned):
-            return
-        broken = learner.health()
-        if broken is not None:
-            self._pause_broken(owned, broken, dropping)
-            return
+        d = owned.learner.deployment
         try:
-            with self.conn.transaction():
-                control = versions.lock_control(self.conn, d.name, owned.epoch, d.generation)
-                if control.paused_reason is not None:  # resumed (rollback): learning again
-                    versions.clear_pause(self.conn, d.name)
-                note = None
-                if control.rollback_to is not None:
-                    if control.rollback_to == owned.applied_rollback:  # done at restore
-                        note = f"rolled back to version {control.rollback_to}"
-                    else:
-                        try:
-                            note = self._roll_back(learner, control.rollback_to)
-                        except SnapshotError as exc:
-                            log.error("cannot roll %s back to version %d: %s", d.name,
-                                      control.rollback_to, exc)
-                    versions.clear_rollback(self.conn, d.name)
-                owned.applied_rollback = None
-                expired, unjoined = owned.pending.flush(self.settings.label_retention_s)
-                learner.state.counters["expired"] += expired
-                learner.state.counters["unjoined"] += unjoined
-                blob = dump_snapshot(snapshot_payload(learner), self.key)
-                version = versions.write(self.conn, Checkpoint(
-                    d.name, 0, d.generation, d.model, blob, learner.model.samples_learned,
-                    learner.metrics(), learner.state.to_dict(), owned.offset, note),
-                    self.settings.model_versions_keep)
+            if not self.checkpoints.write(owned, dropping):
+                self._pause_broken(owned, owned.learner.health() or "non-finite", dropping)
         except Redeployed as exc:
             # redeployed under us, and no other learner claimed it: while the partition is
             # ours, go on with the new generation (dropping it here left it unlearned until
@@ -389,35 +349,14 @@ class Learner(ConsumerRebalanceListener):
             else:
                 log.info("%s; learning generation %s", exc, current.generation)
                 self._switch_generation(owned, current)
-            return
         except Fenced as exc:
             log.warning("%s; letting go of it", exc)
             self.active.pop(d.name, None)
-            return
         except psycopg.Error as exc:
             log.error("checkpoint of %s failed (%s); restoring the last one", d.name, exc)
             self.active.pop(d.name, None)
             if not dropping:
                 self._recover(owned.tp)
-            return
-        if control.paused_reason is not None:
-            metrics.MODEL_PAUSED.labels(d.name, control.paused_reason).set(0)
-        learner.model.version = version
-        learner.changes = 0
-        for delay in learner.delays_s:
-            metrics.LEARNING_DELAY_SECONDS.observe(delay)
-        learner.delays_s.clear()
-        owned.checkpointed_offset = owned.offset
-        owned.last_checkpoint = time.monotonic()
-        self._publish(d, version, learner.model.samples_learned, blob)
-        if not dropping:
-            self._commit(owned)
-        metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
-        metrics.MODEL_VERSION.labels(d.name).set(version)
-        for metric, value in learner.progressive.values().items():
-            metrics.MODEL_METRIC.labels(d.name, metric).set(value)
-        for outcome, count in learner.state.counters.items():
-            metrics.LABEL_EVENTS.labels(d.name, outcome).set(count)
 
     def _expect_streams(self, learner: DeploymentLearner) -> None:
         """Tell the commit-order merge which change-topic partitions gate learning: every
@@ -432,25 +371,6 @@ class Learner(ConsumerRebalanceListener):
             partitions = self.consumer.partitions_for_topic(topic) or ()
             streams |= {f"{topic}:{p}" for p in partitions}
         merge.expect(streams)
-
-    def _advance(self, owned: Owned) -> bool:
-        """Only positions moved since the last version (watermarks, events still waiting for
-        them): store the merge state and offset on that version instead of writing a new one.
-        False when a full checkpoint is needed after all (a rollback or pause to apply)."""
-        learner, d = owned.learner, owned.learner.deployment
-        try:
-            with self.conn.transaction():
-                control = versions.lock_control(self.conn, d.name, owned.epoch, d.generation)
-                if control.rollback_to is not None or control.paused_reason is not None:
-                    return False
-                versions.advance(self.conn, d.name, learner.model.version,
-                                 learner.state.to_dict(), owned.offset)
-        except (Fenced, psycopg.Error):
-            return False  # the full checkpoint handles (and logs) it
-        owned.checkpointed_offset = owned.offset
-        owned.last_checkpoint = time.monotonic()
-        self._commit(owned)
-        return True
 
     def _pause_broken(self, owned: Owned, reason: str, dropping: bool) -> None:
         """The model became non-finite: never checkpoint or publish it. Drop what was learned
@@ -485,17 +405,6 @@ class Learner(ConsumerRebalanceListener):
         except psycopg.Error as exc:
             log.error("could not record the pause of %s: %s", name, exc)
 
-    def _roll_back(self, learner: DeploymentLearner, version: int) -> str:
-        ck = versions.get(self.conn, learner.deployment.name, version)
-        if ck.snapshot is None:
-            raise SnapshotError(f"version {version} has no snapshot any more")
-        payload = load_snapshot(ck.snapshot, self.key)
-        learner.model.estimator = payload["estimator"]
-        learner.model.samples_learned = ck.samples
-        learner.progressive, learner.served = payload["progressive"], payload["served"]
-        log.info("%s rolled back to version %d", learner.deployment.name, version)
-        return f"rolled back to version {version}"
-
     def _recover(self, tp: TopicPartition) -> None:
         """After a failed checkpoint: reconnect if needed and resume from the last good one."""
         while True:
@@ -509,11 +418,136 @@ class Learner(ConsumerRebalanceListener):
                 log.error("restore failed (%s); retrying in 1 s", exc)
                 time.sleep(1.0)
 
-    def _publish(self, d: Deployment, version: int, samples: int, blob: bytes) -> None:
+
+class Checkpointer:
+    """Makes one deployment's learning durable. The commit order, in one place:
+
+    1. **health**: a model whose state, answer or metrics became non-finite is never written
+       (the learner pauses it; the last good version keeps serving);
+    2. **one Postgres transaction**: lock the control row (the epoch and generation fence a
+       learner that lost the deployment), apply a requested rollback, flush the pending labels
+       (features waiting, labels held, rows learned; expiring what outlived the retention), then
+       the new version row -- signed snapshot, metrics, resume state (high-water marks, the
+       commit-order merge's buffer and watermarks) and the labels-topic offset to resume from --
+       its latest-version pointer, and one bounded step of history thinning;
+    3. **publish** the snapshot to the compacted models topic (a failure only delays the
+       scorers' hot swap until the next version);
+    4. **commit** the labels-topic offset to the consumer group (lag display only: the
+       checkpoint is the position of record).
+
+    A checkpoint that only moved positions (watermarks consumed, events still waiting for
+    them) does step 2 as an in-place update of the latest version and step 4 (:meth:`advance`):
+    an idle deployment gains no versions. Restoring reads back exactly what step 2 wrote, so a
+    kill -9 anywhere replays from the offset with the state that goes with it.
+    """
+
+    def __init__(self, owner: Learner) -> None:
+        self.owner = owner  # its connection (replaced after a reconnect), clients, settings
+
+    def write(self, owned: Owned, dropping: bool = False) -> bool:
+        """One checkpoint, in the order the class states; True once it is durable.
+        Raises :class:`Fenced` (``Redeployed``) or ``psycopg.Error`` for the caller to handle;
+        returns False when the model is broken (the caller pauses it: nothing was written)."""
+        learner = owned.learner
+        d = learner.deployment
+        started = time.monotonic()
+        if learner.changes == 0 and learner.model.version > 0 and self.advance(owned):
+            return True
+        if learner.health() is not None:
+            return False
+        conn = self.owner.conn
+        with conn.transaction():
+            control = versions.lock_control(conn, d.name, owned.epoch, d.generation)
+            if control.paused_reason is not None:  # resumed (rollback): learning again
+                versions.clear_pause(conn, d.name)
+            note = None
+            if control.rollback_to is not None:
+                if control.rollback_to == owned.applied_rollback:  # done at restore
+                    note = f"rolled back to version {control.rollback_to}"
+                else:
+                    try:
+                        note = self.roll_back(learner, control.rollback_to)
+                    except SnapshotError as exc:
+                        log.error("cannot roll %s back to version %d: %s", d.name,
+                                  control.rollback_to, exc)
+                versions.clear_rollback(conn, d.name)
+            owned.applied_rollback = None
+            expired, unjoined = owned.pending.flush(self.owner.settings.label_retention_s)
+            learner.state.counters["expired"] += expired
+            learner.state.counters["unjoined"] += unjoined
+            blob = dump_snapshot(snapshot_payload(learner), self.owner.key)
+            version = versions.write(conn, Checkpoint(
+                d.name, 0, d.generation, d.model, blob, learner.model.samples_learned,
+                learner.metrics(), learner.state.to_dict(), owned.offset, note),
+                self.owner.settings.model_versions_keep)
+        if control.paused_reason is not None:
+            metrics.MODEL_PAUSED.labels(d.name, control.paused_reason).set(0)
+        learner.model.version = version
+        learner.changes = 0
+        for delay in learner.delays_s:
+            metrics.LEARNING_DELAY_SECONDS.observe(delay)
+        learner.delays_s.clear()
+        owned.checkpointed_offset = owned.offset
+        owned.last_checkpoint = time.monotonic()
+        self.publish(d, version, learner.model.samples_learned, blob)
+        if not dropping:
+            self.commit_offset(owned)
+        metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
+        metrics.MODEL_VERSION.labels(d.name).set(version)
+        for metric, value in learner.progressive.values().items():
+            metrics.MODEL_METRIC.labels(d.name, metric).set(value)
+        for outcome, count in learner.state.counters.items():
+            metrics.LABEL_EVENTS.labels(d.name, outcome).set(count)
+        return True
+
+    def advance(self, owned: Owned) -> bool:
+        """Only positions moved since the last version (watermarks, events still waiting for
+        them): store the merge state and offset on that version instead of writing a new one.
+        False when a full checkpoint is needed after all (a rollback or pause to apply)."""
+        learner, d = owned.learner, owned.learner.deployment
+        try:
+            with self.owner.conn.transaction():
+                control = versions.lock_control(self.owner.conn, d.name, owned.epoch,
+                                                d.generation)
+                if control.rollback_to is not None or control.paused_reason is not None:
+                    return False
+                versions.advance(self.owner.conn, d.name, learner.model.version,
+                                 learner.state.to_dict(), owned.offset)
+        except (Fenced, psycopg.Error):
+            return False  # the full checkpoint handles (and logs) it
+        owned.checkpointed_offset = owned.offset
+        owned.last_checkpoint = time.monotonic()
+        self.commit_offset(owned)
+        return True
+
+    def roll_back(self, learner: DeploymentLearner, version: int) -> str:
+        ck = versions.get(self.owner.conn, learner.deployment.name, version)
+        if ck.snapshot is None:
+            raise SnapshotError(f"version {version} has no snapshot any more")
+        payload = load_snapshot(ck.snapshot, self.owner.key)
+        learner.model.estimator = payload["estimator"]
+        learner.model.samples_learned = ck.samples
+        learner.progressive, learner.served = payload["progressive"], payload["served"]
+        log.info("%s rolled back to version %d", learner.deployment.name, version)
+        return f"rolled back to version {version}"
+
+    def publish(self, d: Deployment, version: int, samples: int, blob: bytes) -> None:
         record = ModelRecord(d.name, d.generation, version, samples, blob)
         try:
-            self.producer.send(self.settings.models_topic, key=record.kafka_key(),
-                               value=record.encode(self.key), partition=0)
-            self.producer.flush(timeout=30)
+            self.owner.producer.send(self.owner.settings.models_topic, key=record.kafka_key(),
+                                     value=record.encode(self.owner.key), partition=0)
+            self.owner.producer.flush(timeout=30)
         except KafkaError as exc:  # scorers keep the previous version until the next one
             log.error("could not publish version %d of %s: %s", version, d.name, exc)
+
+    def commit_offset(self, owned: Owned) -> None:
+        """Commit the checkpointed offset to the group, so lag shows what is not yet learned.
+        A failure (rebalance, broker restarting) is retried from the loop: with no new labels
+        coming there would otherwise be no later checkpoint to carry the commit."""
+        owned.last_commit_try = time.monotonic()
+        try:
+            self.owner.consumer.commit({owned.tp: OffsetAndMetadata(owned.checkpointed_offset, "", -1)})
+            owned.committed_offset = owned.checkpointed_offset
+        except KafkaError as exc:  # lag display only; the checkpoint is the truth
+            log.info("could not commit the learner offset of %s (will retry): %s",
+                     owned.learner.deployment.name, exc)
