@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -24,31 +23,13 @@ from rowcast.models.deployment import Deployment, Feature
 from rowcast.models.serving import ServingSet
 from rowcast.streams import scorer as scorer_module
 from rowcast.streams.scorer import RETRY_EXIT, BatchScorer, drive
+from tests.helpers.scorer_doubles import Msg, Published
 
 FRAGILE = "tests.helpers.fragile_models:make"
 MISSING = "rowcast_no_such_module_anywhere:make"
 REPO = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class Msg:
-    """What faust hands the agent for one record (the attributes the scorer reads)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list = field(default_factory=list)
-
-
-@dataclass
-class Published:
-    calls: list = field(default_factory=list)
-
-    def publish(self, predictions, dead_letters=(), labels=()) -> int:
-        self.calls.append((list(predictions), list(dead_letters), list(labels)))
-        return len(self.calls[-1][0])
 
 
 def deployment(name: str, model: str = "linear_regression", version: int = 1) -> Deployment:

@@ -9,7 +9,6 @@ follows every label event of that partition that came before it.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import orjson
 
@@ -19,27 +18,11 @@ from rowcast.models.deployment import Deployment, Feature, LabelSource
 from rowcast.models.learning import DeploymentLearner, MemoryPending
 from rowcast.models.serving import ServingSet
 from rowcast.streams.scorer import BatchScorer
+from tests.helpers.scorer_doubles import Msg, Published
 
 TOPIC = "t.public.t"
 
 
-@dataclass
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list = field(default_factory=list)
-
-
-@dataclass
-class Published:
-    calls: list = field(default_factory=list)
-
-    def publish(self, predictions, dead_letters=(), labels=()) -> int:
-        self.calls.append((list(predictions), list(dead_letters), list(labels)))
-        return len(self.calls[-1][0])
 
 
 def deployment(name: str, table: str = "t", labels: LabelSource | None = None) -> Deployment:
