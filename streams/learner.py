@@ -451,7 +451,7 @@ class Checkpointer:
         learner = owned.learner
         d = learner.deployment
         started = time.monotonic()
-        if learner.changes == 0 and learner.model.version > 0 and self.advance(owned):
+        if learner.changes == 0 and learner.model.version > 0 and self.advance(owned, dropping):
             return True
         if learner.health() is not None:
             return False
@@ -500,7 +500,7 @@ class Checkpointer:
             metrics.LABEL_EVENTS.labels(d.name, outcome).set(count)
         return True
 
-    def advance(self, owned: Owned) -> bool:
+    def advance(self, owned: Owned, dropping: bool = False) -> bool:
         """Only positions moved since the last version (watermarks, events still waiting for
         them): store the merge state and offset on that version instead of writing a new one.
         False when a full checkpoint is needed after all (a rollback or pause to apply)."""
@@ -517,7 +517,8 @@ class Checkpointer:
             return False  # the full checkpoint handles (and logs) it
         owned.checkpointed_offset = owned.offset
         owned.last_checkpoint = time.monotonic()
-        self.commit_offset(owned)
+        if not dropping:  # never from a rebalance callback: kafka-python cannot block there
+            self.commit_offset(owned)
         return True
 
     def roll_back(self, learner: DeploymentLearner, version: int) -> str:
