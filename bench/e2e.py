@@ -130,10 +130,11 @@ def wait_for_predictions(conn: psycopg.Connection, first: int, last: int, timeou
 
 
 def wait_for_learning(conn: psycopg.Connection, timeout_s: float) -> float:
-    """Until the learner has learned every row of the table (each arrives labelled); when."""
+    """Until the learner has learned every labelled row of the table; when."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rows = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+        rows = conn.execute(f"SELECT count(*) FROM {TABLE} WHERE purchase_amount IS NOT NULL"
+                            ).fetchone()[0]
         learned = conn.execute("SELECT coalesce(max(samples), 0) FROM rowcast.model_versions "
                                "WHERE deployment = 'bench'").fetchone()[0]
         if learned >= rows:
