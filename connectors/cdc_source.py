@@ -327,12 +327,15 @@ class CdcSource:
         count = self._pending.wait()
         self._unconfirmed += count
         self._complete = max(self._complete, self._committed)
-        self._send_watermarks()
+        self._maybe_idle_watermark()  # at most every watermark_interval_s (see the setting)
         return count
 
     def _maybe_idle_watermark(self) -> None:
-        """While idle, at most every ``watermark_interval_s`` (``_complete`` grows with WAL
-        decoded with nothing to publish: the heartbeat, other tables' writes)."""
+        """At most every ``watermark_interval_s``: after acknowledged batches, and on every
+        poll once caught up (so a watermark held back by the interval goes out soon after).
+        Unbounded, single-row commits made every transaction cost one watermark per partition
+        of every topic -- several faust events per row (measured: the writers' INSERT rate
+        fell by 40 % with rowcast attached)."""
         if time.monotonic() - self._last_watermark >= self.settings.watermark_interval_s:
             self._send_watermarks()
 

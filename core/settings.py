@@ -126,8 +126,9 @@ class Settings(BaseSettings):
         '{"__rowcast":"watermark"}, null value (a tombstone of that key), header '
         "rowcast.watermark = the LSN as text; rowcast's workers skip them, others should too.")
     watermark_interval_s: float = Field(
-        0.5, gt=0, description="While idle (and on the heartbeat), the source tells partitions "
-        "that WAL decoded with nothing to publish is complete at most this often.")
+        0.05, gt=0, description="The source writes watermarks at most this often (after "
+        "acknowledged batches, and once caught up): it bounds their cost when transactions are "
+        "small, and adds at most about this much to the learning delay.")
     deployment_refresh_s: float = Field(
         2.0, gt=0, description="How often workers re-read rowcast.deployments.")
     score_batch_size: int = Field(500, ge=1, description="Events a scorer takes per batch.")
