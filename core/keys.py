@@ -74,7 +74,8 @@ def key_of(names: Iterable[str], row: Mapping[str, Any]) -> dict[str, Any]:
     return {name: row.get(name) for name in names}
 
 
-def _default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """orjson's ``default`` for row values: a ``Decimal`` as numeric's text."""
     # orjson has no exact Decimal encoding; numeric keys are their Postgres text, which is
     # what str(Decimal) gives for a value parsed from that text
     if isinstance(value, Decimal):
@@ -84,10 +85,10 @@ def _default(value: Any) -> Any:
 
 def encode_key(key: Mapping[str, Any]) -> bytes:
     """The Kafka record key: the key columns in primary-key order, as Debezium writes it."""
-    return orjson.dumps(key, default=_default)
+    return orjson.dumps(key, default=json_default)
 
 
 def stored_key(key: Mapping[str, Any]) -> str:
     """The JSON text stored in ``rowcast.predictions.pk`` (sorted, so replays write identical
     text; jsonb would normalise the order anyway)."""
-    return orjson.dumps(key, default=_default, option=orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(key, default=json_default, option=orjson.OPT_SORT_KEYS).decode()

@@ -24,6 +24,15 @@ may have learned already. Old records without it decode unchanged.
 >>> e = LabelEvent("labelled", "spend", "1.1", {"id": 7}, "t:0", (9, 8, 1), 5, {"x": 1.0}, 2.5)
 >>> LabelEvent.from_json(e.to_json()) == e
 True
+
+Scorers send a deployment's label events of one scored batch as **one record** (issue 15): key
+:data:`BATCH_KEY`, header :data:`BATCH_HEADER` = ``b"1"``, value ``{"v": 1, "events": [...]}``
+with each event's document in order (the order the learner must see them in). The learner
+still reads single-event records (no header), from older scorers.
+
+>>> w = LabelEvent("watermark", "spend", "1.1", {}, "t:0", (12, 0, 0), 6)
+>>> decode_batch(encode_batch([e, w])) == [e, w]
+True
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ from rowcast.core.errors import DecodeError
 
 Kind = Literal["labelled", "scored", "label", "watermark", "deleted"]
 KINDS = frozenset({"labelled", "scored", "label", "watermark", "deleted"})
+BATCH_VERSION = 1
+BATCH_KEY = b'{"__rowcast":"labels"}'
+BATCH_HEADER = "rowcast.batch"  # as on change batches: its value is the format version
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +98,9 @@ class LabelEvent:
         return orjson.dumps(self.key, option=orjson.OPT_SORT_KEYS)
 
     def to_json(self) -> bytes:
+        return orjson.dumps(self.to_doc())
+
+    def to_doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": self.kind, "deployment": self.deployment,
                                "generation": self.generation, "key": self.key,
                                "stream": self.stream, "order": list(self.order), "at_us": self.at_us}
@@ -97,12 +112,19 @@ class LabelEvent:
             doc["served"] = self.served.to_doc()
         if self.was is not None:
             doc["was"] = self.was
-        return orjson.dumps(doc)
+        return doc
 
     @classmethod
     def from_json(cls, data: bytes) -> LabelEvent:
         try:
             doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"not a label event: {exc!r}") from None
+        return cls.from_doc(doc)
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> LabelEvent:
+        try:
             if doc["kind"] not in KINDS:
                 raise ValueError(f"unknown kind {doc['kind']!r}")
             served = Served.from_doc(doc.get("served"))
@@ -114,5 +136,24 @@ class LabelEvent:
                        dict(doc["key"]), str(doc["stream"]), order,  # type: ignore[arg-type]
                        int(doc["at_us"]), doc.get("x"), doc.get("y"), served,
                        None if was is None else dict(was))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"not a label event: {exc!r}") from None
+
+
+def encode_batch(events: list[LabelEvent]) -> bytes:
+    """One record's value for label events of one deployment, in the order given."""
+    return orjson.dumps({"v": BATCH_VERSION, "events": [e.to_doc() for e in events]})
+
+
+def decode_batch(data: bytes) -> list[LabelEvent]:
+    """Raises :class:`DecodeError` if the record (as a whole) is not a label batch."""
+    try:
+        doc = orjson.loads(data)
+        if doc.get("v") != BATCH_VERSION:
+            raise ValueError(f"unknown label batch version {doc.get('v')!r}")
+        events = doc["events"]
+        if not isinstance(events, list):
+            raise TypeError("'events' is not a list")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DecodeError(f"not a label batch: {exc!r}") from None
+    return [LabelEvent.from_doc(doc) for doc in events]

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -112,6 +112,16 @@ class Settings(BaseSettings):
     source_idle_backoff_max_s: float = Field(
         0.2, gt=0, description="Longest wait between polls while the slot is idle."
     )
+    source_format: Literal["rowcast", "debezium"] = Field(
+        "rowcast", description="What the CDC source writes to the change topics: 'rowcast' = "
+        "change batches, many rows of one table and partition per record "
+        "(rowcast.core.change_batch; ~10x the rows/s), 'debezium' = one Debezium envelope per "
+        "row, for other consumers of the topics. Workers read both.")
+    source_batch_rows: int = Field(
+        500, ge=1, description="Most rows in one change batch record.")
+    source_batch_bytes: int = Field(
+        512 * 1024, ge=1024, description="A change batch record is closed once its rows' "
+        "estimated size reaches this many bytes.")
     source_restart_nudge_s: float = Field(
         1.0, gt=0, description="How often the source has the server log running transactions, "
         "so the slot's restart LSN keeps up (see rowcast.connectors.slot.log_running_xacts).")
