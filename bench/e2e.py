@@ -4,12 +4,16 @@
 
 Starts a private dev stack (its own ports and folder), then measures, in this order:
 
-1. ``insert_baseline``: the application's single-row INSERT rate with nothing attached;
-2. the PL/Python trigger baselines (model cached in SD / fetched and unpickled per row);
+1. ``insert_baseline``: the application's single-row INSERT rate with nothing attached, and a
+   ``--rows``-row ``COPY`` (one transaction) with nothing attached;
+2. the PL/Python trigger baselines (model cached in SD / fetched and unpickled per row), for
+   single-row INSERTs and for the same ``COPY`` (what scoring inside the writer costs it);
 3. the naive poller (INSERT rate while it runs, and its insert→prediction latency);
-4. rowcast: the INSERT rate while it scores, the end-to-end rate over ``--rows`` rows loaded as
-   fast as Postgres takes them, and commit→prediction-row latency at each fixed ``--rates``;
-   with each rowcast process's CPU seconds and peak RSS, and the slot's largest retained WAL;
+4. rowcast: the INSERT rate while it scores; a ``--rows``-row ``COPY`` into the deployed table,
+   with rows/s from its commit to the last prediction row in ``rowcast.predictions``, to the
+   last record on the predictions topic and to the last label learned, each process's CPU µs
+   per row and peak RSS; then commit→prediction-row latency for single-row INSERTs at each
+   fixed ``--rates`` (from ``rate // 1000`` writer sessions); the slot's largest retained WAL;
 5. the learner, which learns every row in the table's commit order (the merge waits for every
    partition's watermark): labels/s over the bulk load, and at each rate the learning delay
    (commit of the labelled row -> learned) p50/p99.
@@ -159,38 +163,98 @@ def max_id(conn: psycopg.Connection) -> int:
     return conn.execute(f"SELECT coalesce(max(id), 0) FROM {TABLE}").fetchone()[0]
 
 
-def bulk_load(conn: psycopg.Connection, n: int, batch: int = 1000) -> None:
-    rng = random.Random(5)
-    with conn.cursor() as cur:
-        for start in range(0, n, batch):
-            with conn.transaction(), cur.copy(
-                    f"COPY {TABLE} (age, income, credit_score, purchase_amount) FROM STDIN") as copy:
-                for _ in range(min(batch, n - start)):
-                    copy.write_row(baselines.sample_row(rng))
+def copy_load(conn: psycopg.Connection, table: str, n: int, seed: int = 5) -> tuple[float, object]:
+    """One ``COPY`` of ``n`` rows in one transaction, as a bulk load is: its rows/s (from the
+    start of the COPY to its commit) and the server's clock right after the commit."""
+    rng = random.Random(seed)
+    rows = [baselines.sample_row(rng) for _ in range(n)]
+    started = time.perf_counter()
+    with conn.transaction(), conn.cursor().copy(
+            f"COPY {table} (age, income, credit_score, purchase_amount) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    rate = n / (time.perf_counter() - started)
+    return rate, conn.execute("SELECT clock_timestamp()").fetchone()[0]
 
 
-def drive_at_rate(conn: psycopg.Connection, rate: float, seconds: float) -> int:
-    """Insert ``rate`` rows/s for ``seconds``, in one small transaction every 10 ms."""
-    rng = random.Random(int(rate))
-    sql = (f"INSERT INTO {TABLE} (age, income, credit_score, purchase_amount) "
+def last_on_topic(settings: Settings, topic: str) -> float:
+    """The newest record timestamp (ms since the epoch, producer's CreateTime) on a topic."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        ends = consumer.end_offsets(parts)
+        newest = 0
+        for tp in parts:
+            if ends[tp] == 0:
+                continue
+            consumer.seek(tp, ends[tp] - 1)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                got = consumer.poll(timeout_ms=500).get(tp)
+                if got:
+                    newest = max(newest, got[-1].timestamp)
+                    break
+        return newest
+    finally:
+        consumer.close()
+
+
+def learned_at(conn: psycopg.Connection, labelled: int, timeout_s: float, pipeline: Pipeline):
+    """When the learner had learned ``labelled`` rows: the first version's creation time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT min(created_at) FROM rowcast.model_versions WHERE "
+                           "deployment = 'bench' AND samples >= %s", (labelled,)).fetchone()
+        if row[0] is not None:
+            return row[0]
+        dead = [n for n, up in pipeline.alive().items() if not up]
+        if dead:
+            raise SystemExit(f"rowcast {dead[0]} died:\n{pipeline.log_tail(dead[0])}")
+        time.sleep(0.2)
+    raise TimeoutError("the learner did not learn every row in time")
+
+
+def drive_at_rate(dsn: str, table: str, rate: float, seconds: float) -> int:
+    """Single-row INSERTs (one autocommit transaction each, as an application writes) at
+    ``rate`` rows/s for ``seconds``, from as many writer sessions as the rate needs (one
+    session commits at most ~2,000 rows/s with fsync on): the rows sent."""
+    sessions = max(1, int(rate // 1000))
+    sql = (f"INSERT INTO {table} (age, income, credit_score, purchase_amount) "
            "VALUES (%s, %s, %s, %s)")
-    started, sent = time.monotonic(), 0
-    with conn.cursor() as cur:
-        while (elapsed := time.monotonic() - started) < seconds:
-            due = int(elapsed * rate) - sent
-            if due > 0:
-                with conn.transaction():
-                    cur.executemany(sql, [baselines.sample_row(rng) for _ in range(due)])
-                sent += due
-            time.sleep(0.01)
-    return sent
+    sent = [0] * sessions
+
+    def writer(i: int) -> None:
+        rng = random.Random(int(rate) + i)
+        share = rate / sessions
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+            started = time.monotonic()
+            while (elapsed := time.monotonic() - started) < seconds:
+                due = int(elapsed * share) - sent[i]
+                for _ in range(due):
+                    conn.execute(sql, baselines.sample_row(rng))
+                sent[i] += max(due, 0)
+                if due <= 0:
+                    time.sleep(0.001)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(sent)
 
 
-def measure_baselines(dsn: str, n: int) -> dict:
+def measure_baselines(dsn: str, n: int, copy_rows: int) -> dict:
     out: dict = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
         baselines.create_table(conn, "bench_plain")
         out["insert_baseline_rows_per_s"] = baselines.insert_throughput(dsn, "bench_plain", n)
+        baselines.create_table(conn, "bench_copy_plain")
+        out["copy_baseline_rows_per_s"] = copy_load(conn, "bench_copy_plain", copy_rows)[0]
+        conn.execute("DROP TABLE bench_copy_plain")
         if baselines.plpython_available(conn):
             for cached in (True, False):
                 table = f"bench_trigger_{'cached' if cached else 'per_row'}"
@@ -199,6 +263,13 @@ def measure_baselines(dsn: str, n: int) -> dict:
                 out[f"{table}_rows_per_s"] = baselines.insert_throughput(dsn, table, n)
                 scored = conn.execute(f"SELECT count(predicted) FROM {table}").fetchone()[0]
                 assert scored == n, f"the trigger scored {scored} of {n} rows"
+            # a bulk load through the same cached-model trigger: what scoring inside the
+            # writer costs a COPY (compared with the plain COPY below and rowcast's)
+            baselines.create_table(conn, "bench_copy_trigger")
+            baselines.install_trigger(conn, "bench_copy_trigger", True)
+            out["copy_with_trigger_rows_per_s"] = copy_load(conn, "bench_copy_trigger",
+                                                            copy_rows)[0]
+            conn.execute("DROP TABLE bench_copy_trigger")
         else:
             out["trigger_baselines"] = "skipped: install postgresql-plpython3-15 (make bench does)"
         baselines.create_table(conn, "bench_polled")
@@ -242,32 +313,48 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str) -> d
             wait_for_predictions(conn, 1, max_id(conn), 300, pipeline)
 
             first = max_id(conn) + 1
+            labelled = conn.execute(f"SELECT count(*) FROM {TABLE} WHERE purchase_amount "
+                                    "IS NOT NULL").fetchone()[0] + args.rows
             cpu_before = sampler.stats()
-            load_started = time.monotonic()
-            bulk_load(conn, args.rows)
-            load_s = time.monotonic() - load_started
-            wait_for_predictions(conn, first, first + args.rows - 1, 600 + args.rows / 1000, pipeline)
-            span = conn.execute(
-                "SELECT extract(epoch FROM max(written_at) - min(source_committed_at)) "
-                "FROM rowcast.predictions WHERE deployment = 'bench' "
+            copy_rate, committed = copy_load(conn, TABLE, args.rows)
+            wait_for_predictions(conn, first, first + args.rows - 1, 600 + args.rows / 1000,
+                                 pipeline)
+            last_row = conn.execute(
+                "SELECT max(written_at) FROM rowcast.predictions WHERE deployment = 'bench' "
                 "AND (pk->>'id')::bigint >= %s", (first,)).fetchone()[0]
+            cpu_scored = sampler.stats()
+            last_record_ms = last_on_topic(settings, settings.predictions_topic("bench"))
+            last_learned = learned_at(conn, labelled, 900 + args.rows / 500, pipeline)
             cpu_after = sampler.stats()
-            learned_s = wait_for_learning(conn, 600 + args.rows / 1000) - load_started
-            out["learner"] = {"labels_per_s_in_commit_order": round(args.rows / learned_s)}
+            commit_s = committed.timestamp()
+            span = {"prediction_rows": (last_row - committed).total_seconds(),
+                    "predictions_topic": last_record_ms / 1000 - commit_s,
+                    "labels_learned": (last_learned - committed).total_seconds()}
             out["end_to_end"] = {
                 "rows": args.rows,
-                "load_rows_per_s": round(args.rows / load_s),
-                "rows_per_s": round(args.rows / float(span)),
+                "copy_rows_per_s": round(copy_rate),
+                # from the COPY's commit to the last one of each
+                "rows_per_s": {k: round(args.rows / v) for k, v in span.items()},
+                "seconds_after_commit": {k: round(v, 2) for k, v in span.items()},
                 "cpu_s_per_process": {n: round(cpu_after[n]["cpu_s"] - cpu_before[n]["cpu_s"], 1)
                                       for n in cpu_after},
+                # CPU per row of each process until the last prediction row (the learner's
+                # until the last label learned)
+                "cpu_us_per_row": {
+                    n: round(((cpu_after if n == "learner" else cpu_scored)[n]["cpu_s"]
+                              - cpu_before[n]["cpu_s"]) / args.rows * 1e6, 1)
+                    for n in cpu_after},
+                "peak_rss_mb": {n: cpu_after[n]["peak_rss_mb"] for n in cpu_after},
             }
+            out["learner"] = {"labels_per_s_in_commit_order":
+                              round(args.rows / span["labels_learned"])}
 
             out["latency_ms_at_rate"] = {}
             out["learning_delay_ms_at_rate"] = {}
             for rate in (float(r) for r in args.rates.split(",")):
                 first = max_id(conn) + 1
                 rate_started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-                sent = drive_at_rate(conn, rate, args.rate_seconds)
+                sent = drive_at_rate(dsn, TABLE, rate, args.rate_seconds)
                 wait_for_predictions(conn, first, first + sent - 1, 300, pipeline)
                 n, (p50, p95, p99) = conn.execute(LATENCY_SQL, (first, first + sent - 1)).fetchone()
                 out["latency_ms_at_rate"][f"{rate:g}"] = {
@@ -288,8 +375,22 @@ def ratios(result: dict) -> dict:
         return {}
     keys = ["insert_with_rowcast_rows_per_s", "bench_trigger_cached_rows_per_s",
             "bench_trigger_per_row_rows_per_s", "insert_with_poller_rows_per_s"]
-    return {k.replace("_rows_per_s", "_vs_baseline"): round(result[k] / base, 3)
-            for k in keys if isinstance(result.get(k), float)}
+    out = {k.replace("_rows_per_s", "_vs_baseline"): round(result[k] / base, 3)
+           for k in keys if isinstance(result.get(k), float)}
+    copy_base = result.get("copy_baseline_rows_per_s")
+    e2e = result.get("end_to_end", {})
+    if copy_base:
+        if isinstance(result.get("copy_with_trigger_rows_per_s"), float):
+            out["copy_with_trigger_vs_copy"] = round(
+                result["copy_with_trigger_rows_per_s"] / copy_base, 3)
+        if e2e.get("copy_rows_per_s"):
+            out["copy_with_rowcast_vs_copy"] = round(e2e["copy_rows_per_s"] / copy_base, 3)
+        if isinstance(result.get("copy_with_trigger_rows_per_s"), float) and e2e:
+            # rowcast scores (and learns) the load at this multiple of the rate at which the
+            # trigger lets the writer load it at all
+            out["scored_rows_per_s_vs_trigger_copy"] = round(
+                e2e["rows_per_s"]["prediction_rows"] / result["copy_with_trigger_rows_per_s"], 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -304,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not args.skip_baselines:
             print("measuring baselines ...", file=sys.stderr)
-            result.update(measure_baselines(dsn, args.insert_rows))
+            result.update(measure_baselines(dsn, args.insert_rows, args.rows))
         print("measuring rowcast ...", file=sys.stderr)
         result.update(measure_rowcast(settings, args, dsn))
         result["ratios"] = ratios(result)

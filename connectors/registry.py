@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from rowcast.connectors import deploy_sql, pending_labels, versions
+from rowcast.connectors import deploy_sql, operations, pending_labels, versions
 from rowcast.core.errors import ConfigError
 from rowcast.models.catalog import CATALOG
 from rowcast.models.deployment import Deployment, Feature, LabelSource
@@ -55,6 +55,7 @@ def ensure_schema(conn: psycopg.Connection, publication: str) -> None:
     conn.execute(deploy_sql.sql_file("config.sql"))
     versions.ensure_schema(conn)
     pending_labels.ensure_schema(conn)
+    operations.ensure_schema(conn)
     conn.execute("INSERT INTO rowcast.config VALUES ('publication', %s) "
                  "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (publication,))
     with conn.cursor() as cur:

@@ -16,6 +16,10 @@ BEGIN
     DELETE FROM rowcast.pending_labels WHERE deployment = p_name;
     DELETE FROM rowcast.model_versions WHERE deployment = p_name;
     DELETE FROM rowcast.model_control WHERE deployment = p_name;
+    -- its challengers and operations settings go; its model events stay (history)
+    DELETE FROM rowcast.challengers WHERE deployment = p_name;
+    DELETE FROM rowcast.model_operations WHERE deployment = p_name;
+    DELETE FROM rowcast.shadow_predictions WHERE deployment = p_name;
     -- the last deployment reading a table takes it out of the publication: no more events
     SELECT value INTO v_pub FROM rowcast.config WHERE key = 'publication';
     FOR v_schema, v_table IN
