@@ -18,7 +18,15 @@ import typer
 from rowcast.core.dsn import redact
 from rowcast.core.errors import RowcastError
 from rowcast.core.settings import Settings
-from rowcast.ops.cli import deployments, dev, model, observe, processes, repair  # noqa: F401
+from rowcast.ops.cli import (  # noqa: F401
+    deployments,
+    dev,
+    model,
+    observe,
+    operations,
+    processes,
+    repair,
+)
 from rowcast.ops.cli.common import app
 
 __all__ = ["app", "main"]

@@ -38,6 +38,12 @@ def deploy(
     labels_column: Annotated[str | None, typer.Option(
         help="Column of the labels table with the label (default: the target's name).")] = None,
     backfill: Annotated[bool, typer.Option(help="Also score the rows already in the table.")] = True,
+    drift_detector: Annotated[str, typer.Option(
+        help="Drift detector over the model's per-row loss: adwin, page_hinkley, kswin, none."
+    )] = "adwin",
+    on_drift: Annotated[str, typer.Option(
+        help="none, or retrain: a fresh model learns from the drift point in shadow and "
+             "replaces the champion once it is better.")] = "none",
 ) -> None:
     """Deploy a model on a table: existing rows are scored, then every new row as it lands.
 
@@ -55,7 +61,9 @@ def deploy(
     from rowcast.connectors.registry import create_deployment
     from rowcast.connectors.schema import init_database
     from rowcast.models.catalog import allow_custom_modules, get_model, is_custom
+    from rowcast.models.operations import ModelOperations
 
+    ModelOperations("regression", drift_detector, on_drift)  # a wrong choice fails here, first
     settings = Settings()
     if is_custom(model):
         allow_custom_modules(settings.allowed_model_modules())
@@ -66,6 +74,7 @@ def deploy(
         init_database(conn, settings)
         d = create_deployment(conn, name, table, target, feature_list, model,
                               labels_table, labels_key, labels_column)
+        conn.execute("SELECT rowcast.set_drift(%s, %s, %s)", (d.name, drift_detector, on_drift))
     sources = [settings.source_topic(d.schema, d.table)]
     if d.labels is not None:
         sources.append(settings.source_topic(d.labels.schema, d.labels.table))
