@@ -86,6 +86,16 @@ MODEL_PAUSED = Gauge(
     "NaN/inf and was not published; bad_snapshot: its checkpoint failed verification); the last "
     "good version keeps serving until `rowcast model rollback`. 0 once it learns again.",
     ["deployment", "reason"])
+DRIFT = Counter("rowcast_drift_total",
+                "Concept drifts the deployment's detector found in its champion's per-row loss "
+                "(each also a row of rowcast.model_events).", ["deployment", "detector"])
+PROMOTIONS = Counter("rowcast_promotions_total",
+                     "Challengers promoted to champion (by hand or on evidence).",
+                     ["deployment", "how"])
+CHALLENGER_METRIC = Gauge("rowcast_challenger_metric",
+                          "Progressive validation metric of a challenger in shadow, on exactly "
+                          "the champion's labels in the same order.",
+                          ["deployment", "challenger", "metric"])
 RESTORE_SECONDS = Gauge("rowcast_learner_restore_seconds",
                         "Time the last restore from a checkpoint took.", ["deployment"])
 
