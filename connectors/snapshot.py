@@ -13,6 +13,8 @@ so adding a model to a table does not make the others score and learn old rows a
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import psycopg
@@ -60,30 +62,40 @@ def _query(schema: str, table: str, columns: list[tuple[str, int]], keys: tuple[
     return query + sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, keys)))
 
 
+def read_rows(conn: psycopg.Connection, schema: str, table: str, chunk: int = 5000,
+              missing_for: str | None = None) -> Iterator[dict[str, Any]]:
+    """The table's rows in key order, each as the stream encodes it (``after`` of an envelope);
+    ``missing_for``: only rows without a prediction of that deployment. Read with a server-side
+    cursor in the caller's transaction, ``chunk`` rows at a time."""
+    keys = slot.table_key_columns(conn, schema, table)
+    columns = _columns(conn, schema, table)
+    decoders = [pgtypes.decoder_for(oid) for _, oid in columns]
+    names = [name for name, _ in columns]
+    query = _query(schema, table, columns, keys, missing_for,
+                   _key_sql(conn, schema, table) if missing_for is not None else None)
+    with conn.cursor(name=f"rowcast_snapshot_{time.monotonic_ns()}") as cur:
+        cur.itersize = chunk
+        cur.execute(query)
+        for values in cur:
+            yield {n: (None if v is None else d(v.encode()))
+                   for n, d, v in zip(names, decoders, values, strict=True)}
+
+
 def emit_snapshot(conn: psycopg.Connection, producer: KafkaProducer, settings: Settings,
                   schema: str, table: str, *, for_deployment: str | None = None,
                   missing_only: bool = False, chunk: int = 5000) -> int:
     """Publish the table's rows as ``r`` events; returns how many. Waits for Kafka's acks."""
     keys = slot.table_key_columns(conn, schema, table)
-    columns = _columns(conn, schema, table)
-    decoders = [pgtypes.decoder_for(oid) for _, oid in columns]
-    names = [name for name, _ in columns]
     topic = settings.source_topic(schema, table)
     headers = [(DEPLOYMENT_HEADER, for_deployment.encode())] if for_deployment else None
     missing_for = for_deployment if missing_only else None
-    query = _query(schema, table, columns, keys, missing_for,
-                   _key_sql(conn, schema, table) if missing_for is not None else None)
     lsn = slot.current_wal_lsn(conn)
     now_us = time.time_ns() // 1000
     source = SourceInfo(settings.topic_prefix, conn.info.dbname, schema, table, lsn, None, now_us,
                         snapshot="true")
     sends, count = AckedSends(producer, "snapshot events"), 0
-    with conn.transaction(), conn.cursor(name=f"rowcast_snapshot_{time.monotonic_ns()}") as cur:
-        cur.itersize = chunk
-        cur.execute(query)
-        for values in cur:
-            after = {n: (None if v is None else d(v.encode()))
-                     for n, d, v in zip(names, decoders, values, strict=True)}
+    with conn.transaction():
+        for after in read_rows(conn, schema, table, chunk, missing_for):
             count += 1
             value = build_value(op="r", before=None, after=after, source=source,
                                 tx_order=count, now_us=now_us)

@@ -99,9 +99,25 @@ def backfill_command(
     name: str,
     all_rows: Annotated[bool, typer.Option("--all", help="Re-emit every row, not only those "
                                            "without a prediction.")] = False,
+    version: Annotated[int | None, typer.Option(
+        help="Replay: score every row with this model version into "
+             "rowcast.replay_predictions, tagged with a replay id; nothing is served or "
+             "learned.")] = None,
 ) -> None:
-    """Re-emit a deployment's table rows (op r) so they are scored; by default only unscored ones."""
-    emit_rows(Settings(), name, missing_only=not all_rows)
+    """Re-emit a deployment's table rows (op r) so they are scored; by default only unscored ones.
+
+    With ``--version V``, an auditable replay instead: every row scored with version V."""
+    if version is None:
+        emit_rows(Settings(), name, missing_only=not all_rows)
+        return
+    from rowcast.connectors.replay import replay_version
+
+    settings = Settings()
+    with connect(settings) as conn:
+        done = replay_version(conn, settings, name, version)
+    typer.echo(f"replayed {done.rows} rows of {name} with version {done.version} "
+               f"(replay {done.replay_id}; {done.failed} could not be scored): SELECT * FROM "
+               f"rowcast.replay_predictions WHERE replay_id = '{done.replay_id}'")
 
 
 @app.command()
