@@ -45,6 +45,9 @@ PAGE = r"""<!doctype html>
  <div class="card wide"><div class="muted">deployments</div>
    <table><thead><tr><th>name</th><th>table</th><th>model</th><th>model version</th><th>learned</th><th>online metric</th><th>target</th></tr></thead>
    <tbody id="deployments"></tbody></table></div>
+ <div class="card wide"><div class="muted">champion and challengers (same labels, same order)</div>
+   <table><thead><tr><th>deployment</th><th>model</th><th>role</th><th>labels</th><th>whole stream</th><th>recent window</th><th>verdict</th></tr></thead>
+   <tbody id="challengers"></tbody></table></div>
 </main>
 <script>
 const $ = id => document.getElementById(id);
@@ -54,6 +57,15 @@ function spark(svg, values, color) {
   const pts = vs.map((v, i) => `${(i / Math.max(1, vs.length - 1)) * w},${h - 4 - (v / max) * (h - 12)}`);
   svg.innerHTML = `<polyline fill="none" stroke="${color}" stroke-width="2" points="${pts.join(' ')}"/>` +
     `<text x="4" y="12" fill="#8b949e" font-size="10">max ${Math.round(max)}</text>`;
+}
+function markers(svg, counts) {  // a red line where a deployment's drift count grew
+  const w = svg.clientWidth || 300, h = svg.clientHeight || 90;
+  counts.forEach((c, i) => {
+    if (i > 0 && c > counts[i - 1]) {
+      const x = (i / Math.max(1, counts.length - 1)) * w;
+      svg.insertAdjacentHTML('beforeend', `<line class="drift" x1="${x}" x2="${x}" y1="0" y2="${h}" stroke="#f85149" stroke-dasharray="3,2"><title>drift detected</title></line>`);
+    }
+  });
 }
 function badge(el, verdict) { el.textContent = verdict; el.className = 'badge ' + verdict; }
 async function refresh() {
@@ -86,7 +98,26 @@ async function refresh() {
     $('metric-name').textContent = first.name + ' ' + name;
     $('metric-value').textContent = first.metrics[name].toPrecision(4);
     spark($('chart-metric'), s.history.map(h => (((h.deployments || []).find(d => d.name === first.name) || {}).metrics || {})[name]), '#bc8cff');
+    markers($('chart-metric'), s.history.map(h => ((((h.deployments || []).find(d => d.name === first.name) || {}).drift) || {}).count || 0));
   }
+  const rows = [];
+  for (const d of now.deployments) {
+    const entries = Object.entries(d.challengers || {});
+    if (!entries.length) continue;
+    rows.push([d.name, d.model, 'champion', d.samples, Object.entries(d.metrics || {}).slice(0, 2).map(([k, v]) => k + ' ' + v.toPrecision(4)).join(', '), '', (d.drift || {}).count ? d.drift.count + ' drift(s)' : '']);
+    for (const [cname, c] of entries) {
+      const r = c.recent || {};
+      rows.push([d.name, cname + ' (' + c.model + ')', 'challenger', c.labels,
+                 Object.entries(c.progressive || {}).slice(0, 2).map(([k, v]) => k + ' ' + v.toPrecision(4)).join(', '),
+                 (r.n || 0) + ' rows: loss ' + (r.challenger_loss ?? 0).toPrecision(4) + ' vs ' + (r.champion_loss ?? 0).toPrecision(4) + ', z ' + (r.z ?? 0).toFixed(2),
+                 r.wins ? 'beats the champion' : 'not better (yet)']);
+    }
+  }
+  $('challengers').replaceChildren(...rows.map(cells => {
+    const tr = document.createElement('tr');
+    for (const v of cells) { const td = document.createElement('td'); td.textContent = v; tr.appendChild(td); }
+    return tr;
+  }));
   const fmt = m => Object.entries(m || {}).slice(0, 2).map(([k, v]) => k + ' ' + v.toPrecision(4)).join(', ') || '–';
   const body = $('deployments');  // built with textContent: table names may hold any character
   body.replaceChildren(...now.deployments.map(d => {

@@ -104,6 +104,8 @@ class Monitor:
                 "SELECT deployment, version, samples, metrics FROM rowcast.model_metrics")}
             failures = list_failures(conn)
             pauses = versions.paused(conn)
+            drifts = {r[0]: {"count": r[1], "last_at": r[2], "last_label": r[3],
+                             "last_version": r[4]} for r in conn.execute(DRIFTS_SQL)}
         stages = [self._stage(st.name, st.group, now, list(st.topics))
                   for st in self.settings.stages(deployments)]
         snapshot = {
@@ -120,7 +122,8 @@ class Monitor:
                                    [round(c, 1) for c in cuts] if cuts else [None] * 3,
                                    strict=True)),
             "deployments": [_deployment(d, models.get(d.name), failures.get(d.name),
-                                        pauses.get(d.name)) for d in deployments],
+                                        pauses.get(d.name), drifts.get(d.name))
+                            for d in deployments],
             "topic_layout": self._topic_layout(deployments, now),
         }
         for d in snapshot["deployments"]:  # the dashboard's /metrics says it too
@@ -192,7 +195,8 @@ class Monitor:
 
 
 def _deployment(d: Any, model: tuple | None, failure: dict[str, Any] | None = None,
-                pause: versions.Pause | None = None) -> dict[str, Any]:
+                pause: versions.Pause | None = None, drift: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
     """A deployment with its learner's latest version, samples and online metrics, why the
     workers cannot serve it (None when they can, or a redeploy came after the failure) and
     why its learner is paused (None when it learns; the last good version keeps serving)."""
@@ -211,7 +215,20 @@ def _deployment(d: Any, model: tuple | None, failure: dict[str, Any] | None = No
             "target": d.target, "model_version": version, "samples": samples,
             "metrics": shown, "failed": failed, "paused": paused,
             # label committed -> learned, p50/p99 in ms, over the labels of the last version
-            "learning_delay_ms": (metrics_ or {}).get("learning_delay_ms")}
+            "learning_delay_ms": (metrics_ or {}).get("learning_delay_ms"),
+            # drift detections (rowcast.model_events) and challengers in shadow (the learner's
+            # comparison at its latest version: whole stream and recent window)
+            "drift": drift or {"count": 0, "last_at": None, "last_label": None,
+                               "last_version": None},
+            "challengers": (metrics_ or {}).get("challengers") or {}}
+
+
+DRIFTS_SQL = """
+SELECT DISTINCT ON (deployment) deployment,
+       count(*) OVER (PARTITION BY deployment), created_at, at_label, version
+  FROM rowcast.model_events WHERE kind = 'drift'
+ ORDER BY deployment, id DESC
+"""
 
 
 def make_reader(settings: Settings) -> KafkaConsumer:

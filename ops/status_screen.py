@@ -10,13 +10,33 @@ def _num(value: object, unit: str = "") -> str:
 
 
 def _metric(d: dict[str, Any]) -> str:
-    shown = list((d.get("metrics") or {}).items())[:2]
+    shown = list((d.get("metrics") or d.get("progressive") or {}).items())[:2]
     return ", ".join(f"{k} {v:.4g}" for k, v in shown) or "–"
 
 
 def _delay(delay: dict[str, float] | None) -> str:
     """Label committed -> learned (the commit-order merge waits for every partition)."""
     return "–" if not delay else f"{delay['p50']:.0f} / {delay['p99']:.0f} ms"
+
+
+def _operations(deployments: list[dict[str, Any]]) -> list[str]:
+    """Drift detections and challengers, for the deployments that have any."""
+    out: list[str] = []
+    for d in deployments:
+        drift = d.get("drift") or {}
+        if drift.get("count"):
+            out.append(f"DRIFT {d['name']}: {drift['count']} detection(s), the last at label "
+                       f"{drift['last_label']} (version {drift['last_version']}, "
+                       f"{drift['last_at']:%Y-%m-%d %H:%M:%S%z}) — `rowcast model events "
+                       f"{d['name']}`")
+        for name, c in sorted((d.get("challengers") or {}).items()):
+            recent = c.get("recent") or {}
+            verdict = ("beats the champion" if recent.get("wins") else "not better (yet)")
+            out.append(f"CHALLENGER {d['name']}/{name} ({c.get('model')}): {_metric(c)} over "
+                       f"{c.get('labels', 0)} labels; recent window {recent.get('n', 0)} rows, "
+                       f"loss {recent.get('challenger_loss', 0):.4g} vs champion "
+                       f"{recent.get('champion_loss', 0):.4g}: {verdict}")
+    return [""] + out if out else []
 
 
 def render(s: dict[str, Any]) -> str:
@@ -43,6 +63,7 @@ def render(s: dict[str, Any]) -> str:
     lines += [f"PAUSED {d['name']}: learning stopped ({d['paused']['error']}); version "
               f"{_num(d.get('model_version'))} keeps serving — `rowcast model rollback "
               f"{d['name']} {_num(d.get('model_version'))}` resumes it" for d in paused]
+    lines += _operations(s["deployments"])
     p, lat = s["predictions"], s["latency_ms"]
     lines += ["", f"predictions {p['total']}   throughput {p['per_second']:.1f} rows/s (10 s)   "
               f"commit→prediction p50 {_num(lat['p50'], ' ms')}  p95 {_num(lat['p95'], ' ms')}  "
