@@ -17,11 +17,16 @@ def model_versions(
     limit: Annotated[int, typer.Option(help="Newest versions to show.")] = 20,
 ) -> None:
     """A deployment's model versions, newest first, with samples and online metrics."""
-    from rowcast.connectors import versions
+    from rowcast.connectors import operations, versions
 
     with connect(Settings()) as conn:
         rows = versions.history(conn, name, limit)
         pin = versions.pinned(conn, name)
+        happened: dict[int, list[str]] = {}
+        for _d, version, kind, challenger, *_rest in operations.recent_events(conn, name, 200):
+            if version is not None and kind in ("drift", "promoted"):
+                happened.setdefault(version, []).append(
+                    "drift detected" if kind == "drift" else f"promoted {challenger}")
     if not rows:
         raise ConfigError(f"{name!r} has no model versions yet (is `rowcast learner` running "
                           "and have labels arrived?)")
@@ -29,7 +34,7 @@ def model_versions(
     for ck in rows:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in ck.metrics.get("progressive", {}).items())
         flags = [f for f, on in (("pinned", ck.version == pin), (ck.note or "", bool(ck.note)))
-                 if on]
+                 if on] + happened.get(ck.version, [])
         typer.echo(f"{ck.version:>7}  {ck.samples:>9}  {ck.created_at:%Y-%m-%d %H:%M:%S%z}  "
                    f"{shown}{'  [' + '; '.join(flags) + ']' if flags else ''}")
 
