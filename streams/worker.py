@@ -24,7 +24,8 @@ import threading
 import faust
 import psycopg
 
-from rowcast.connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_producer
+from rowcast.connectors.fast_kafka import make_fast_producer
+from rowcast.connectors.kafka_clients import ensure_deployment_topics, ensure_topics
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
 from rowcast.models.catalog import allow_custom_modules
@@ -131,7 +132,7 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
             reload_requested.set()
             signal.raise_signal(signal.SIGTERM)  # faust's graceful shutdown commits offsets
 
-    publisher = BatchPublisher(settings, make_producer(settings))
+    publisher = BatchPublisher(settings, make_fast_producer(settings))
     attach_scorer(app, settings, serving, publisher, before_batch=lambda events: (
         refresh() if follower.needs_refresh(events) else None))
 

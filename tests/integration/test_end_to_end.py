@@ -12,6 +12,7 @@ import pytest
 from river import evaluate
 from river import metrics as river_metrics
 
+from rowcast.core.label_events import BATCH_HEADER
 from rowcast.models.catalog import get_model
 from rowcast.models.snapshot import load_snapshot, signing_key
 from rowcast.ops.pipeline import Pipeline
@@ -21,6 +22,18 @@ from tests.helpers.learning import latest_version
 from tests.helpers.waiting import wait_until
 
 N_ROWS = 300
+
+
+def label_docs(records: list) -> list[dict]:
+    """The label events of the labels topic's records, in order: a batch record (issue 15)
+    holds many, a single-event record one."""
+    docs: list[dict] = []
+    for m in records:
+        if any(name == BATCH_HEADER for name, _ in m.headers or ()):
+            docs += orjson.loads(m.value)["events"]
+        else:
+            docs.append(orjson.loads(m.value))
+    return docs
 
 
 def make_rows(n: int, seed: int = 3) -> list[tuple]:
@@ -107,7 +120,8 @@ def test_each_inserted_row_gets_exactly_one_prediction_equal_to_river(settings, 
         wait_until(lambda: (latest_version(pg_conn, "spend") or (0, 0))[1] >= N_ROWS,
                    timeout_s=60, message=lambda: f"learned: {latest_version(pg_conn, 'spend')}"
                    f"\n{pipeline.log_tail('learner')}")
-        label_events = drain(settings, settings.labels_topic("spend"), N_ROWS)
+        label_events = drain(settings, settings.labels_topic("spend"), N_ROWS,
+                             count=lambda records: len(label_docs(records)))
 
     stored = pg_conn.execute(
         "SELECT (pk->>'id')::bigint, score, model_version, source_table, "
@@ -132,7 +146,7 @@ def test_each_inserted_row_gets_exactly_one_prediction_equal_to_river(settings, 
     # progressive validation equals river's on the rows in the order the learner saw them
     version, samples, metrics = latest_version(pg_conn, "spend")
     assert samples == N_ROWS and metrics["labels"] == N_ROWS
-    events = [orjson.loads(m.value) for m in label_events]
+    events = label_docs(label_events)
     order = [e["key"]["id"] for e in events if e["kind"] != "watermark"]  # issue 14
     assert sorted(order) == [r[0] for r in rows]
     dataset = [(features_of(by_id[i]), by_id[i][4]) for i in order]

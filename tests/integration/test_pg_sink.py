@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import orjson
 
+from rowcast.connectors import kafka_native
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.kafka_clients import ensure_topics, make_consumer, make_producer
 from rowcast.connectors.pg_sink import PredictionSink, upsert
@@ -35,6 +38,28 @@ def test_upsert_is_idempotent_and_never_goes_back(settings, pg_conn):
     assert rows(pg_conn) == {1: (1.5, 1), 2: (3.0, 2)}
 
 
+def test_upsert_stores_every_field_exactly_whatever_the_text(settings, pg_conn):
+    """The batch travels as COPY text: tabs, backslashes, newlines and quotes in names, keys
+    and predictions come back unchanged; LSNs and microsecond times are exact."""
+    init_database(pg_conn, settings)
+    pg_conn.execute("DELETE FROM rowcast.predictions WHERE deployment LIKE 'd%ep'")
+    odd = 'a\tb\\c\nd\re "q" é \\N'
+    lsn, commit_us, scored_us = 0x16B374D848, 1_700_000_000_123_457, -1_000_001
+    r = PredictionRecord("d\tep", odd, 7, odd, odd, {"k": odd, "n": 1.5}, {"label": odd},
+                         None, lsn, commit_us, scored_us)
+    upsert(pg_conn, [r])
+    row = pg_conn.execute(
+        "SELECT deployment, source_schema, source_table, pk, prediction, score, model, "
+        "model_version, source_lsn::text, source_committed_at, scored_at FROM rowcast.predictions "
+        "WHERE deployment = %s", (r.deployment,)).fetchone()
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    us = lambda t: (t - epoch) // timedelta(microseconds=1)  # noqa: E731
+    assert row[:9] == ("d\tep", odd, odd, {"k": odd, "n": 1.5}, {"label": odd}, None, odd, 7,
+                       "16/B374D848")
+    assert (us(row[9]), us(row[10])) == (commit_us, scored_us)
+    pg_conn.execute("DELETE FROM rowcast.predictions WHERE deployment = %s", (r.deployment,))
+
+
 def test_sink_writes_batches_dead_letters_garbage_and_commits_after(settings, pg_conn):
     init_database(pg_conn, settings)
     pg_conn.execute("DELETE FROM rowcast.predictions WHERE deployment = 'dep'")
@@ -47,7 +72,7 @@ def test_sink_writes_batches_dead_letters_garbage_and_commits_after(settings, pg
     producer.send(topic, key=b"junk", value=b"{not json")
     producer.flush()
 
-    consumer = make_consumer(settings, f"{settings.topic_prefix}-sink")
+    consumer = kafka_native.make_consumer(settings, f"{settings.topic_prefix}-sink")
     sink = PredictionSink(settings, pg_conn, consumer,
                           DeadLetterWriter(producer, settings.dlq_topic))
     assert sink.refresh_subscription() and sink.subscribed == (topic,)

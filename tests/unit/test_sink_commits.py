@@ -1,43 +1,44 @@
 """The sink's offset commits: what is in Postgres gets committed, a refused commit is retried
 even when no new records come, a group that never settles is joined again, and partitions that
-moved away are let go. A stand-in consumer (unit level; the real broker is exercised by the
-integration and fault tiers)."""
+moved away are let go, and partitions revoked by a rebalance get what is in Postgres
+committed. A stand-in for confluent-kafka's Consumer (unit level; the real broker is exercised by
+the integration and fault tiers)."""
 
 from __future__ import annotations
 
-from kafka.errors import RebalanceInProgressError
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from rowcast.connectors import pg_sink
 from rowcast.connectors.pg_sink import PredictionSink
 from rowcast.core.settings import Settings
 
-TP, OTHER = TopicPartition("p.predictions.d", 0), TopicPartition("p.predictions.d", 1)
+TP, OTHER = ("p.predictions.d", 0), ("p.predictions.d", 1)
 
 
 class StandInConsumer:
     def __init__(self, refusals: int) -> None:
         self.refusals = refusals
         self.owned = {TP, OTHER}
-        self.committed: list[dict[TopicPartition, OffsetAndMetadata]] = []
+        self.committed: list[dict[tuple[str, int], int]] = []
         self.joins: list[list[str]] = []
 
-    def assignment(self) -> set[TopicPartition]:
-        return self.owned
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(*tp) for tp in sorted(self.owned)]
 
-    def poll(self, timeout_ms: int, max_records: int) -> dict:
-        return {}
+    def consume(self, num_messages: int, timeout: float) -> list:
+        return []
 
-    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert asynchronous is False  # offsets are committed once, in order, before moving on
         if self.refusals:
             self.refusals -= 1
-            raise RebalanceInProgressError("rebalancing")
-        self.committed.append(offsets)
+            raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+        self.committed.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
 
     def unsubscribe(self) -> None:
         self.owned = set()
 
-    def subscribe(self, topics: list[str]) -> None:
+    def subscribe(self, topics: list[str], on_revoke=None) -> None:
         self.joins.append(topics)
 
 
@@ -56,8 +57,7 @@ def test_a_refused_commit_is_retried_without_new_records(monkeypatch) -> None:
     assert sink.commit() is False and sink.uncommitted == {TP: 10, OTHER: 4}
     assert sink.poll_once() == 0 and consumer.committed == []  # refused again
     assert sink.poll_once() == 0  # an idle poll carries the retry
-    assert consumer.committed == [{TP: OffsetAndMetadata(10, "", -1),
-                                   OTHER: OffsetAndMetadata(4, "", -1)}]
+    assert consumer.committed == [{TP: 10, OTHER: 4}]
     assert sink.uncommitted == {} and consumer.joins == []
     assert sink.poll_once() == 0 and len(consumer.committed) == 1  # nothing left to commit
 
@@ -84,5 +84,27 @@ def test_partitions_that_moved_away_are_not_committed() -> None:
     sink.uncommitted = {TP: 10, OTHER: 4}
     consumer.owned = {TP}  # OTHER went to another sink: its owner replays, the upsert ignores
     assert sink.commit() is True
-    assert consumer.committed == [{TP: OffsetAndMetadata(10, "", -1)}]
+    assert consumer.committed == [{TP: 10}]
     assert sink.uncommitted == {}
+
+
+def test_revoked_partitions_get_what_is_in_postgres_committed() -> None:
+    consumer = StandInConsumer(refusals=0)
+    sink = sink_with(consumer)
+    sink.uncommitted = {TP: 10, OTHER: 4}
+    sink._revoked(consumer, [TopicPartition(*OTHER)])  # inside consume(): the batch is written
+    assert consumer.committed == [{OTHER: 4}] and sink.uncommitted == {TP: 10}
+
+
+def test_an_error_other_than_a_refusal_is_not_swallowed() -> None:
+    consumer = StandInConsumer(refusals=0)
+    consumer.commit = lambda offsets, asynchronous: (_ for _ in ()).throw(
+        KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+    sink = sink_with(consumer)
+    sink.uncommitted = {TP: 10}
+    try:
+        sink.commit()
+    except KafkaException as exc:
+        assert exc.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    else:
+        raise AssertionError("an authorization failure must stop the sink")
