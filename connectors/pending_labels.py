@@ -93,21 +93,32 @@ class PgPending:
         self.dirty: dict[str, dict[bytes, dict[str, Any] | None]] = {k: {} for k in _TABLES}
 
     def prefetch(self, keys: Iterable[bytes]) -> None:
+        """One query for the three maps (a round trip per map and batch was a visible share
+        of the learner's per-label cost)."""
         keys = set(keys)
+        parts, args, asked = [], [], {}
         for kind, (table, _, by_generation) in _TABLES.items():
             cache = self.cache[kind]
-            missing = sorted(k for k in keys if k not in cache)
+            missing = [k for k in keys if k not in cache]
             if not missing:
                 continue
-            query = sql.SQL("SELECT pk, entry FROM rowcast.{} WHERE deployment = %s "
-                            "AND pk = ANY(%s)").format(sql.Identifier(table))
-            args: list[Any] = [self.deployment, [k.decode() for k in missing]]
+            asked[kind] = missing
+            part = sql.SQL("SELECT {} AS kind, pk, entry FROM rowcast.{} WHERE deployment = %s "
+                           "AND pk = ANY(%s)").format(sql.Literal(kind), sql.Identifier(table))
+            args += [self.deployment, [k.decode() for k in missing]]
             if by_generation:
-                query += sql.SQL(" AND generation = %s")
+                part += sql.SQL(" AND generation = %s")
                 args.append(self.generation)
-            found = {pk.encode(): entry for pk, entry in self.conn.execute(query, args)}
+            parts.append(part)
+        if not parts:
+            return
+        found: dict[str, dict[bytes, Any]] = {kind: {} for kind in asked}
+        for kind, pk, entry in self.conn.execute(sql.SQL(" UNION ALL ").join(parts), args):
+            found[kind][pk.encode()] = entry
+        for kind, missing in asked.items():
+            cache, got = self.cache[kind], found[kind]
             for k in missing:
-                cache[k] = found.get(k)
+                cache[k] = got.get(k)
 
     def _get(self, kind: str, key: bytes) -> dict[str, Any] | None:
         if key not in self.cache[kind]:
@@ -159,17 +170,19 @@ class PgPending:
                 if gone:
                     cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE {} AND pk = ANY(%s)")
                                 .format(name, where), [*scope, gone])
-                if kept:
+                if kept:  # one statement per map, whatever the number of rows
                     columns = "deployment, generation, pk, entry, " if by_generation \
                         else "deployment, pk, entry, "
                     conflict = "deployment, generation, pk" if by_generation else "deployment, pk"
-                    cur.executemany(sql.SQL(
-                        "INSERT INTO rowcast.{} (" + columns + "{}) VALUES ("
-                        + "%s, " * len(scope) + "%s, %s, to_timestamp(%s / 1e6)) "
+                    cur.execute(sql.SQL(
+                        "INSERT INTO rowcast.{} (" + columns + "{}) SELECT "
+                        + "%s, " * len(scope) + "u.pk, u.entry::json, to_timestamp(u.at / 1e6) "
+                        "FROM unnest(%s::text[], %s::text[], %s::float8[]) AS u(pk, entry, at) "
                         "ON CONFLICT (" + conflict + ") DO UPDATE SET entry = EXCLUDED.entry, "
                         "{} = EXCLUDED.{}").format(name, sql.Identifier(at), sql.Identifier(at),
                                                    sql.Identifier(at)),
-                        [(*scope, *row) for row in kept])
+                        [*scope, [k for k, _, _ in kept], [e for _, e, _ in kept],
+                         [float(t) for _, _, t in kept]])
                 if by_generation:  # older generations' rows are of no use any more
                     cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE deployment = %s "
                                         "AND generation <> %s").format(name),

@@ -209,67 +209,73 @@ class DeploymentLearner:
     def _in_commit_order(self, events: Sequence[LabelEvent],
                          now: float | None) -> list[LabelEvent]:
         merge = self.state.merge
-        for e in events:
-            if e.kind == "watermark":
-                merge.watermark(e.stream, e.order[0])
-            else:
-                merge.add(e, now)
+        now = time.monotonic() if now is None else now
+        labels = [e for e in events if e.kind != "watermark"]
+        if len(labels) != len(events):
+            for e in events:
+                if e.kind == "watermark":
+                    merge.watermark(e.stream, e.order[0])
+        merge.add_many(labels, now)
         released = merge.release(now)
         self.changes += len(released)
         now_us = time.time_ns() // 1000
         self.delays_s += [max(now_us - e.at_us, 0) / 1e6 for e in released
-                          if e.kind != "scored" and e.at_us]
+                          if e.at_us and e.kind != "scored"]
         return released
 
     def _apply(self, events: Sequence[LabelEvent]) -> int:
-        fresh = [e for e in events if self._admit(e)]
-        keys = [e.key_bytes() for e in fresh]
-        keys += [_key_bytes(e.was) for e in fresh if e.was is not None]
-        self.pending.prefetch(keys)
+        generation, high_water = self.deployment.generation, self.state.high_water
+        counters, pending = self.state.counters, self.pending
+        fresh: list[tuple[LabelEvent, bytes]] = []
+        keys: list[bytes] = []
+        for e in events:
+            # drop other generations' events; record each stream's highest position (replays
+            # are recognised by the row, in _known, so a replayed dead letter is learned)
+            if e.generation != generation:
+                counters["stale"] += 1
+                continue
+            seen = high_water.get(e.stream)
+            if seen is None or e.order > seen:
+                high_water[e.stream] = e.order
+            key = _key_bytes(e.key)
+            fresh.append((e, key))
+            keys.append(key)
+            if e.was is not None:
+                keys.append(_key_bytes(e.was))
+        pending.prefetch(keys)
         learned = 0
-        for e in fresh:
+        for e, key in fresh:
             self._current = e  # what a guarded apply refuses, if learning it breaks the model
-            key = e.key_bytes()
-            if e.kind == "deleted":  # the row is gone: its features (or early label) too
-                if self.pending.pop(key) is not None or self.pending.take_held(key) is not None:
-                    self.state.counters["forgotten"] += 1
+            kind = e.kind
+            if kind == "deleted":  # the row is gone: its features (or early label) too
+                if pending.pop(key) is not None or pending.take_held(key) is not None:
+                    counters["forgotten"] += 1
                 continue
             if self._known(e, key):
                 continue
-            if e.kind == "labelled":
-                self.pending.pop(key)  # features of an earlier, unlabelled row with this key
-                self.pending.take_held(key)
+            if kind == "labelled":
+                pending.pop(key)  # features of an earlier, unlabelled row with this key
+                pending.take_held(key)
                 learned += self._learn(key, e.x or {}, e.y, e.served, e.at_us)
-            elif e.kind == "scored":
-                held = self.pending.take_held(key)
+            elif kind == "scored":
+                held = pending.take_held(key)
                 if held is None:
-                    self.pending.put(key, _entry(e))
-                    self.state.counters["pending_added"] += 1
+                    pending.put(key, _entry(e))
+                    counters["pending_added"] += 1
                     continue
                 # its label came first: learn now, at the place of the features in the stream
-                self.state.counters["late_joined"] += 1
+                counters["late_joined"] += 1
                 learned += self._learn(key, e.x or {}, held["y"], e.served, e.at_us)
             else:
-                entry = self.pending.pop(key)
+                entry = pending.pop(key)
                 if entry is None:  # the features have not come (yet): hold the label
-                    self.pending.hold(key, {"y": e.y, "at_us": e.at_us})
-                    self.state.counters["unmatched"] += 1
+                    pending.hold(key, {"y": e.y, "at_us": e.at_us})
+                    counters["unmatched"] += 1
                     continue
-                self.state.counters["joined"] += 1
+                counters["joined"] += 1
                 learned += self._learn(key, entry["x"], e.y, _served(entry.get("served")),
                                        e.at_us)
         return learned
-
-    def _admit(self, e: LabelEvent) -> bool:
-        """Drop other generations' events; record each stream's highest position (replays
-        are recognised by the row, in :meth:`_known`, so a replayed dead letter is learned)."""
-        if e.generation != self.deployment.generation:
-            self.state.counters["stale"] += 1
-            return False
-        seen = self.state.high_water.get(e.stream)
-        if seen is None or e.order > seen:
-            self.state.high_water[e.stream] = e.order
-        return True
 
     def _known(self, e: LabelEvent, key: bytes) -> bool:
         """True when the event's row was learned already (the event is then only counted)."""

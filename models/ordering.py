@@ -43,7 +43,6 @@ import heapq
 import itertools
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from rowcast.core.label_events import LabelEvent
@@ -53,14 +52,6 @@ def _unordered(e: LabelEvent) -> bool:
     """Released at once: snapshot reads (their own stream, never learned as they come) and
     events whose producer gave no commit position."""
     return e.stream.endswith(":r") or e.order[0] == 0
-
-
-@dataclass(order=True)
-class _Held:
-    order: tuple[int, int, int]
-    seq: int
-    arrived: float = field(compare=False)
-    event: LabelEvent = field(compare=False)
 
 
 class CommitOrderMerge:
@@ -75,8 +66,11 @@ class CommitOrderMerge:
         self.forced = 0  # released before every watermark passed them (bounds hit)
         # off (no watermarks will come, e.g. topics written by Debezium): arrival order
         self.ordered = True
-        self._heap: list[_Held] = []
+        # (order, seq, arrived, event): plain tuples, compared in C (a dataclass's __lt__ was a
+        # visible share of the learner's per-label overhead); seq keeps arrival order on ties
+        self._heap: list[tuple[tuple[int, int, int], int, float, LabelEvent]] = []
         self._seq = itertools.count()
+        self._top = 0  # at least the highest commit LSN buffered (exact after a bulk release)
         self._ready: list[LabelEvent] = []  # unordered events, released on the next call
 
     def expect(self, streams: Iterable[str]) -> None:
@@ -85,11 +79,22 @@ class CommitOrderMerge:
         self.expected = set(streams)
 
     def add(self, event: LabelEvent, now: float | None = None) -> None:
-        if _unordered(event):
-            self._ready.append(event)
-            return
+        self.add_many((event,), now)
+
+    def add_many(self, events: Iterable[LabelEvent], now: float | None = None) -> None:
+        """Buffer label events (not watermarks) as they arrived, with one clock reading."""
         arrived = time.monotonic() if now is None else now
-        heapq.heappush(self._heap, _Held(event.order, next(self._seq), arrived, event))
+        held, ready, seq = self._heap, self._ready, self._seq
+        top = self._top
+        for event in events:
+            order = event.order
+            if order[0] == 0 or event.stream.endswith(":r"):  # see _unordered
+                ready.append(event)
+            else:
+                held.append((order, next(seq), arrived, event))  # heapified when released
+                if order[0] > top:
+                    top = order[0]
+        self._top = top
 
     def watermark(self, stream: str, lsn: int) -> None:
         """Everything committed at or before ``lsn`` on ``stream`` has been forwarded."""
@@ -113,28 +118,36 @@ class CommitOrderMerge:
         out, self._ready = self._ready, []
         low = self.low_watermark
         gated = self.ordered and bool(self.expected)  # no stream known: nothing to wait for
-        heap = self._heap
+        heap, pop = self._heap, heapq.heappop
+        if heap and (not gated or self._top <= low):
+            # everything buffered is complete (the usual case once watermarks flow): one sort
+            heap.sort()
+            out += [held[3] for held in heap]
+            heap.clear()
+            self._top = 0
+            return out
+        heapq.heapify(heap)  # events were appended since the last release
         while heap:
             head = heap[0]
-            if head.order[0] <= low or not gated:
+            if head[0][0] <= low:
                 pass
-            elif len(heap) > self.max_buffered or now - head.arrived > self.max_wait_s:
+            elif len(heap) > self.max_buffered or now - head[2] > self.max_wait_s:
                 self.forced += 1
             else:
                 break
-            out.append(heapq.heappop(heap).event)
+            out.append(pop(heap)[3])
         return out
 
     def oldest_wait_s(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
-        return max((now - h.arrived for h in self._heap), default=0.0)
+        return max((now - h[2] for h in self._heap), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """The buffer and watermarks, for the checkpoint (events as their JSON encoding)."""
         held = sorted(self._heap)
         return {"watermarks": dict(self.watermarks), "expected": sorted(self.expected),
                 "forced": self.forced,
-                "buffered": [h.event.to_json().decode() for h in held]
+                "buffered": [h[3].to_json().decode() for h in held]
                 + [e.to_json().decode() for e in self._ready]}
 
     @classmethod

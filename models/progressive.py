@@ -42,11 +42,22 @@ class OnlineMetrics:
 
     def update(self, y_true: Any, scored: Score) -> None:
         """Count one labelled row; like river, a model with no answer yet is not scored."""
-        for metric in self.metrics.values():
-            y_pred = scored.prediction if getattr(metric, "requires_labels", True) else scored.proba
+        routes = self.__dict__.get("_routes")
+        if routes is None:  # which metrics take the label, which the probabilities: once
+            routes = self._routes = [(m.update, getattr(m, "requires_labels", True))
+                                     for m in self.metrics.values()]
+        prediction, proba = scored.prediction, scored.proba
+        for update, by_label in routes:
+            y_pred = prediction if by_label else proba
             if y_pred is not None and y_pred != {}:
-                metric.update(y_true=y_true, y_pred=y_pred)
+                update(y_true=y_true, y_pred=y_pred)
         self.n += 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Snapshots hold the metrics, not the cached routes (bound methods)."""
+        state = dict(self.__dict__)
+        state.pop("_routes", None)
+        return state
 
     def values(self) -> dict[str, float]:
         return {name: float(metric.get()) for name, metric in self.metrics.items()}

@@ -4,10 +4,14 @@ Each deployment's labels topic has one partition, and learners share one consume
 Kafka gives every deployment to exactly one learner; ``rowcast.model_control.epoch`` fences a
 learner that lost its partition but has not noticed yet. On assignment the learner restores the
 latest checkpoint of the deployment's generation and seeks to the offset stored with it; then
-it applies label events (:class:`rowcast.models.learning.DeploymentLearner`) and, every
+it applies label events (:class:`rowcast.models.learning.DeploymentLearner`; a label batch
+record, header ``rowcast.batch``, is one position: all its events are applied before its offset
+can be checkpointed, and one that does not decode goes to the dead-letter topic whole) and, every
 ``learner_checkpoint_s`` or ``learner_checkpoint_every`` events, writes model, metrics, resume
 state, pending features and the next offset in one Postgres transaction (a new model version),
-publishes the snapshot to the compacted models topic for the scorers, and commits the Kafka
+publishes the snapshot to the compacted models topic for the scorers (no more often than its
+measured load time allows, :mod:`rowcast.models.cadence`: a big forest is published every few
+tens of seconds so a worker spends <= 5 % of its CPU unpickling), and commits the Kafka
 offset (only so lag tools see the learner's progress: the truth is the checkpoint); that order is
 written once, in :class:`Checkpointer`.
 
@@ -26,6 +30,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -40,9 +45,10 @@ from rowcast.connectors.versions import Checkpoint, Fenced, Redeployed
 from rowcast.core import metrics
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import ConfigError, DecodeError, SnapshotError
-from rowcast.core.label_events import LabelEvent
+from rowcast.core.label_events import BATCH_HEADER, LabelEvent, decode_batch
 from rowcast.core.model_record import ModelRecord
 from rowcast.core.settings import Settings
+from rowcast.models.cadence import WORKER_LOAD_SHARE, LoadCost, publish_interval
 from rowcast.models.deployment import Deployment
 from rowcast.models.learning import DeploymentLearner, LearnerState
 from rowcast.models.scoring import OnlineModel
@@ -68,6 +74,43 @@ class Owned:
     last_commit_try: float = 0.0
     streams_known: bool = False  # the commit-order merge knows which partitions gate it
     guard_to: int = 0  # labels below this offset are applied guarded (after a non-finite pause)
+    since_checkpoint: int = 0  # label events (not records: a batch holds many) read since
+    # publication to the scorers follows the snapshot's load cost (rowcast.models.cadence)
+    load_cost: LoadCost = field(default_factory=LoadCost)
+    last_publish: float = 0.0
+    unpublished: tuple[int, int, bytes] | None = None  # (version, samples, snapshot) not sent yet
+
+
+def is_label_batch(headers: object) -> bool:
+    return any(name == BATCH_HEADER for name, _ in (headers or ()))  # type: ignore[attr-defined]
+
+
+def read_label_record(headers: object, value: bytes | None) -> list[LabelEvent]:
+    """A labels-topic record's events: a label batch (header ``rowcast.batch``), or one event
+    (older scorers). Raises :class:`DecodeError` when the record as a whole does not decode."""
+    if value is None:
+        raise DecodeError("not a label event: the record has no value")
+    if is_label_batch(headers):
+        return decode_batch(value)
+    return [LabelEvent.from_json(value)]
+
+
+def refused_letter(event: LabelEvent, reason: str, events: list[LabelEvent],
+                   spans: list[tuple[int, Any]]) -> DeadLetter:
+    """The dead letter for one event the guarded replay refused: the record it came in names
+    where it was; the value is that event alone, as a single-event record, so replaying the
+    letter teaches that row only (a label batch holds other rows, learned already)."""
+    at = next((i for i, e in enumerate(events) if e is event), None)
+    if at is None:  # it waited in the commit-order merge since an earlier poll
+        return DeadLetter("learner", "non_finite_model", reason, key=event.key_bytes(),
+                          value=event.to_json())
+    start, r = next((s, r) for s, r in reversed(spans) if s <= at)
+    if not is_label_batch(r.headers):
+        return DeadLetter("learner", "non_finite_model", reason, r.topic, r.partition, r.offset,
+                          r.key, r.value)
+    return DeadLetter("learner", "non_finite_model", reason, r.topic, r.partition, r.offset,
+                      event.key_bytes(), event.to_json(),
+                      context={"label_batch_index": at - start})
 
 
 class ModelPaused(Exception):
@@ -250,6 +293,7 @@ class Learner(ConsumerRebalanceListener):
             self.poll_once()
         for owned in list(self.active.values()):
             self._checkpoint(owned)
+            self.checkpoints.publish_due(owned, force=True)  # the last version, for the scorers
 
     def poll_once(self) -> int:
         batch = self.consumer.poll(timeout_ms=100, max_records=self.settings.learner_batch_size)
@@ -260,15 +304,17 @@ class Learner(ConsumerRebalanceListener):
             records = [r for r in records if owned is not None and r.offset >= owned.offset]
             if owned is None or not records:
                 continue
-            events, origin = [], {}
+            events, spans = [], []
             for r in records:
                 try:
-                    events.append(LabelEvent.from_json(r.value))
-                    origin[id(events[-1])] = r
-                except DecodeError as exc:
-                    self.dead_letters.send(DeadLetter("learner", "bad_label_event", str(exc),
-                                                      r.topic, r.partition, r.offset, r.key,
-                                                      r.value))
+                    decoded = read_label_record(r.headers, r.value)
+                except DecodeError as exc:  # the whole record: its events cannot be told apart
+                    reason = "bad_label_batch" if is_label_batch(r.headers) else "bad_label_event"
+                    self.dead_letters.send(DeadLetter("learner", reason, str(exc), r.topic,
+                                                      r.partition, r.offset, r.key, r.value))
+                    continue
+                spans.append((len(events), r))
+                events += decoded
             self._follow_generation(owned, [e for e in events if e.kind != "watermark"])
             if not owned.streams_known:  # not in the rebalance callback: it fetches metadata
                 self._expect_streams(owned.learner)
@@ -276,14 +322,12 @@ class Learner(ConsumerRebalanceListener):
             learned = owned.learner.apply(events, guarded=records[0].offset < owned.guard_to)
             waited.discard(owned.learner.deployment.name)
             for event, reason in owned.learner.refused:  # learning it made the model non-finite
-                r = origin[id(event)]
-                metrics.DEAD_LETTERS.labels("learner", "non_finite_model").inc()
-                self.dead_letters.send(DeadLetter("learner", "non_finite_model", reason, r.topic,
-                                                  r.partition, r.offset, r.key, r.value))
+                self.dead_letters.send(refused_letter(event, reason, events, spans))
             if owned.learner.refused:  # acknowledged before the checkpoint marks them learned
                 owned.learner.refused.clear()
                 self.producer.flush(timeout=30)
-            owned.offset = records[-1].offset + 1
+            owned.offset = records[-1].offset + 1  # a batch record is one position: all applied
+            owned.since_checkpoint += len(events)
             applied += len(records)
             metrics.LEARNED.labels(owned.learner.deployment.name).inc(learned)
         for name in waited:  # no records for it this time: release what waited too long
@@ -292,8 +336,9 @@ class Learner(ConsumerRebalanceListener):
                 metrics.LEARNED.labels(name).inc(owned.learner.apply([]))
         now = time.monotonic()
         for owned in list(self.active.values()):
+            self.checkpoints.publish_due(owned)
             due = owned.offset - owned.checkpointed_offset
-            if due and (due >= self.settings.learner_checkpoint_every
+            if due and (owned.since_checkpoint >= self.settings.learner_checkpoint_every
                         or now - owned.last_checkpoint >= self.settings.learner_checkpoint_s):
                 self._checkpoint(owned)
             elif (owned.committed_offset != owned.checkpointed_offset
@@ -330,6 +375,7 @@ class Learner(ConsumerRebalanceListener):
         owned.learner.state.merge.watermarks = watermarks
         owned.streams_known = False
         owned.applied_rollback = None
+        owned.load_cost = LoadCost()  # another model: its snapshots cost what they cost
         self.active[d.name] = owned
 
     def _checkpoint(self, owned: Owned, dropping: bool = False) -> None:
@@ -488,8 +534,10 @@ class Checkpointer:
             metrics.LEARNING_DELAY_SECONDS.observe(delay)
         learner.delays_s.clear()
         owned.checkpointed_offset = owned.offset
+        owned.since_checkpoint = 0
         owned.last_checkpoint = time.monotonic()
-        self.publish(d, version, learner.model.samples_learned, blob)
+        owned.unpublished = (version, learner.model.samples_learned, blob)
+        self.publish_due(owned, force=dropping)
         if not dropping:
             self.commit_offset(owned)
         metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
@@ -516,6 +564,7 @@ class Checkpointer:
         except (Fenced, psycopg.Error):
             return False  # the full checkpoint handles (and logs) it
         owned.checkpointed_offset = owned.offset
+        owned.since_checkpoint = 0
         owned.last_checkpoint = time.monotonic()
         if not dropping:  # never from a rebalance callback: kafka-python cannot block there
             self.commit_offset(owned)
@@ -531,6 +580,35 @@ class Checkpointer:
         learner.progressive, learner.served = payload["progressive"], payload["served"]
         log.info("%s rolled back to version %d", learner.deployment.name, version)
         return f"rolled back to version {version}"
+
+    def interval(self, owned: Owned, size: int) -> float:
+        """Seconds between two publications of this deployment (:mod:`rowcast.models.cadence`)."""
+        return publish_interval(owned.load_cost.estimate(size),
+                                floor_s=self.owner.settings.learner_checkpoint_s)
+
+    def publish_due(self, owned: Owned, force: bool = False) -> bool:
+        """Publish the newest checkpointed version if the cadence allows it now (or ``force``:
+        handing over, stopping); True when it was sent. A version not sent is only skipped by
+        the scorers, which take the next one: every version stays in ``rowcast.model_versions``."""
+        if owned.unpublished is None:
+            return False
+        version, samples, blob = owned.unpublished
+        if owned.load_cost.needs_measuring(len(blob)):
+            started = time.perf_counter()  # what each worker will spend on it: verify + unpickle
+            load_snapshot(blob, self.owner.key)
+            owned.load_cost.measured(len(blob), time.perf_counter() - started)
+            interval = self.interval(owned, len(blob))
+            if interval > self.owner.settings.learner_checkpoint_s:
+                log.info("%s: a snapshot of %.1f MB loads in %.2f s: publishing at most every "
+                         "%.1f s, so a worker spends <= %.0f %% of its CPU loading",
+                         owned.learner.deployment.name, len(blob) / 1e6,
+                         owned.load_cost.load_s, interval, 100 * WORKER_LOAD_SHARE)
+        if not force and time.monotonic() - owned.last_publish < self.interval(owned, len(blob)):
+            return False
+        owned.unpublished = None
+        owned.last_publish = time.monotonic()
+        self.publish(owned.learner.deployment, version, samples, blob)
+        return True
 
     def publish(self, d: Deployment, version: int, samples: int, blob: bytes) -> None:
         record = ModelRecord(d.name, d.generation, version, samples, blob)
