@@ -14,7 +14,7 @@ with its size), so measuring does not itself cost the learner what it saves the 
 
 >>> publish_interval(0.0002, floor_s=1.0)
 1.0
->>> publish_interval(1.28, floor_s=1.0)
+>>> round(publish_interval(1.28, floor_s=1.0), 6)
 25.6
 >>> cost = LoadCost()
 >>> cost.needs_measuring(1000)
