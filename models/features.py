@@ -50,9 +50,11 @@ class FeatureError(RowcastError):
 
 
 def _number(column: str, value: Any) -> float:
+    if type(value) is float and value - value == 0.0:  # the common case: a finite float
+        return value
     if isinstance(value, bool):
         return 1.0 if value else 0.0
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         number = float(value)
     elif isinstance(value, str):
         try:
@@ -70,7 +72,7 @@ MAX_CATEGORY_CHARS = 1000  # longer text is a document, not a category: refused,
 
 
 def _category(column: str, value: Any) -> str:
-    if isinstance(value, str | int | bool):
+    if isinstance(value, (str, int)):  # bool is an int
         text = str(value)
         if len(text) > MAX_CATEGORY_CHARS:
             raise FeatureError(column, text[:40], f"text of {len(text)} characters is too long "
@@ -144,11 +146,14 @@ def build_features(row: Mapping[str, Any], features: Sequence[Feature]) -> dict[
     """The feature dict for one row; NULL or missing columns are left out."""
     out: dict[str, float | str] = {}
     for feature in features:
-        value = row.get(feature.name)
+        name, kind = feature.name, feature.kind
+        value = row.get(name)
         if value is None:
             continue
-        if feature.kind == "timestamp":
-            out.update(_timestamp_features(feature.name, value))
+        if kind == "number" and type(value) is float and value - value == 0.0:
+            out[name] = value  # finite already: what _number returns, without the call
+        elif kind == "timestamp":
+            out.update(_timestamp_features(name, value))
         else:
-            out[feature.name] = CONVERTERS[feature.kind](feature.name, value)
+            out[name] = CONVERTERS[kind](name, value)
     return out

@@ -23,12 +23,13 @@ anomaly     None                         anomaly score
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from river import base
 
+from rowcast.models.batch_scoring import linear_plan
 from rowcast.models.catalog import ModelSpec, get_model
 from rowcast.models.deployment import Deployment
 from rowcast.models.features import FeatureError, build_features, convert
@@ -89,13 +90,43 @@ class OnlineModel:
             return Score(y, y)
         if task == "anomaly":
             return Score(None, float(self.estimator.score_one(x)))
-        proba = self.estimator.predict_proba_one(x)
+        return self._from_proba(self.estimator.predict_proba_one(x))
+
+    def _from_proba(self, proba: dict[Any, float]) -> Score:
         # the label is river's own choice (max of proba, first on ties), so accuracy matches
         # river.evaluate.progressive_val_score exactly
         label = max(proba, key=proba.get) if proba else None
-        if task == "binary":
+        if self.spec.task == "binary":
             return Score(label, float(proba.get(True, 0.0)), proba)
         return Score(label, float(proba[label]) if proba else None, proba)
+
+    def score_many(self, xs: Sequence[Mapping[str, float | str]]) -> list[Score | Exception]:
+        """:meth:`score` for each row, all with the current state: at once for the catalog's
+        linear and logistic pipelines (:mod:`rowcast.models.batch_scoring`, bit-for-bit
+        river's answer), row by row otherwise. A row the model raises on gets its exception
+        in its place, so one row's failure costs that row alone."""
+        task = self.spec.task
+        answers: list[Any] = [None] * len(xs)
+        if task in ("regression", "binary") and len(xs) > 1:
+            try:
+                plan = linear_plan(self.estimator)
+                if plan is not None and plan.binary == (task == "binary"):
+                    answers = plan.predict_many(xs)
+            except Exception:  # e.g. a custom loss overflowing: river says it row by row
+                answers = [None] * len(xs)
+        out: list[Score | Exception] = []
+        for x, answer in zip(xs, answers, strict=True):
+            if answer is None:
+                try:
+                    out.append(self.score(x))
+                except Exception as exc:
+                    out.append(exc)
+            elif task == "regression":
+                y = float(answer)
+                out.append(Score(y, y))
+            else:
+                out.append(self._from_proba(answer))
+        return out
 
     def learn(self, x: Mapping[str, float | str], y: Any) -> None:
         if self.spec.task == "anomaly":

@@ -38,6 +38,8 @@ LABEL_OPS = frozenset({"c", "u", "r"})
 MODEL_UNAVAILABLE = "model_unavailable"  # dead-letter reason: the deployment's model cannot be built
 SCORE_FAILED = "score_failed"  # dead-letter reason: the model (or routing) raised on this row
 
+# a row's features (or why they could not be built) and its score (or what scoring raised)
+Prescored = tuple[dict[str, Any] | Exception, Score | Exception]
 # what the scorer serves for a deployment before and between snapshots: (version, estimator)
 SnapshotLookup = Callable[[Deployment], tuple[int, Any] | None]
 
@@ -157,6 +159,16 @@ class ServingSet:
             return False
 
     def handle(self, events: Iterable[ChangeEvent], now_us: int | None = None) -> BatchResult:
+        """Predictions, label events and rejections of ``events``, in their order.
+
+        Each deployment scores the rows it gets at once (see :meth:`_score_batch`); what comes
+        out, and in which order, is what scoring them one by one gave. ``now_us`` (the
+        predictions' ``scored_at_us``) is read once per call.
+        """
+        events = events if isinstance(events, list) else list(events)
+        now_us = now_us if now_us is not None else time.time_ns() // 1000
+        by_table = self.by_table  # one index for the whole batch, whatever install() swaps in
+        scored = self._score_batch(events, by_table)
         result = BatchResult()
         for event in events:
             if event.after is None:
@@ -164,11 +176,11 @@ class ServingSet:
                     self._deleted(event, result)
                 continue
             table = (event.source.schema, event.source.table)
-            for model in self.by_table.get(table, ()):
+            for model in by_table.get(table, ()):
                 if event.only_for is not None and event.only_for != model.deployment.name:
                     continue
                 if event.op in SCORED_OPS:
-                    _guarded(self._score_one, model, event, result, now_us)
+                    _guarded(self._score_one, model, event, result, now_us, scored.get(id(model)))
                 elif event.op == "u":
                     _guarded(self._label_from_update, model, event, result)
             if event.op in SCORED_OPS:
@@ -180,6 +192,34 @@ class ServingSet:
                 for model in self.by_labels.get(table, ()):
                     _guarded(self._label_from_table, model, event, result)
         return result
+
+    @staticmethod
+    def _score_batch(events: list[ChangeEvent], by_table: dict[tuple[str, str], list[OnlineModel]],
+                     ) -> dict[int, dict[int, Prescored]]:
+        """Features and scores of every row each model scores in this batch, computed per
+        model at once (:meth:`OnlineModel.score_many`): ``{id(model): {id(event): (features
+        or the error building them, score or the error scoring)}}``. :meth:`_score_one` then
+        reads them, so what it decides is what it decided row by row."""
+        rows: dict[int, tuple[OnlineModel, list[ChangeEvent]]] = {}
+        for event in events:
+            if event.after is None or event.op not in SCORED_OPS:
+                continue
+            for model in by_table.get((event.source.schema, event.source.table), ()):
+                if event.only_for is None or event.only_for == model.deployment.name:
+                    rows.setdefault(id(model), (model, []))[1].append(event)
+        out: dict[int, dict[int, Prescored]] = {}
+        for key, (model, scoring) in rows.items():
+            built: list[tuple[ChangeEvent, dict[str, float | str] | Exception]] = []
+            for event in scoring:
+                try:
+                    built.append((event, model.features(event.after)))  # type: ignore[arg-type]
+                except Exception as exc:  # FeatureError: bad_feature; else score_failed
+                    built.append((event, exc))
+            xs = [x for _, x in built if not isinstance(x, Exception)]
+            scores = iter(model.score_many(xs))
+            out[key] = {id(event): (x, x if isinstance(x, Exception) else next(scores))
+                        for event, x in built}
+        return out
 
     def watermarks(self, table: tuple[str, str], stream: str, lsn: int,
                    now_us: int | None = None) -> list[LabelEvent]:
@@ -196,12 +236,15 @@ class ServingSet:
 
     @staticmethod
     def _score_one(model: OnlineModel, event: ChangeEvent, result: BatchResult,
-                   now_us: int | None) -> None:
+                   now_us: int | None, scored: dict[int, Prescored] | None = None) -> None:
         d = model.deployment
         row = event.after
         assert row is not None
+        done = scored.get(id(event)) if scored is not None else None
         try:
-            x = model.features(row)
+            x = model.features(row) if done is None else done[0]
+            if isinstance(x, Exception):
+                raise x
         except FeatureError as exc:
             result.rejected.append(Rejected(d.name, event, "bad_feature", str(exc)))
             return
@@ -212,11 +255,13 @@ class ServingSet:
                 y = model.label(row)
             except FeatureError as exc:  # the row is still scored; its label is set aside
                 result.rejected.append(Rejected(d.name, event, "bad_label", str(exc)))
-        scored = model.score(x)
+        scored_as = model.score(x) if done is None else done[1]
+        if isinstance(scored_as, Exception):
+            raise scored_as  # _guarded rejects the row for this deployment (score_failed)
         key = event.key if event.key is not None else {k: row.get(k) for k in d.key_columns}
         result.predictions.append(PredictionRecord(
             deployment=d.name, model=d.model, model_version=model.version, schema=d.schema,
-            table=d.table, key=key, prediction=scored.prediction, score=scored.score,
+            table=d.table, key=key, prediction=scored_as.prediction, score=scored_as.score,
             source_lsn=event.source.lsn, source_commit_us=event.source.commit_us,
             scored_at_us=now_us if now_us is not None else time.time_ns() // 1000,
         ))
@@ -230,7 +275,7 @@ class ServingSet:
         kind = "labelled" if y is not None or model.spec.task == "anomaly" else "scored"
         result.labels.append(LabelEvent(
             kind, d.name, d.generation, key, event.stream_id, event.order, event.source.commit_us,
-            x, y, _served(model.version, scored), was=event.old_key))
+            x, y, _served(model.version, scored_as), was=event.old_key))
 
     def _deleted(self, event: ChangeEvent, result: BatchResult) -> None:
         """A deleted row keeps nothing: its prediction goes (a tombstone for its key, which the
