@@ -185,6 +185,12 @@ def take_promotion(conn: psycopg.Connection, deployment: str) -> str | None:
     return None if row is None else row[0]
 
 
+def promotion_pending(conn: psycopg.Connection, deployment: str) -> bool:
+    row = conn.execute("SELECT promote_to IS NOT NULL FROM rowcast.model_control "
+                       "WHERE deployment = %s", (deployment,)).fetchone()
+    return bool(row and row[0])
+
+
 def swap_roles(conn: psycopg.Connection, deployment: str, promoted: str, old_name: str,
                old_model: str) -> None:
     """After a promotion the old champion stays as a challenger under ``old_name`` (promoting

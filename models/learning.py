@@ -49,6 +49,7 @@ tracked beside it: the difference is what snapshot staleness costs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ import orjson
 from rowcast.core.label_events import LabelEvent, Served
 from rowcast.models import health
 from rowcast.models.deployment import Deployment
+from rowcast.models.operations import Challenger, ModelEvent, ModelOperations, row_loss
 from rowcast.models.ordering import CommitOrderMerge
 from rowcast.models.progressive import OnlineMetrics
 from rowcast.models.scoring import OnlineModel, Score
@@ -163,6 +165,10 @@ class DeploymentLearner:
         self.broken: str | None = None  # learning raised (overflow): why it must not be kept
         self.changes = 0  # events applied since the last checkpoint (0: only positions moved)
         self.delays_s: list[float] = []  # label committed -> learned, since the last checkpoint
+        # drift detector and challengers in shadow (rowcast.models.operations), fed every row
+        # this model learns, in the same order; what happened since the last checkpoint
+        self.operations = ModelOperations(model.spec.task)
+        self.model_events: list[ModelEvent] = []
 
     @classmethod
     def fresh(cls, deployment: Deployment, pending: PendingStore) -> DeploymentLearner:
@@ -178,6 +184,11 @@ class DeploymentLearner:
         """What a checkpoint stores and dashboards show."""
         out: dict[str, Any] = {"progressive": self.progressive.values(),
                                "served": self.served.values(), "labels": self.progressive.n}
+        ops = self.operations
+        if ops.challengers:
+            out["challengers"] = ops.compare()
+        out["drift"] = {"detector": ops.detector_name, "reaction": ops.reaction,
+                        "detections": ops.drifts}
         if self.delays_s:  # label committed -> learned, over the labels since the last one
             ordered = sorted(self.delays_s)
             out["learning_delay_ms"] = {
@@ -301,7 +312,8 @@ class DeploymentLearner:
                at_us: int) -> int:
         self.pending.mark_learned(key, {"y": y, "at_us": at_us})
         before = copy.deepcopy((self.model.estimator, self.progressive, self.served,
-                                self.last_x, self.model.samples_learned)) if self.guarded else None
+                                self.last_x, self.model.samples_learned, self.operations,
+                                len(self.model_events))) if self.guarded else None
         try:
             self._learn_row(x, y, served)
         except ArithmeticError as exc:  # e.g. a metric squaring 1e300: the state is half-updated
@@ -315,19 +327,113 @@ class DeploymentLearner:
             self.broken = self.broken or reason
             return 0
         (self.model.estimator, self.progressive, self.served, self.last_x,
-         self.model.samples_learned) = before
+         self.model.samples_learned, self.operations, kept) = before
+        del self.model_events[kept:]
         self.state.counters["non_finite"] += 1
         assert self._current is not None
         self.refused.append((self._current, reason))
         return 0
 
     def _learn_row(self, x: dict[str, float | str], y: Any, served: Served | None) -> None:
-        if self.model.spec.task != "anomaly":
-            self.progressive.update(y, self.model.score(x))  # test, then train
+        task = self.model.spec.task
+        if task != "anomaly":
+            scored = self.model.score(x)
+            self.progressive.update(y, scored)  # test, then train
             if served is not None:
                 self.served.update(y, Score(served.prediction, None, served.proba_dict()))
+            ops = self.operations
+            if ops.detector is not None or ops.challengers:
+                self._operate(x, y, row_loss(task, y, scored))
         self.model.learn(x, y)
         self.last_x = x
+
+    def _operate(self, x: dict[str, float | str], y: Any, loss: float | None) -> None:
+        """The same row, in the same place of the stream, for the drift detector and for each
+        challenger (scored on it before learning it, as the champion was)."""
+        ops = self.operations
+        event = ops.observe(loss)
+        if event is not None:
+            self.model_events.append(event)
+            if ops.reaction == "retrain":
+                self._retrain(ops)
+        key = self._current.key_bytes() if self._current is not None else None
+        for challenger in ops.challengers.values():
+            challenger.observe(dict(x), y, loss, key)
+
+    def _retrain(self, ops: ModelOperations) -> None:
+        """A fresh model of the champion's kind learns from the drift point on, in shadow, and
+        is promoted once it is better on the recent window. One at a time: a younger one than
+        ``min_labels`` rows is already learning from (near) this drift point and stays;
+        an older one (a new drift since) is replaced."""
+        current = [n for n in ops.challengers if n.startswith("retrain-")]
+        if any(ops.challengers[n].progressive.n < ops.min_labels for n in current):
+            return
+        for name in current:
+            event = ops.remove(name)
+            if event is not None:
+                self.model_events.append(event)
+        fresh = OnlineModel(dataclasses.replace(self.deployment, model=self.champion_model),
+                            self.model.spec, self.model.spec.build())
+        self.model_events.append(ops.add(Challenger(f"retrain-{ops.labels}", fresh,
+                                                    auto_promote=True)))
+
+    # -- challengers and promotion (called by the learner at a checkpoint) ------------------
+    def configure(self, detector: str, reaction: str,
+                  challengers: Mapping[str, tuple[str, bool, bool]]) -> None:
+        """Bring the detector and the challengers in line with what operators asked for
+        (``rowcast.model_operations``, ``rowcast.challengers``: name -> (model, auto_promote,
+        shadow_predictions)). A new challenger starts fresh, from the next label; one no
+        longer asked for goes."""
+        ops = self.operations
+        ops.configure(detector, reaction)
+        for name in [n for n in ops.challengers if n not in challengers]:
+            event = ops.remove(name)
+            if event is not None:
+                self.model_events.append(event)
+        for name, (model, auto, shadow) in challengers.items():
+            current = ops.challengers.get(name)
+            if current is not None and current.model.deployment.model == model:
+                current.auto_promote, current.keep_predictions = auto, shadow
+                continue
+            d = dataclasses.replace(self.deployment, model=model)
+            self.model_events.append(ops.add(Challenger(name, OnlineModel.fresh(d), auto,
+                                                        keep_predictions=shadow)))
+
+    def promote(self, name: str, how: str) -> ModelEvent:
+        """``name`` becomes the champion: its estimator is served from the next version, its
+        metrics become the deployment's; the champion becomes the challenger
+        ``champion-v<version>`` (promoting it back rolls the switch back). The evidence of the
+        recent window is recorded with the event."""
+        ops = self.operations
+        challenger = ops.challengers.pop(name)
+        evidence = challenger.evidence(ops.min_labels, ops.margin).to_dict()
+        old_name = f"champion-v{self.model.version}"
+        old_model = OnlineModel(dataclasses.replace(self.deployment, model=self.champion_model),
+                                self.model.spec, self.model.estimator, self.model.version,
+                                self.model.samples_learned)
+        old = Challenger(old_name, old_model)
+        old.progressive = self.progressive
+        old.pairs.extend((b, a) for a, b in challenger.pairs)
+        ops.challengers[old_name] = old
+        self.model.spec = challenger.model.spec
+        self.model.estimator = challenger.model.estimator
+        self.progressive = challenger.progressive
+        self.champion_model = challenger.model.deployment.model
+        self.changes += 1  # a new version, even without a new label
+        event = ModelEvent("promoted", ops.labels, name,
+                           {"how": how, "model": self.champion_model, "previous": old_name,
+                            "previous_model": old_model.deployment.model, "evidence": evidence})
+        self.model_events.append(event)
+        return event
+
+    @property
+    def champion_model(self) -> str:
+        """The catalog model serving now (the deployment's, until a challenger is promoted)."""
+        return getattr(self, "_champion_model", None) or self.deployment.model
+
+    @champion_model.setter
+    def champion_model(self, model: str) -> None:
+        self._champion_model = model
 
 
 def _key_bytes(key: dict[str, Any]) -> bytes:

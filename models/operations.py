@@ -53,7 +53,8 @@ WINDOW = 1000  # paired rows a challenger is compared over ("the recent window")
 MIN_LABELS = 500  # paired rows before a challenger may be promoted automatically
 MARGIN = 0.02  # the challenger's mean loss must be this fraction below the champion's
 Z = 2.576  # one-sided paired z-test, p < 0.005
-RECENT = 200  # rows whose mean loss a drift event reports as "after"
+RECENT = 200  # rows kept to tell the loss after a change from the loss before
+AFTER = 50  # the most recent rows whose mean loss a drift event reports as "after"
 
 
 def row_loss(task: str, y: Any, scored: Score) -> float | None:
@@ -132,6 +133,7 @@ class Challenger:
         self.auto_promote = auto_promote
         self.keep_predictions = keep_predictions
         self.shadow: list[tuple[bytes, Score]] = []  # (row key, score) since the checkpoint
+        self.stored = False  # in rowcast.challengers (the learner's own retrain ones: once saved)
 
     def observe(self, x: dict[str, Any], y: Any, champion_loss: float | None,
                 key: bytes | None = None) -> None:
@@ -195,16 +197,23 @@ class ModelOperations:
         self.detector.update(loss)
         if not self.detector.drift_detected:
             return None
+        # the detectors see any change of the mean: only a model getting worse is a drift
+        # (the loss falling as a young model learns, or as it adapts after a drift, is not)
+        last = list(self.recent)[-AFTER:]
+        after = sum(last) / len(last)
+        older = self.loss_n - len(last)
+        before = (self.loss_sum - sum(last)) / older if older > 0 else before
+        self.loss_sum, self.loss_n = 0.0, 0  # the baseline of the next detection: from here
+        self.recent.clear()
+        if after <= before:
+            return None
         self.drifts += 1
         detail: dict[str, Any] = {"detector": self.detector_name,
-                                  "loss_before": before,
-                                  "loss_after": sum(self.recent) / len(self.recent)}
+                                  "loss_before": before, "loss_after": after}
         for stat in ("estimation", "width", "variance", "n_detections"):
             value = getattr(self.detector, stat, None)
             if isinstance(value, int | float) and math.isfinite(value):
                 detail[stat] = value
-        self.loss_sum, self.loss_n = 0.0, 0  # "before" the next drift: since this one
-        self.recent.clear()
         return ModelEvent("drift", self.labels, None, detail)
 
     def add(self, challenger: Challenger) -> ModelEvent:

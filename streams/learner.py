@@ -37,7 +37,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from rowcast.connectors import position_history, versions
+from rowcast.connectors import operations, position_history, versions
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.pending_labels import PgPending, has_expired
 from rowcast.connectors.registry import list_deployments
@@ -49,8 +49,10 @@ from rowcast.core.label_events import BATCH_HEADER, LabelEvent, decode_batch
 from rowcast.core.model_record import ModelRecord
 from rowcast.core.settings import Settings
 from rowcast.models.cadence import WORKER_LOAD_SHARE, LoadCost, publish_interval
+from rowcast.models.catalog import get_model
 from rowcast.models.deployment import Deployment
 from rowcast.models.learning import DeploymentLearner, LearnerState
+from rowcast.models.operations import ModelEvent
 from rowcast.models.scoring import OnlineModel
 from rowcast.models.snapshot import dump_snapshot, load_snapshot
 
@@ -118,9 +120,26 @@ class ModelPaused(Exception):
 
 
 def snapshot_payload(learner: DeploymentLearner) -> dict:
-    """What a snapshot holds: the estimator (all a scorer needs) and the running metrics."""
+    """What a snapshot holds: the estimator (all a scorer needs), the running metrics, and the
+    model operations (drift detector, challengers in shadow) with the champion's model name,
+    so a restart or a rollback resumes all of them exactly."""
     return {"estimator": learner.model.estimator, "progressive": learner.progressive,
-            "served": learner.served}
+            "served": learner.served, "operations": learner.operations,
+            "model": learner.champion_model}
+
+
+def restore_payload(learner: DeploymentLearner, payload: dict) -> None:
+    """The inverse of :func:`snapshot_payload` (snapshots made before model operations have
+    none: a fresh detector, no challengers)."""
+    learner.model.estimator = payload["estimator"]
+    learner.progressive, learner.served = payload["progressive"], payload["served"]
+    model = payload.get("model") or learner.deployment.model
+    if model != learner.champion_model:
+        learner.model.spec = get_model(model)
+        learner.champion_model = model
+    operations = payload.get("operations")
+    if operations is not None:
+        learner.operations = operations
 
 
 class Learner(ConsumerRebalanceListener):
@@ -264,7 +283,7 @@ class Learner(ConsumerRebalanceListener):
             payload = load_snapshot(source.snapshot, self.key)
             learner.model = OnlineModel(d, learner.model.spec, payload["estimator"], ck.version,
                                         source.samples)
-            learner.progressive, learner.served = payload["progressive"], payload["served"]
+            restore_payload(learner, payload)
             learner.state = LearnerState.from_json(ck.state)
             offset = ck.labels_offset
         else:
@@ -521,11 +540,13 @@ class Checkpointer:
             expired, unjoined = owned.pending.flush(self.owner.settings.label_retention_s)
             learner.state.counters["expired"] += expired
             learner.state.counters["unjoined"] += unjoined
+            promoted = self.operate(owned)
             blob = dump_snapshot(snapshot_payload(learner), self.owner.key)
             version = versions.write(conn, Checkpoint(
-                d.name, 0, d.generation, d.model, blob, learner.model.samples_learned,
-                learner.metrics(), learner.state.to_dict(), owned.offset, note),
-                self.owner.settings.model_versions_keep)
+                d.name, 0, d.generation, learner.champion_model, blob,
+                learner.model.samples_learned, learner.metrics(), learner.state.to_dict(),
+                owned.offset, note), self.owner.settings.model_versions_keep)
+            self.record_operations(owned, version, promoted)
         if control.paused_reason is not None:
             metrics.MODEL_PAUSED.labels(d.name, control.paused_reason).set(0)
         learner.model.version = version
@@ -548,6 +569,70 @@ class Checkpointer:
             metrics.LABEL_EVENTS.labels(d.name, outcome).set(count)
         return True
 
+    def operate(self, owned: Owned) -> list[ModelEvent]:
+        """Inside the checkpoint's transaction, before the snapshot is taken: follow what
+        operators asked for (detector, challengers), then promote -- the one ``rowcast model
+        promote`` asked for, else an auto-promoting challenger with winning evidence -- so the
+        version written next is the first one served with the new champion."""
+        learner, conn = owned.learner, self.owner.conn
+        name = learner.deployment.name
+        for event in learner.model_events:  # retrain challengers it replaced itself
+            if event.kind == "challenger_removed" and (event.challenger or "").startswith(
+                    "retrain-"):
+                conn.execute("DELETE FROM rowcast.challengers WHERE deployment = %s AND "
+                             "name = %s", (name, event.challenger))
+        config = operations.read_config(conn, name)
+        wanted = {c.name: (c.model, c.auto_promote, c.shadow_predictions)
+                  for c in config.challengers}
+        # challengers the learner started itself (retrain after a drift) are kept; they are
+        # stored in rowcast.challengers with this checkpoint
+        wanted |= {n: (c.model.deployment.model, c.auto_promote, c.keep_predictions)
+                   for n, c in learner.operations.challengers.items()
+                   if n.startswith("retrain-") and n not in wanted and not c.stored}
+        learner.configure(config.detector, config.reaction, wanted)
+        promoted = []
+        asked = operations.take_promotion(conn, name)
+        if asked is not None and asked in learner.operations.challengers:
+            promoted.append(learner.promote(asked, "manual"))
+        elif asked is not None:
+            log.warning("%s: no challenger %s to promote (removed since it was asked?)",
+                        name, asked)
+        else:
+            best = learner.operations.ready_to_promote()
+            if best is not None:
+                promoted.append(learner.promote(best[0].name, "auto"))
+        return promoted
+
+    def record_operations(self, owned: Owned, version: int, promoted: list[ModelEvent]) -> None:
+        """In the same transaction, once the version is known: the model events, the roles
+        after a promotion, the new retrain challengers and the kept shadow predictions."""
+        learner, conn = owned.learner, self.owner.conn
+        name = learner.deployment.name
+        for event in promoted:
+            operations.swap_roles(conn, name, event.challenger or "",
+                                  event.detail["previous"], event.detail["previous_model"])
+        for cname, c in learner.operations.challengers.items():
+            if cname.startswith("retrain-") and not c.stored:
+                conn.execute("INSERT INTO rowcast.challengers (deployment, name, model, "
+                             "auto_promote) VALUES (%s, %s, %s, true) ON CONFLICT DO NOTHING",
+                             (name, cname, c.model.deployment.model))
+            c.stored = True
+            if c.shadow:
+                operations.write_shadow(conn, name, [
+                    (cname, key, scored.prediction, scored.score, learner.operations.labels)
+                    for key, scored in c.shadow])
+                c.shadow.clear()
+        operations.record_events(conn, name, version, learner.model_events)
+        for event in learner.model_events:
+            if event.kind == "drift":
+                metrics.DRIFT.labels(name, event.detail.get("detector", "?")).inc()
+            elif event.kind == "promoted":
+                metrics.PROMOTIONS.labels(name, event.detail.get("how", "?")).inc()
+        learner.model_events.clear()
+        for cname, c in learner.operations.challengers.items():
+            for metric, value in c.progressive.values().items():
+                metrics.CHALLENGER_METRIC.labels(name, cname, metric).set(value)
+
     def advance(self, owned: Owned, dropping: bool = False) -> bool:
         """Only positions moved since the last version (watermarks, events still waiting for
         them): store the merge state and offset on that version instead of writing a new one.
@@ -557,7 +642,8 @@ class Checkpointer:
             with self.owner.conn.transaction():
                 control = versions.lock_control(self.owner.conn, d.name, owned.epoch,
                                                 d.generation)
-                if control.rollback_to is not None or control.paused_reason is not None:
+                if control.rollback_to is not None or control.paused_reason is not None \
+                        or operations.promotion_pending(self.owner.conn, d.name):
                     return False
                 versions.advance(self.owner.conn, d.name, learner.model.version,
                                  learner.state.to_dict(), owned.offset)
@@ -575,9 +661,8 @@ class Checkpointer:
         if ck.snapshot is None:
             raise SnapshotError(f"version {version} has no snapshot any more")
         payload = load_snapshot(ck.snapshot, self.owner.key)
-        learner.model.estimator = payload["estimator"]
+        restore_payload(learner, payload)
         learner.model.samples_learned = ck.samples
-        learner.progressive, learner.served = payload["progressive"], payload["served"]
         log.info("%s rolled back to version %d", learner.deployment.name, version)
         return f"rolled back to version {version}"
 

@@ -102,3 +102,67 @@ def test_the_paired_test_needs_enough_rows_and_a_margin():
     assert not paired_test([(1.0, 0.5)] * 499).wins
     assert paired_test([(1.0, 0.5), (1.1, 0.5)] * 250).wins
     assert not paired_test([(1.0, 0.995), (1.0, 0.99)] * 500).wins  # below the 2 % margin
+
+
+# -- in the learner: the same ordered stream for the champion, the detector and challengers --
+
+from rowcast.core.label_events import LabelEvent  # noqa: E402
+from rowcast.models.learning import DeploymentLearner, MemoryPending  # noqa: E402
+
+
+def labelled(i: int, x: float, y: float, generation: str) -> LabelEvent:
+    return LabelEvent("labelled", "spend", generation, {"id": i}, "t:0", (i, i, 1), 0,
+                      {"x": x}, y)
+
+
+def test_challengers_learn_the_champions_rows_in_order_and_the_winner_is_promoted():
+    learner = DeploymentLearner.fresh(D, MemoryPending())
+    learner.configure("adwin", "none", {"tree": ("hoeffding_tree_regressor", True, True)})
+    rng = random.Random(4)
+    rows = [(i, rng.uniform(0, 10)) for i in range(1, 2001)]
+    # y = x^2: a tree beats the linear champion clearly
+    learner.apply([labelled(i, x, x * x, D.generation) for i, x in rows])
+    tree = learner.operations.challengers["tree"]
+    assert tree.progressive.n == learner.progressive.n == 2000
+    assert len(tree.shadow) == 2000 and tree.shadow[0][0] == b'{"id":1}'
+    # the reference: the same challenger model alone on the same rows in the same order
+    alone = OnlineModel.fresh(dataclasses.replace(D, model="hoeffding_tree_regressor"))
+    for _i, x in rows:
+        alone.learn({"x": x}, x * x)
+    assert tree.model.estimator.predict_one({"x": 3.0}) == alone.estimator.predict_one({"x": 3.0})
+
+    best = learner.operations.ready_to_promote()
+    assert best is not None and best[0].name == "tree"
+    champion_mae = learner.progressive.values()["MAE"]
+    tree_mae = tree.progressive.values()["MAE"]
+    event = learner.promote("tree", "auto")
+    assert event.detail["evidence"]["wins"] and event.detail["previous"] == "champion-v0"
+    assert learner.champion_model == "hoeffding_tree_regressor"
+    assert learner.model.estimator is tree.model.estimator
+    assert learner.progressive.values()["MAE"] == tree_mae
+    old = learner.operations.challengers["champion-v0"]
+    assert old.progressive.values()["MAE"] == champion_mae and not old.auto_promote
+    # promoting the old champion back (at a later version) is the rollback across the switch
+    learner.model.version = 5
+    learner.promote("champion-v0", "manual")
+    assert learner.champion_model == "linear_regression"
+    assert learner.model.estimator is old.model.estimator
+    assert set(learner.operations.challengers) == {"champion-v5"}
+    assert learner.operations.challengers["champion-v5"].model.estimator is tree.model.estimator
+
+
+def test_a_drift_with_the_retrain_reaction_starts_a_fresh_challenger_from_that_point():
+    learner = DeploymentLearner.fresh(D, MemoryPending())
+    learner.configure("adwin", "retrain", {})
+    rng = random.Random(2)
+    events = []
+    for i in range(1, 3001):
+        x = rng.uniform(0, 1)
+        y = 2 * x if i <= 1500 else 50 - 20 * x  # the concept changes at row 1500
+        events.append(labelled(i, x, y, D.generation))
+    learner.apply(events)
+    drifts = [e for e in learner.model_events if e.kind == "drift"]
+    assert drifts and 1500 <= drifts[0].at_label < 1700, [e.at_label for e in drifts]
+    retrain = [n for n in learner.operations.challengers if n.startswith("retrain-")]
+    assert retrain and learner.operations.challengers[retrain[0]].auto_promote
+    assert learner.metrics()["drift"]["detections"] == len(drifts)
