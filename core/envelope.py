@@ -39,7 +39,7 @@ WATERMARK_KEY = b'{"__rowcast":"watermark"}'  # JSON, as every key on these topi
 WATERMARK_HEADER = "rowcast.watermark"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention: frozen costs 0.7 us per record (issue 15)
 class SourceInfo:
     """Where a change came from: the ``source`` block of the envelope."""
 
@@ -73,7 +73,7 @@ class SourceInfo:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention: frozen costs 0.7 us per record (issue 15)
 class ChangeEvent:
     """A parsed change event, whichever connector produced it."""
 

@@ -51,7 +51,7 @@ BATCH_KEY = b'{"__rowcast":"labels"}'
 BATCH_HEADER = "rowcast.batch"  # as on change batches: its value is the format version
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention: frozen costs 0.7 us per record (issue 15)
 class Served:
     """The score a row received from the scorer: model version, prediction, class probabilities."""
 
@@ -80,7 +80,7 @@ class Served:
                    None if proba is None else tuple((k, float(p)) for k, p in proba))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # immutable by convention: frozen costs 0.7 us per record (issue 15)
 class LabelEvent:
     kind: Kind
     deployment: str
