@@ -146,11 +146,14 @@ def serve(port: int, settings: Settings, process: str) -> ThreadingHTTPServer | 
                 status, body, kind = 200, generate_latest(), CONTENT_TYPE_LATEST
             else:
                 status, body, kind = 404, b"not found\n", "text/plain"
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the scraper gave up (e.g. this process was frozen): nothing to tell it
 
     try:
         server = ThreadingHTTPServer((settings.bind_host, port), Handler)
