@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all test-debezium debezium-deps bench bench-cdc bench-learner bench-history setup system-deps lint lock clean
+.PHONY: demo test test-all test-debezium debezium-deps bench bench-cdc bench-learner bench-worker bench-publish bench-sink bench-history setup system-deps lint lock clean
 
 demo: setup
 	$(BIN)/rowcast demo
@@ -34,6 +34,17 @@ bench-cdc: setup
 
 bench-learner: setup
 	$(BIN)/python -m bench.learner $(BENCH_ARGS)
+
+# one process's Python work per row, in isolation (JSON): the worker's scoring, the worker's
+# publishing (kafka-python vs librdkafka), the sink (consume, decode, COPY + upsert)
+bench-worker: setup
+	$(BIN)/python -m bench.worker $(BENCH_ARGS)
+
+bench-publish: setup
+	$(BIN)/python -m bench.publish $(BENCH_ARGS)
+
+bench-sink: setup
+	$(BIN)/python -m bench.sink $(BENCH_ARGS)
 
 # checkpoint and `rowcast status` times with 100 vs 1,000,000 model versions of history
 bench-history: setup
