@@ -96,6 +96,10 @@ CHALLENGER_METRIC = Gauge("rowcast_challenger_metric",
                           "Progressive validation metric of a challenger in shadow, on exactly "
                           "the champion's labels in the same order.",
                           ["deployment", "challenger", "metric"])
+RECENT_LOSS = Gauge("rowcast_recent_loss",
+                    "Mean per-row loss over a challenger's recent window (1,000 rows): the "
+                    "challenger's, and the champion's on the same rows (role).",
+                    ["deployment", "challenger", "role"])
 RESTORE_SECONDS = Gauge("rowcast_learner_restore_seconds",
                         "Time the last restore from a checkpoint took.", ["deployment"])
 

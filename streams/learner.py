@@ -632,6 +632,10 @@ class Checkpointer:
         for cname, c in learner.operations.challengers.items():
             for metric, value in c.progressive.values().items():
                 metrics.CHALLENGER_METRIC.labels(name, cname, metric).set(value)
+            recent = c.evidence()
+            if recent.n:
+                metrics.RECENT_LOSS.labels(name, cname, "challenger").set(recent.challenger_loss)
+                metrics.RECENT_LOSS.labels(name, cname, "champion").set(recent.champion_loss)
 
     def advance(self, owned: Owned, dropping: bool = False) -> bool:
         """Only positions moved since the last version (watermarks, events still waiting for
