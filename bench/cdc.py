@@ -1,13 +1,18 @@
 """CDC source benchmark: one bulk COPY decoded and published, and insert→topic latency.
 
     python -m bench.cdc [--rows 1000000] [--rate 1000] [--rate-seconds 20]
+                        [--formats rowcast,debezium]
 
-Starts a private dev stack and only ``rowcast source``, then prints JSON with:
+Starts a private dev stack and only ``rowcast source`` (a fresh process per format, each on its
+own table), then prints JSON with, per ``source_format``:
 
 - ``copy``: one ``COPY`` of ``--rows`` rows in one transaction; the rows/s from its commit until
-  every event is on the topic (what the source decodes and publishes), and the source's peak RSS;
+  the source has every row acknowledged by Kafka (the slot's confirmed position passes the
+  COPY's commit: what the source decodes and publishes), its peak RSS and CPU µs per row;
 - ``steady``: single-row INSERTs at ``--rate`` rows/s; latency from each row's commit to the
-  broker appending its event (topic with ``message.timestamp.type=LogAppendTime``), p50/p99.
+  broker appending its record (topic with ``message.timestamp.type=LogAppendTime``), p50/p99;
+
+and ``rowcast_vs_debezium``: the ratio of the two COPY rates.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from kafka.admin import NewTopic, OffsetSpec
 from bench import procstat
 from rowcast.connectors.kafka_clients import make_admin
 from rowcast.connectors.schema import init_database
-from rowcast.connectors.slot import watch_table
+from rowcast.connectors.slot import confirmed_lsn, current_wal_lsn, watch_table
+from rowcast.core.change_batch import ChangeBatch, is_batch
 from rowcast.core.settings import Settings
 from rowcast.ops.devstack.process import free_port
 from rowcast.ops.devstack.stack import DevStack
@@ -43,6 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--rate-seconds", type=float, default=20.0)
+    p.add_argument("--formats", default="rowcast,debezium")
     p.add_argument("--state-dir", type=Path, default=Path(".rowcast/bench"))
     return p.parse_args(argv)
 
@@ -53,7 +60,7 @@ def topic_end(admin: KafkaAdminClient, topic: str, partitions: int) -> int:
     return sum(o.offset for o in ends.values())
 
 
-def measure_copy(settings: Settings, conn: psycopg.Connection, pipeline: Pipeline, topic: str,
+def measure_copy(settings: Settings, conn: psycopg.Connection, pipeline: Pipeline, table: str,
                  rows: int) -> dict:
     peak = [0.0]
     stop = threading.Event()
@@ -68,27 +75,29 @@ def measure_copy(settings: Settings, conn: psycopg.Connection, pipeline: Pipelin
     sampler.start()
     start = time.monotonic()
     with conn.transaction(), conn.cursor() as cur, \
-            cur.copy(f"COPY {TABLE} (id, x, label) FROM STDIN") as copy:
+            cur.copy(f"COPY {table} (id, x, label) FROM STDIN") as copy:
         for i in range(1, rows + 1):
             copy.write_row((i, i * 0.5, f"row {i}"))
     committed = time.monotonic()
-    admin = make_admin(settings)
-    while topic_end(admin, topic, PARTITIONS) < rows:
+    past = current_wal_lsn(conn)
+    cpu_before = procstat.read(pipeline.procs["source"].pid).cpu_s
+    while confirmed_lsn(conn, settings.slot_name) < past:
         if not pipeline.alive()["source"]:
             raise SystemExit(pipeline.log_tail("source"))
-        time.sleep(0.2)
+        time.sleep(0.05)
     done = time.monotonic()
-    admin.close()
+    cpu = procstat.read(pipeline.procs["source"].pid).cpu_s - cpu_before
     stop.set()
     sampler.join()
     return {"rows": rows, "copy_s": round(committed - start, 2),
             "publish_s_after_commit": round(done - committed, 2),
             "rows_per_s": round(rows / (done - committed)),
+            "source_cpu_us_per_row": round(cpu / rows * 1e6, 2),
             "source_peak_rss_mb": round(peak[0], 1)}
 
 
-def measure_steady(settings: Settings, conn: psycopg.Connection, topic: str, first_id: int,
-                   rate: int, seconds: float) -> dict:
+def measure_steady(settings: Settings, conn: psycopg.Connection, table: str, topic: str,
+                   first_id: int, rate: int, seconds: float) -> dict:
     consumer = KafkaConsumer(topic, **settings.kafka_client_config(), group_id=None,
                              auto_offset_reset="latest", enable_auto_commit=False,
                              fetch_max_wait_ms=10)
@@ -100,8 +109,12 @@ def measure_steady(settings: Settings, conn: psycopg.Connection, topic: str, fir
         while len(latencies) < total:
             for records in consumer.poll(timeout_ms=500).values():
                 for r in records:
-                    commit_us = orjson.loads(r.value)["source"]["ts_us"]
-                    latencies.append(r.timestamp - commit_us / 1000)
+                    if is_batch(r.headers):
+                        latencies.extend(r.timestamp - commit_us / 1000
+                                         for commit_us in ChangeBatch.decode(r.value).commit_us)
+                    elif r.value is not None:
+                        commit_us = orjson.loads(r.value)["source"]["ts_us"]
+                        latencies.append(r.timestamp - commit_us / 1000)
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -110,7 +123,7 @@ def measure_steady(settings: Settings, conn: psycopg.Connection, topic: str, fir
         delay = start + n / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        conn.execute(f"INSERT INTO {TABLE} (id, x, label) VALUES (%s, 1.0, 'steady')",
+        conn.execute(f"INSERT INTO {table} (id, x, label) VALUES (%s, 1.0, 'steady')",
                      (first_id + n,))
     reader.join(timeout=60)
     consumer.close()
@@ -131,22 +144,30 @@ def main(argv: list[str] | None = None) -> None:
     print(f"starting a private dev stack in {settings.state_dir} ...", file=sys.stderr)
     stack.up()
     dsn = settings.postgres_dsn.get_secret_value()
-    topic = settings.source_topic("public", TABLE)
+    result: dict = {}
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, x float8, label text)")
             init_database(conn, settings)
-            watch_table(conn, settings.publication_name, "public", TABLE)
-            admin = make_admin(settings)
-            admin.create_topics([NewTopic(topic, PARTITIONS, 1, topic_configs={
-                "message.timestamp.type": "LogAppendTime"})])
-            admin.close()
-            with Pipeline(settings, settings.state_dir / "logs", ("source",)) as pipeline:
-                print(f"COPY of {args.rows} rows ...", file=sys.stderr)
-                result = {"copy": measure_copy(settings, conn, pipeline, topic, args.rows)}
-                print(f"steady {args.rate} rows/s ...", file=sys.stderr)
-                result["steady"] = measure_steady(settings, conn, topic, args.rows + 1, args.rate,
-                                                  args.rate_seconds)
+            for fmt in args.formats.split(","):
+                table = f"{TABLE}_{fmt}"
+                topic = settings.source_topic("public", table)
+                conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, x float8, label text)")
+                watch_table(conn, settings.publication_name, "public", table)
+                admin = make_admin(settings)
+                admin.create_topics([NewTopic(topic, PARTITIONS, 1, topic_configs={
+                    "message.timestamp.type": "LogAppendTime"})])
+                admin.close()
+                run = settings.model_copy(update={"source_format": fmt})
+                with Pipeline(run, settings.state_dir / f"logs-{fmt}", ("source",)) as pipeline:
+                    print(f"{fmt}: COPY of {args.rows} rows ...", file=sys.stderr)
+                    result[fmt] = {"copy": measure_copy(run, conn, pipeline, table, args.rows)}
+                    print(f"{fmt}: steady {args.rate} rows/s ...", file=sys.stderr)
+                    result[fmt]["steady"] = measure_steady(run, conn, table, topic,
+                                                           args.rows + 1, args.rate,
+                                                           args.rate_seconds)
+        if "rowcast" in result and "debezium" in result:
+            result["rowcast_vs_debezium"] = round(result["rowcast"]["copy"]["rows_per_s"]
+                                                  / result["debezium"]["copy"]["rows_per_s"], 2)
     finally:
         stack.reset()
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")

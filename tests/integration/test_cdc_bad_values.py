@@ -12,14 +12,13 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 
-import orjson
 import psycopg
 
 from rowcast.connectors.cdc_source import CdcSource
 from rowcast.connectors.kafka_clients import make_producer
 from rowcast.connectors.slot import confirmed_lsn, current_wal_lsn
 from rowcast.core.dead_letter import DeadLetter
-from tests.helpers.kafka_reading import drain
+from tests.helpers.kafka_reading import afters, drain, drain_rows
 from tests.helpers.tables import watch
 from tests.helpers.waiting import wait_until
 
@@ -113,9 +112,9 @@ def test_bad_values_go_to_the_dead_letters_and_everything_else_flows(settings, p
 
     _run_source(settings, pg_conn, pg_conn, before_b)
 
-    assert [orjson.loads(r.value)["after"] for r in drain(settings, topic_b, 1)] == \
+    assert afters(drain_rows(settings, topic_b, 1)) == \
         [{"id": 1, "note": "still flowing"}]
-    events = [orjson.loads(r.value) for r in drain(settings, topic_a, len(GOOD) + 1)]
+    events = [r.value for r in drain_rows(settings, topic_a, len(GOOD) + 1)]
     assert [(e["op"], e["after"]["id"]) for e in events] == \
         [("c", i) for i in sorted(GOOD)] + [("u", 10)]
     for event in events[:-1]:
@@ -157,7 +156,7 @@ def test_database_defaults_for_output_styles_do_not_change_the_events(settings, 
     finally:
         for name in styles:
             pg_conn.execute(f"ALTER DATABASE {db} RESET {name}")
-    events = [orjson.loads(r.value)["after"] for r in drain(settings, topic, len(GOOD) + 1)]
+    events = afters(drain_rows(settings, topic, len(GOOD) + 1))
     assert [e["id"] for e in events] == [*sorted(GOOD), 99]
     for after in events[:-1]:
         _, expected = GOOD[after["id"]]

@@ -3,12 +3,12 @@ streaming, several tables at once, TRUNCATE."""
 
 from __future__ import annotations
 
-import orjson
+import pytest
 
 from rowcast.connectors.cdc_source import CdcSource
 from rowcast.connectors.kafka_clients import make_producer
 from rowcast.connectors.lag import slot_lag
-from tests.helpers.kafka_reading import drain
+from tests.helpers.kafka_reading import afters, drain_rows
 from tests.helpers.tables import watch
 from tests.helpers.waiting import wait_until
 
@@ -28,16 +28,16 @@ def test_a_large_transaction_streams_with_bounded_pending_acks(settings, pg_conn
     most_pending = 0
     real_send = source._send
 
-    def counting_send(*args) -> None:
+    def counting_send(*args, **kwargs) -> None:
         nonlocal most_pending
-        real_send(*args)
+        real_send(*args, **kwargs)
         most_pending = max(most_pending, len(source._pending))
 
     source._send = counting_send
     assert source.poll_once() == 30000  # the whole transaction in one round, then one advance
     producer.close()
     assert most_pending <= 4 * 1000  # acks awaited inside the transaction, memory bounded
-    ids = [orjson.loads(r.value)["after"]["id"] for r in drain(settings, topic, 30000)]
+    ids = [after["id"] for after in afters(drain_rows(settings, topic, 30000))]
     assert ids == list(range(1, 30001))  # commit order, nothing twice
     assert slot_lag(pg_conn, settings.slot_name).behind_bytes < 1_000_000
 
@@ -56,7 +56,7 @@ def test_schema_changes_while_streaming_reach_the_events(settings, pg_conn):
     pg_conn.execute(f"INSERT INTO public.{table} VALUES (4, 'forty', 4.75)")
     drain_source(settings, pg_conn, source)
     producer.close()
-    after = [orjson.loads(r.value)["after"] for r in drain(settings, topic, 4)]
+    after = afters(drain_rows(settings, topic, 4))
     assert after == [
         {"id": 1, "a": 10, "b": "x"},
         {"id": 2, "a": 20, "b": "y", "c": "2.25"},
@@ -75,9 +75,8 @@ def test_one_source_streams_several_tables_each_to_its_topic(settings, pg_conn):
     producer = make_producer(settings)
     drain_source(settings, pg_conn, CdcSource(settings, pg_conn, producer))
     producer.close()
-    assert [orjson.loads(r.value)["after"]["id"] for r in drain(settings, first_topic, 5)] == \
-        [1, 2, 3, 4, 5]
-    second_events = [orjson.loads(r.value) for r in drain(settings, second_topic, 5)]
+    assert [a["id"] for a in afters(drain_rows(settings, first_topic, 5))] == [1, 2, 3, 4, 5]
+    second_events = [r.value for r in drain_rows(settings, second_topic, 5)]
     assert [e["after"] for e in second_events] == [{"code": f"k{i}", "n": i} for i in range(1, 6)]
     assert {e["source"]["table"] for e in second_events} == {second}
 
@@ -92,10 +91,12 @@ def test_truncate_is_skipped_and_streaming_goes_on(settings, pg_conn):
     producer = make_producer(settings)
     drain_source(settings, pg_conn, CdcSource(settings, pg_conn, producer))
     producer.close()
-    assert [orjson.loads(r.value)["after"]["id"] for r in drain(settings, topic, 2)] == [1, 2]
+    assert [a["id"] for a in afters(drain_rows(settings, topic, 2))] == [1, 2]
 
 
-def test_update_carries_before_as_replica_identity_allows(settings, pg_conn):
+@pytest.mark.parametrize("source_format", ["rowcast", "debezium"])
+def test_update_carries_before_as_replica_identity_allows(settings, pg_conn, source_format):
+    settings = settings.model_copy(update={"source_format": source_format})
     table, topic = watch(settings, pg_conn, "(id int PRIMARY KEY, a int, b text)")
     pg_conn.execute(f"INSERT INTO public.{table} VALUES (1, 10, 'x'), (2, 20, 'y')")
     pg_conn.execute(f"UPDATE public.{table} SET a = 11 WHERE id = 1")  # default identity: no before
@@ -105,11 +106,15 @@ def test_update_carries_before_as_replica_identity_allows(settings, pg_conn):
     producer = make_producer(settings)
     drain_source(settings, pg_conn, CdcSource(settings, pg_conn, producer))
     producer.close()
-    records = drain(settings, topic, 7)
-    ops = [(orjson.loads(r.key)["id"], r.value and orjson.loads(r.value)["op"]) for r in records]
-    # a key change is a delete of the old key (and its tombstone) and a create, as in Debezium
-    assert ops == [(1, "c"), (2, "c"), (1, "u"), (2, "u"), (1, "d"), (1, None), (3, "c")]
-    first, second, deleted, created = (orjson.loads(records[i].value) for i in (2, 3, 4, 6))
+    tombstone = source_format == "debezium"
+    records = drain_rows(settings, topic, 6 + tombstone, tombstones=True)
+    ops = [(r.key_doc["id"], r.value and r.value["op"]) for r in records]
+    # a key change is a delete of the old key (and, one envelope per row, its tombstone) and a
+    # create that carries the old key, as in Debezium
+    assert ops == [(1, "c"), (2, "c"), (1, "u"), (2, "u"), (1, "d"),
+                   *([(1, None)] if tombstone else []), (3, "c")]
+    first, second, deleted, created = [r.value for r in records if r.value is not None][2:]
+    assert records[-1].old_key == {"id": 1}
     assert first["before"] is None and first["after"]["a"] == 11  # default identity: no before
     assert second["before"] == {"id": 2, "a": 20, "b": "y"}  # REPLICA IDENTITY FULL
     assert deleted["before"] == {"id": 1, "a": 11, "b": "x"} and deleted["after"] is None

@@ -14,7 +14,7 @@ import orjson
 from rowcast.connectors.cdc_source import UNAVAILABLE, CdcSource
 from rowcast.connectors.kafka_clients import make_producer
 from rowcast.connectors.lag import slot_lag
-from tests.helpers.kafka_reading import drain
+from tests.helpers.kafka_reading import afters, drain_rows
 from tests.helpers.tables import watch
 from tests.helpers.waiting import wait_until
 
@@ -76,7 +76,7 @@ def test_every_type_round_trips_to_what_select_returns(settings, pg_conn):
     wait_until(lambda: source.poll_once() == 0 and
                slot_lag(pg_conn, settings.slot_name).behind_bytes < 1_000_000, timeout_s=30)
     producer.close()
-    inserted, updated = (orjson.loads(r.value)["after"] for r in drain(settings, topic, 2))
+    inserted, updated = afters(drain_rows(settings, topic, 2))
 
     cur = pg_conn.execute(f"SELECT * FROM public.{table} WHERE id = 1")
     names = [c.name for c in cur.description]
