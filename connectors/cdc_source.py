@@ -25,7 +25,8 @@ The loop, and why it cannot lose a row:
 
 A crash before 4 replays the batch (at-least-once; the sink's upsert is idempotent). The slot's
 position is persisted by the server only at checkpoints, so after a server crash it may hand out
-transactions again: those at or below the remembered commit LSN are dropped here. That LSN is
+transactions again: those whose commit record starts before the remembered end LSN of the
+last published commit are dropped here. That LSN is
 stored with the cluster's system identifier and forgotten, loudly, when it belongs to another
 history (the database restored into another cluster: see :mod:`rowcast.connectors.position_history`).
 
@@ -474,8 +475,11 @@ class CdcSource:
             return None
         message = pgoutput.decode_message(change.data)
         if isinstance(message, pgoutput.Begin):
+            # published already: its commit record starts before the end LSN remembered for
+            # the last published commit (strictly: the next commit record may start at
+            # exactly that LSN, when two commits are adjacent in WAL -- `<=` lost such rows)
             self._txn = _Txn(message.xid, message.commit_time_us, message.final_lsn,
-                             skip=message.final_lsn <= self.last_commit_lsn)
+                             skip=message.final_lsn < self.last_commit_lsn)
         elif isinstance(message, pgoutput.Commit):
             if self._txn is not None:  # what its events carry as source.sequence[0]
                 self._committed = max(self._committed, self._txn.final_lsn)
