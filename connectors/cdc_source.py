@@ -31,7 +31,8 @@ stored with the cluster's system identifier and forgotten, loudly, when it belon
 history (the database restored into another cluster: see :mod:`rowcast.connectors.position_history`).
 
 Polling is adaptive: while changes flow the slot is peeked again at once; when idle, the cheap
-``pg_current_wal_insert_lsn()`` is polled and the (costlier) peek runs only once WAL has moved.
+``pg_current_wal_flush_lsn()`` is polled and the (costlier) peek runs only once flushed WAL has
+moved (the peek decodes only flushed WAL).
 
 A row the source cannot publish never stops it. When one of its values does not decode (a
 timestamp whose microseconds overflow 64 bits, an interval beyond ±292271 years, any text a
@@ -279,7 +280,10 @@ class CdcSource:
         wal_seen = -1
         while not stop.is_set():
             self._maybe_beat()
-            wal_now = slot.current_wal_lsn(self.conn)
+            # the flushed position, not the inserted one: a peek decodes only flushed WAL, so a
+            # commit inserted but not yet flushed when the last peek ran is looked for again as
+            # soon as it is flushed (watching the insert position stalled it until more WAL)
+            wal_now = slot.current_flush_lsn(self.conn)
             if wal_now == wal_seen:
                 self._maybe_idle_watermark()
                 stop.wait(backoff_s)
