@@ -202,6 +202,20 @@ def swap_roles(conn: psycopg.Connection, deployment: str, promoted: str, old_nam
                  (deployment, old_name, old_model))
 
 
+def restore_roles(conn: psycopg.Connection, deployment: str,
+                  challengers: Iterable[tuple[str, str, bool]]) -> None:
+    """After a rollback: the challengers of the restored version, (name, model, shadow
+    predictions), none auto-promoting, replace the deployment's (call inside the checkpoint's
+    transaction)."""
+    conn.execute("DELETE FROM rowcast.challengers WHERE deployment = %s", (deployment,))
+    rows = [(deployment, n, m, s) for n, m, s in challengers]
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO rowcast.challengers (deployment, name, model, "
+                            "auto_promote, shadow_predictions) VALUES (%s, %s, %s, false, %s)",
+                            rows)
+
+
 def write_shadow(conn: psycopg.Connection, deployment: str,
                  rows: Iterable[tuple[str, bytes, object, float | None, int]]) -> None:
     """(challenger, stored key JSON, prediction, score, at_label) rows, upserted."""

@@ -41,6 +41,7 @@ from typing import Any, Literal
 from river import drift
 
 from rowcast.core.errors import ConfigError
+from rowcast.models.catalog import get_model
 from rowcast.models.progressive import OnlineMetrics
 from rowcast.models.scoring import OnlineModel, Score
 
@@ -134,6 +135,20 @@ class Challenger:
         self.keep_predictions = keep_predictions
         self.shadow: list[tuple[bytes, Score]] = []  # (row key, score) since the checkpoint
         self.stored = False  # in rowcast.challengers (the learner's own retrain ones: once saved)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Challengers are pickled into every checkpoint's snapshot: the catalog spec (its
+        factory is a lambda, which pickle refuses) is stored by name and looked up again."""
+        state = self.__dict__.copy()
+        m = self.model
+        state["model"] = (m.deployment, m.estimator, m.version, m.samples_learned)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        deployment, estimator, version, samples = state["model"]
+        state["model"] = OnlineModel(deployment, get_model(deployment.model), estimator,
+                                     version, samples)
+        self.__dict__.update(state)
 
     def observe(self, x: dict[str, Any], y: Any, champion_loss: float | None,
                 key: bytes | None = None) -> None:

@@ -181,9 +181,12 @@ class Learner(ConsumerRebalanceListener):
         self._rejoin_for_unowned_topics()
         for owned in list(self.active.values()):
             name = owned.learner.deployment.name
+            self.checkpoints.configure(owned)  # challengers added or removed since
             if versions.rollback_target(self.conn, name) is not None \
+                    or operations.promotion_pending(self.conn, name) \
                     or has_expired(self.conn, name, self.settings.label_retention_s):
-                self._checkpoint(owned)  # applies the rollback / counts what expired
+                # applies the rollback / the promotion (no label needed) / counts what expired
+                self._checkpoint(owned)
         for tp in list(self.paused):
             name = tp.topic[len(self.prefix):]
             d = self.deployments.get(name)
@@ -293,6 +296,7 @@ class Learner(ConsumerRebalanceListener):
         self.active[name] = Owned(tp, learner, pending, epoch, offset, offset,
                                   applied_rollback=target,
                                   guard_to=versions.guard_to(self.conn, name))
+        self.checkpoints.configure(self.active[name])  # challengers asked for before labels
         took = time.monotonic() - started
         metrics.RESTORE_SECONDS.labels(name).set(took)
         log.info("learner owns %s: restored version %s (%d samples) in %.3f s, resuming at "
@@ -540,7 +544,7 @@ class Checkpointer:
             expired, unjoined = owned.pending.flush(self.owner.settings.label_retention_s)
             learner.state.counters["expired"] += expired
             learner.state.counters["unjoined"] += unjoined
-            promoted = self.operate(owned)
+            promoted = self.operate(owned, rolled_back=note is not None)
             blob = dump_snapshot(snapshot_payload(learner), self.owner.key)
             version = versions.write(conn, Checkpoint(
                 d.name, 0, d.generation, learner.champion_model, blob,
@@ -569,27 +573,31 @@ class Checkpointer:
             metrics.LABEL_EVENTS.labels(d.name, outcome).set(count)
         return True
 
-    def operate(self, owned: Owned) -> list[ModelEvent]:
+    def operate(self, owned: Owned, rolled_back: bool = False) -> list[ModelEvent]:
         """Inside the checkpoint's transaction, before the snapshot is taken: follow what
         operators asked for (detector, challengers), then promote -- the one ``rowcast model
         promote`` asked for, else an auto-promoting challenger with winning evidence -- so the
-        version written next is the first one served with the new champion."""
+        version written next is the first one served with the new champion.
+
+        After a rollback (``rolled_back``) the roles of the restored version win instead: its
+        challengers, with their state, replace ``rowcast.challengers`` (otherwise a rollback
+        across a promotion kept the roles written by the promotion and dropped the restored
+        champion's rival, so there was no way back), none of them auto-promoting: the operator
+        rolled back on purpose, and a winning window would promote it straight back."""
         learner, conn = owned.learner, self.owner.conn
         name = learner.deployment.name
+        if rolled_back:
+            for c in learner.operations.challengers.values():
+                c.auto_promote, c.stored = False, True
+            operations.restore_roles(conn, name, [
+                (n, c.model.deployment.model, c.keep_predictions)
+                for n, c in learner.operations.challengers.items()])
         for event in learner.model_events:  # retrain challengers it replaced itself
             if event.kind == "challenger_removed" and (event.challenger or "").startswith(
                     "retrain-"):
                 conn.execute("DELETE FROM rowcast.challengers WHERE deployment = %s AND "
                              "name = %s", (name, event.challenger))
-        config = operations.read_config(conn, name)
-        wanted = {c.name: (c.model, c.auto_promote, c.shadow_predictions)
-                  for c in config.challengers}
-        # challengers the learner started itself (retrain after a drift) are kept; they are
-        # stored in rowcast.challengers with this checkpoint
-        wanted |= {n: (c.model.deployment.model, c.auto_promote, c.keep_predictions)
-                   for n, c in learner.operations.challengers.items()
-                   if n.startswith("retrain-") and n not in wanted and not c.stored}
-        learner.configure(config.detector, config.reaction, wanted)
+        self.configure(owned)
         promoted = []
         asked = operations.take_promotion(conn, name)
         if asked is not None and asked in learner.operations.challengers:
@@ -602,6 +610,29 @@ class Checkpointer:
             if best is not None:
                 promoted.append(learner.promote(best[0].name, "auto"))
         return promoted
+
+    def configure(self, owned: Owned) -> None:
+        """Bring the learner's detector and challengers in line with rowcast.model_operations
+        and rowcast.challengers. Called when a deployment is restored, at every registry
+        refresh and in each checkpoint, so a challenger added before the labels (or between
+        checkpoints) learns from the next label the learner applies, not from the checkpoint
+        after the next burst."""
+        learner = owned.learner
+        if owned.applied_rollback is not None:  # its checkpoint restores the version's roles
+            return
+        config = operations.read_config(self.owner.conn, learner.deployment.name)
+        # retrain challengers the learner replaced itself leave rowcast.challengers only at
+        # the next checkpoint: not started again from the stale row meanwhile
+        gone = {e.challenger for e in learner.model_events if e.kind == "challenger_removed"
+                and (e.challenger or "").startswith("retrain-")}
+        wanted = {c.name: (c.model, c.auto_promote, c.shadow_predictions)
+                  for c in config.challengers if c.name not in gone}
+        # challengers the learner started itself (retrain after a drift) are kept; they are
+        # stored in rowcast.challengers with the next checkpoint
+        wanted |= {n: (c.model.deployment.model, c.auto_promote, c.keep_predictions)
+                   for n, c in learner.operations.challengers.items()
+                   if n.startswith("retrain-") and n not in wanted and not c.stored}
+        learner.configure(config.detector, config.reaction, wanted)
 
     def record_operations(self, owned: Owned, version: int, promoted: list[ModelEvent]) -> None:
         """In the same transaction, once the version is known: the model events, the roles
