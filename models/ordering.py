@@ -10,9 +10,12 @@ committed at or before an LSN ("everything up to L is published here"), on each 
 batch and on its heartbeat, so idle partitions advance too; workers forward each watermark
 into the labels stream after the label events that came before it on that partition.
 
-:class:`CommitOrderMerge` buffers label events and releases, in position order, those whose
-commit LSN is at or below every expected stream's watermark: by then no event committed earlier
-can still arrive from any partition. With no stream expected (none named and no watermark seen
+:class:`CommitOrderMerge` buffers label events and releases, in position order, those no
+event still to come can precede: per stream, positions only grow, so an event is safe once every
+expected stream either has a watermark at or past its commit LSN or has already delivered a
+later event (a k-way merge). So a big transaction -- a million-row COPY, whose watermark comes
+only once all of it is published -- is learned as it arrives, not held whole in memory.
+With no stream expected (none named and no watermark seen
 yet, as in a unit test of the learner) nothing gates. Snapshot reads (``op r``: features to
 keep, never learned as they come) and events without a position (a producer that gives none)
 are released at once. Memory is bounded (``max_buffered``: past it the oldest are released,
@@ -26,13 +29,13 @@ merge exactly.
 ...     return LabelEvent("labelled", "d", "g", {"id": key}, stream, (commit, commit, 1), 0,
 ...                       {"x": 1.0}, 1.0)
 >>> merge = CommitOrderMerge(["t:0", "t:1"])
->>> merge.add(ev("t:1", 30, 3)); merge.add(ev("t:0", 20, 2)); merge.add(ev("t:1", 10, 1))
->>> merge.release(now=0.0)  # no watermark from t:0 yet: nothing is known to be complete
+>>> merge.add(ev("t:1", 10, 1)); merge.add(ev("t:1", 30, 3))
+>>> merge.release(now=0.0)  # nothing from t:0 yet: it may still send a change before 10
 []
->>> merge.watermark("t:0", 25); merge.watermark("t:1", 40)
->>> [e.key["id"] for e in merge.release(now=0.0)]  # everything committed at or before 25
+>>> merge.add(ev("t:0", 20, 2))  # t:0's next event comes after 20, t:1's after 30
+>>> [e.key["id"] for e in merge.release(now=0.0)]
 [1, 2]
->>> merge.watermark("t:0", 40)
+>>> merge.watermark("t:0", 40)  # t:0 is complete up to 40: nothing of it can precede 30
 >>> [e.key["id"] for e in merge.release(now=0.0)]
 [3]
 """
@@ -46,6 +49,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from rowcast.core.label_events import LabelEvent
+
+_MAX = 2**63  # above any LSN or order in a transaction
 
 
 def _unordered(e: LabelEvent) -> bool:
@@ -68,10 +73,11 @@ class CommitOrderMerge:
         self.ordered = True
         # (order, seq, arrived, event): plain tuples, compared in C (a dataclass's __lt__ was a
         # visible share of the learner's per-label overhead); seq keeps arrival order on ties
-        self._heap: list[tuple[tuple[int, int, int], int, float, LabelEvent]] = []
+        self._heap: list[tuple[tuple[int, int, int], int, float, LabelEvent, bool]] = []
         self._seq = itertools.count()
         self._top = 0  # at least the highest commit LSN buffered (exact after a bulk release)
         self._ready: list[LabelEvent] = []  # unordered events, released on the next call
+        self._last: dict[str, tuple[int, int, int]] = {}  # per stream: the latest position seen
 
     def expect(self, streams: Iterable[str]) -> None:
         """The streams (change-topic partitions) whose watermarks gate release; streams may be
@@ -84,16 +90,22 @@ class CommitOrderMerge:
     def add_many(self, events: Iterable[LabelEvent], now: float | None = None) -> None:
         """Buffer label events (not watermarks) as they arrived, with one clock reading."""
         arrived = time.monotonic() if now is None else now
-        held, ready, seq = self._heap, self._ready, self._seq
+        held, ready, seq, last = self._heap, self._ready, self._seq, self._last
         top = self._top
         for event in events:
             order = event.order
             if order[0] == 0 or event.stream.endswith(":r"):  # see _unordered
                 ready.append(event)
             else:
-                held.append((order, next(seq), arrived, event))  # heapified when released
+                seen = last.get(event.stream)
+                # older than its stream's latest: a replay (a worker re-read its partition),
+                # which only a watermark may release (the later events do not bound it)
+                late = seen is not None and order < seen
+                held.append((order, next(seq), arrived, event, late))  # heapified on release
                 if order[0] > top:
                     top = order[0]
+                if not late:
+                    last[event.stream] = order
         self._top = top
 
     def watermark(self, stream: str, lsn: int) -> None:
@@ -127,9 +139,10 @@ class CommitOrderMerge:
             self._top = 0
             return out
         heapq.heapify(heap)  # events were appended since the last release
+        bound = self._bound() if gated else (low, _MAX, _MAX)
         while heap:
             head = heap[0]
-            if head[0][0] <= low:
+            if head[0][0] <= low or (not head[4] and head[0] <= bound):
                 pass
             elif len(heap) > self.max_buffered or now - head[2] > self.max_wait_s:
                 self.forced += 1
@@ -137,6 +150,13 @@ class CommitOrderMerge:
                 break
             out.append(pop(heap)[3])
         return out
+
+    def _bound(self) -> tuple[int, int, int]:
+        """The highest position no future event can precede: each stream's next event comes
+        after its latest one and after its watermark (commit LSNs up to it are complete)."""
+        last, marks = self._last, self.watermarks
+        floor = (0, 0, 0)
+        return min(max(last.get(s, floor), (marks.get(s, 0), _MAX, _MAX)) for s in self.expected)
 
     def oldest_wait_s(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now

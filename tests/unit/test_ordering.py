@@ -140,3 +140,45 @@ def test_the_learner_learns_in_commit_order_and_its_checkpoint_keeps_the_merge()
     expected = evaluate.progressive_val_score(rows, get_model("linear_regression").build(),
                                               metrics.MAE()).get()
     assert learner.progressive.values()["MAE"] == expected
+
+
+def test_a_big_transaction_is_released_as_it_arrives_not_after_its_watermark():
+    """A 1M-row COPY is one transaction: its watermark comes only once all of it is published.
+    Events are released as soon as every partition has delivered a later one (per partition,
+    positions only grow), so the learner neither waits for the end nor buffers the whole load."""
+    from rowcast.core.label_events import LabelEvent
+    from rowcast.models.ordering import CommitOrderMerge
+
+    def ev(stream, lsn):
+        return LabelEvent("labelled", "d", "g", {"id": lsn}, stream, (1000, lsn, lsn), 0,
+                          {"x": 1.0}, 1.0)
+
+    merge = CommitOrderMerge(["t:0", "t:1"])
+    merge.add_many([ev("t:0", 1), ev("t:0", 3), ev("t:1", 2)], now=0.0)
+    assert [e.key["id"] for e in merge.release(now=0.0)] == [1, 2]  # 3: t:1 may still send <3
+    merge.add_many([ev("t:1", 4), ev("t:1", 6), ev("t:0", 5)], now=0.0)
+    assert [e.key["id"] for e in merge.release(now=0.0)] == [3, 4, 5]
+    assert len(merge) == 1 and merge.forced == 0
+    merge.watermark("t:0", 1000)
+    merge.watermark("t:1", 1000)
+    assert [e.key["id"] for e in merge.release(now=0.0)] == [6]
+
+
+def test_a_replayed_event_waits_for_its_watermark_not_for_later_events():
+    """A worker that restarts re-reads its partition: an event older than the stream's latest
+    is a replay, released only once a watermark passes it (never ahead of its original)."""
+    from rowcast.core.label_events import LabelEvent
+    from rowcast.models.ordering import CommitOrderMerge
+
+    def ev(stream, lsn, key):
+        return LabelEvent("labelled", "d", "g", {"id": key}, stream, (lsn, lsn, 1), 0,
+                          {"x": 1.0}, 1.0)
+
+    merge = CommitOrderMerge(["t:0", "t:1"])
+    merge.add_many([ev("t:0", 10, 1), ev("t:0", 30, 3), ev("t:1", 40, 4)], now=0.0)
+    assert [e.key["id"] for e in merge.release(now=0.0)] == [1, 3]
+    merge.add_many([ev("t:0", 20, 2)], now=0.0)  # replayed after 30: late
+    assert merge.release(now=0.0) == []
+    merge.watermark("t:0", 25)
+    merge.watermark("t:1", 25)
+    assert [e.key["id"] for e in merge.release(now=0.0)] == [2]
