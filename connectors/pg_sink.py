@@ -228,9 +228,7 @@ class PredictionSink:
         if self._refused_since is not None and \
                 time.monotonic() - self._refused_since > 2 * self.settings.kafka_session_timeout_s:
             self._rejoin()
-        batch = [m for m in self.consumer.consume(self.settings.sink_batch_size,
-                                                  self.settings.sink_poll_timeout_ms / 1000)
-                 if not _failed(m)]
+        batch = [m for m in self._take() if not _failed(m)]
         if not batch:
             if self.uncommitted and time.monotonic() - self._last_commit_try >= COMMIT_RETRY_S:
                 self.commit()  # no new records would otherwise ever carry this commit
@@ -238,6 +236,20 @@ class PredictionSink:
         written = self._write(batch)
         self.commit()
         return written
+
+    def _take(self) -> list[Message]:
+        """What has arrived, up to a batch, without waiting for more; when nothing has, the
+        first record to come (within the poll timeout) and what arrived with it. (librdkafka's
+        ``consume(n, timeout)`` waits for n records or the timeout: every batch below n then
+        paid the whole timeout in latency.)"""
+        n = self.settings.sink_batch_size
+        got = self.consumer.consume(n, 0)
+        if got:
+            return got
+        first = self.consumer.poll(self.settings.sink_poll_timeout_ms / 1000)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(n - 1, 0)] if n > 1 else [first]
 
     def _rejoin(self) -> None:
         """Leave and join the group again when commits were refused for too long.
