@@ -120,6 +120,14 @@ class PgPending:
             for k in missing:
                 cache[k] = got.get(k)
 
+    def assume_absent(self, keys: Iterable[bytes], kinds: Iterable[str]) -> None:
+        """Rows the learner knows are new (inserted after everything their partition delivered
+        before): not looked up in ``kinds`` (the maps, e.g. ``learned``), as if not there."""
+        for kind in kinds:
+            cache = self.cache[kind]
+            for k in keys:
+                cache.setdefault(k, None)
+
     def _get(self, kind: str, key: bytes) -> dict[str, Any] | None:
         if key not in self.cache[kind]:
             self.prefetch([key])
