@@ -24,11 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 import psycopg
 
-from rowcast.models.operations import ModelEvent
+if TYPE_CHECKING:  # a type only: importing it loads river's drift detectors (and scipy) into
+    # every process that sets up the schema, the source and the sink too
+    from rowcast.models.operations import ModelEvent
 
 DDL = """
 CREATE TABLE IF NOT EXISTS rowcast.model_operations (

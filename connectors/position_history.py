@@ -30,13 +30,17 @@ skipped or dropped because of a position:
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from rowcast.connectors import slot
 from rowcast.core import metrics
 from rowcast.core.lsn import format_lsn
-from rowcast.models.learning import LearnerState
+
+if TYPE_CHECKING:  # only a type here: importing it would load river (and scipy) into the
+    # source and the sink, ~100 MB of RSS each for nothing
+    from rowcast.models.learning import LearnerState
 
 log = logging.getLogger(__name__)
 
