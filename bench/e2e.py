@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--insert-rows", type=int, default=5000, help="rows per INSERT-rate test")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--score-batch", type=int, default=64)
+    p.add_argument("--score-batch", type=int, default=16)
     p.add_argument("--sink-batch", type=int, default=2000)
     p.add_argument("--source-batch", type=int, default=5000)
     p.add_argument("--skip-baselines", action="store_true")

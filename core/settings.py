@@ -142,9 +142,10 @@ class Settings(BaseSettings):
     deployment_refresh_s: float = Field(
         2.0, gt=0, description="How often workers re-read rowcast.deployments.")
     score_batch_size: int = Field(
-        64, ge=1, description="Records a scorer takes per batch: a change batch record holds up "
-        "to source_batch_rows rows, so 64 bound a scored batch to ~32k rows (memory, and the "
-        "latency of the rows first in it); per-row Debezium topics may want more.")
+        16, ge=1, description="Records a scorer takes per batch: a change batch record holds up "
+        "to source_batch_rows rows, so 16 bound a scored batch to ~8k rows (memory: ~3 kB of "
+        "Python objects per row in flight; the latency of the rows first in it); per-row "
+        "Debezium topics may want more.")
     score_batch_within_s: float = Field(0.01, gt=0, description="Longest wait to fill a batch.")
     sink_batch_size: int = Field(2000, ge=1, description="Predictions upserted per transaction.")
     sink_poll_timeout_ms: int = Field(50, ge=1)

@@ -40,20 +40,37 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from river import anomaly, base, compose, forest, linear_model, neighbors, preprocessing, tree
-
 from rowcast.core.errors import ConfigError
+
+
+class _Lazy:
+    """A river module imported on first use: every process sets up the catalog (its names go
+    to ``rowcast.models``), but only the ones that build a model need river's modules --
+    ``river.anomaly`` alone loads scipy, ~90 MB of RSS in the source and the sink."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+anomaly, base, compose, forest = (_Lazy(f"river.{m}") for m in ("anomaly", "base", "compose",
+                                                                  "forest"))
+linear_model, neighbors, preprocessing, tree = (
+    _Lazy(f"river.{m}") for m in ("linear_model", "neighbors", "preprocessing", "tree"))
 
 Task = Literal["regression", "binary", "multiclass", "anomaly"]
 
 
 def preprocessing_stage(scale: bool = True,
-                        scaler: Callable[[], base.Transformer] = preprocessing.StandardScaler,
+                        scaler: Callable[[], base.Transformer] | None = None,
                         ) -> base.Transformer:
-    """Numbers (optionally scaled by a fresh ``scaler()``) beside one-hot encoded strings."""
+    """Numbers (optionally scaled by a fresh ``scaler()``, river's ``StandardScaler`` unless
+    given) beside one-hot encoded strings."""
     numeric: base.Transformer = compose.SelectType(numbers.Number)
     if scale:
-        numeric = numeric | scaler()
+        numeric = numeric | (scaler or preprocessing.StandardScaler)()
     return numeric + (compose.SelectType(str) | preprocessing.OneHotEncoder())
 
 

@@ -27,6 +27,7 @@ breaks the model is refused, counted ``non_finite`` and dead-lettered as ``non_f
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field
@@ -120,17 +121,23 @@ class ModelPaused(Exception):
 
 
 def snapshot_payload(learner: DeploymentLearner) -> dict:
-    """What a snapshot holds: the estimator (all a scorer needs), the running metrics, and the
-    model operations (drift detector, challengers in shadow) with the champion's model name,
-    so a restart or a rollback resumes all of them exactly."""
-    return {"estimator": learner.model.estimator, "progressive": learner.progressive,
-            "served": learner.served, "operations": learner.operations,
-            "model": learner.champion_model}
+    """What a snapshot holds: the estimator (all a scorer needs) and the champion's model name;
+    then, pickled apart as ``learner_state`` (bytes a scorer never unpickles: it would load
+    river's metrics and drift detectors -- scipy, ~90 MB of RSS -- and every challenger's model
+    on each worker), the running metrics and the model operations, so a restart or a rollback
+    resumes all of them exactly. The whole blob is signed (:mod:`rowcast.models.snapshot`)."""
+    return {"estimator": learner.model.estimator, "model": learner.champion_model,
+            "learner_state": pickle.dumps({"progressive": learner.progressive,
+                                           "served": learner.served,
+                                           "operations": learner.operations},
+                                          protocol=pickle.HIGHEST_PROTOCOL)}
 
 
 def restore_payload(learner: DeploymentLearner, payload: dict) -> None:
-    """The inverse of :func:`snapshot_payload` (snapshots made before model operations have
-    none: a fresh detector, no challengers)."""
+    """The inverse of :func:`snapshot_payload` (older snapshots hold the metrics directly, and
+    those made before model operations none: a fresh detector, no challengers)."""
+    if "learner_state" in payload:  # verified with the blob that holds it
+        payload = {**payload, **pickle.loads(payload["learner_state"])}  # noqa: S301
     learner.model.estimator = payload["estimator"]
     learner.progressive, learner.served = payload["progressive"], payload["served"]
     model = payload.get("model") or learner.deployment.model
