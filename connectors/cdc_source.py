@@ -278,6 +278,8 @@ class CdcSource:
     def run(self, stop: threading.Event) -> None:
         backoff_s = 0.001
         wal_seen = -1
+        last_poll = -1e9
+        gap_s = self.settings.source_poll_interval_s
         while not stop.is_set():
             self._maybe_beat()
             # the flushed position, not the inserted one: a peek decodes only flushed WAL, so a
@@ -289,6 +291,13 @@ class CdcSource:
                 stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, self.settings.source_idle_backoff_max_s)
                 continue
+            # at most one round per ``source_poll_interval_s``: single-row commits gather into
+            # one peek instead of costing a round each (a peek and a slot advance each decode
+            # WAL in the server, which competes with the writers for the same cores)
+            wait_s = gap_s - (time.monotonic() - last_poll)
+            if wait_s > 0:
+                stop.wait(wait_s)
+            last_poll = time.monotonic()
             if self.poll_once() == 0:
                 wal_seen = wal_now  # nothing new up to here: wait for WAL to move again
             else:

@@ -110,8 +110,13 @@ class Settings(BaseSettings):
         2000, ge=1, description="Wait for Kafka's acks after this many events (and advance the "
         "slot, between transactions): bounded memory, and a kill replays at most this many.")
     source_idle_backoff_max_s: float = Field(
-        0.2, gt=0, description="Longest wait between polls while the slot is idle."
+        0.02, gt=0, description="Longest wait between looks at the flushed WAL position while "
+        "the slot is idle (a cheap query; it bounds how late a lone commit is seen)."
     )
+    source_poll_interval_s: float = Field(
+        0.005, ge=0, description="Shortest time between two peek rounds: commits made in "
+        "between are published together (each round costs the server a peek and a slot "
+        "advance, which decode WAL on the writers' cores); adds at most this to latency.")
     source_format: Literal["rowcast", "debezium"] = Field(
         "rowcast", description="What the CDC source writes to the change topics: 'rowcast' = "
         "change batches, many rows of one table and partition per record "

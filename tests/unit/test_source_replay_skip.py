@@ -59,7 +59,8 @@ def test_a_commit_inserted_but_not_yet_flushed_is_polled_once_it_is_flushed(monk
 
     source = CdcSource.__new__(CdcSource)
     source.conn = None
-    source.settings = type("S", (), {"source_idle_backoff_max_s": 0.01})()
+    source.settings = type("S", (), {"source_idle_backoff_max_s": 0.01,
+                                     "source_poll_interval_s": 0.0})()
     source.poll_once = poll_once
     source._maybe_beat = lambda: None
     source._maybe_idle_watermark = lambda: None
@@ -69,3 +70,42 @@ def test_a_commit_inserted_but_not_yet_flushed_is_polled_once_it_is_flushed(monk
     waiter.join(2.0)
     stop.set()
     assert polls == [100, 200], polls
+
+
+def test_rounds_are_at_least_the_poll_interval_apart(monkeypatch):
+    """Changes always waiting (single-row commits at full speed): the source still starts a
+    peek round at most every source_poll_interval_s, so commits gather into fewer rounds."""
+    from rowcast.connectors import cdc_source
+
+    clock = [0.0]
+    monkeypatch.setattr(cdc_source.time, "monotonic", lambda: clock[0])
+    flush = [100]
+    monkeypatch.setattr(cdc_source.slot, "current_flush_lsn", lambda conn: flush[0])
+
+    class Stop:
+        waits: list[float] = []
+
+        def is_set(self) -> bool:
+            return len(starts) >= 4
+
+        def wait(self, seconds: float) -> None:
+            self.waits.append(seconds)
+            clock[0] += seconds
+
+    starts: list[float] = []
+
+    def poll_once() -> int:
+        starts.append(clock[0])
+        clock[0] += 0.001  # a round takes 1 ms
+        flush[0] += 1  # and a commit came meanwhile
+        return 1
+
+    source = CdcSource.__new__(CdcSource)
+    source.conn = None
+    source.settings = type("S", (), {"source_idle_backoff_max_s": 0.02,
+                                     "source_poll_interval_s": 0.005})()
+    source.poll_once = poll_once
+    source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
+    source.run(Stop())
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert gaps and all(g >= 0.005 - 1e-9 for g in gaps), gaps
