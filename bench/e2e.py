@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sink-batch", type=int, default=2000)
     p.add_argument("--source-batch", type=int, default=5000)
     p.add_argument("--skip-baselines", action="store_true")
+    p.add_argument("--nice", type=int, default=0, help="ROWCAST_PROCESS_NICE for the pipeline")
     p.add_argument("--state-dir", type=Path, default=Path(".rowcast/bench"))
     return p.parse_args(argv)
 
@@ -78,7 +79,7 @@ def bench_settings(args: argparse.Namespace) -> Settings:
         publication_name=name, state_dir=args.state_dir.resolve() / name,
         worker_web_port=free_port(), topic_partitions=args.partitions,
         score_batch_size=args.score_batch, sink_batch_size=args.sink_batch,
-        source_max_changes=args.source_batch, _env_file=None)
+        source_max_changes=args.source_batch, process_nice=args.nice, _env_file=None)
 
 
 class Sampler:

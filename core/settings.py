@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         0.02, gt=0, description="Longest wait between looks at the flushed WAL position while "
         "the slot is idle (a cheap query; it bounds how late a lone commit is seen)."
     )
+    process_nice: int = Field(
+        0, ge=0, le=19, description="Niceness the long-running processes (source, worker, "
+        "learner, sink) give themselves at start: on a machine shared with PostgreSQL, a "
+        "positive value lets the application's writers win the cores when both want them "
+        "(rowcast then catches up when they pause).")
     source_poll_interval_s: float = Field(
         0.005, ge=0, description="Shortest time between two peek rounds: commits made in "
         "between are published together (each round costs the server a peek and a slot "

@@ -47,10 +47,23 @@ def deterministic(argv: list[str]) -> None:
               {**os.environ, "PYTHONHASHSEED": "0"})
 
 
+LONG_RUNNING = frozenset({"source", "worker", "learner", "sink"})
+
+
+def yield_cores(argv: list[str]) -> None:
+    """Lower this process's priority by ``ROWCAST_PROCESS_NICE`` when it is one of the
+    long-running processes (the worker's child inherits it)."""
+    if LONG_RUNNING & set(argv[1:2]) and "--child" not in argv:
+        nice = Settings().process_nice
+        if nice:
+            os.nice(nice)
+
+
 def main() -> None:
     from kafka.errors import KafkaError
 
     deterministic(sys.argv)
+    yield_cores(sys.argv)
 
     try:
         app()
