@@ -170,7 +170,7 @@ class PgPending:
                 name = sql.Identifier(table)
                 dirty = self.dirty[kind]
                 gone = [k.decode() for k, v in dirty.items() if v is None]
-                kept = [(k.decode(), orjson.dumps(v).decode(), v["at_us"])
+                kept = [{"pk": k.decode(), "entry": v, "at": v["at_us"]}
                         for k, v in dirty.items() if v is not None]
                 where = sql.SQL("deployment = %s" + (" AND generation = %s" if by_generation
                                                      else ""))
@@ -182,15 +182,16 @@ class PgPending:
                     columns = "deployment, generation, pk, entry, " if by_generation \
                         else "deployment, pk, entry, "
                     conflict = "deployment, generation, pk" if by_generation else "deployment, pk"
+                    # the rows as one JSON document (orjson, in C): three text arrays were
+                    # dumped element by element in Python, ~5 us per learned row
                     cur.execute(sql.SQL(
                         "INSERT INTO rowcast.{} (" + columns + "{}) SELECT "
-                        + "%s, " * len(scope) + "u.pk, u.entry::json, to_timestamp(u.at / 1e6) "
-                        "FROM unnest(%s::text[], %s::text[], %s::float8[]) AS u(pk, entry, at) "
+                        + "%s, " * len(scope) + "u.pk, u.entry, to_timestamp(u.at / 1e6) "
+                        "FROM json_to_recordset(%s::json) AS u(pk text, entry json, at float8) "
                         "ON CONFLICT (" + conflict + ") DO UPDATE SET entry = EXCLUDED.entry, "
                         "{} = EXCLUDED.{}").format(name, sql.Identifier(at), sql.Identifier(at),
                                                    sql.Identifier(at)),
-                        [*scope, [k for k, _, _ in kept], [e for _, e, _ in kept],
-                         [float(t) for _, _, t in kept]])
+                        [*scope, orjson.dumps(kept).decode()])
                 if by_generation:  # older generations' rows are of no use any more
                     cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE deployment = %s "
                                         "AND generation <> %s").format(name),

@@ -128,9 +128,8 @@ class LabelEvent:
             if doc["kind"] not in KINDS:
                 raise ValueError(f"unknown kind {doc['kind']!r}")
             served = Served.from_doc(doc.get("served"))
-            order = tuple(int(v) for v in doc["order"])
-            if len(order) != 3:
-                raise ValueError("order must have three parts")
+            commit, lsn, in_txn = doc["order"]  # ValueError unless three parts
+            order = (int(commit), int(lsn), int(in_txn))
             was = doc.get("was")
             return cls(doc["kind"], str(doc["deployment"]), str(doc["generation"]),
                        dict(doc["key"]), str(doc["stream"]), order,  # type: ignore[arg-type]
