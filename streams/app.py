@@ -43,6 +43,10 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.worker_web_port,
         datadir=str(datadir),
         store="memory://",
+        # records faust buffers per stream ahead of the agent: its default, 4096, is 2M rows
+        # when a record is a change batch of 500 (the worker's memory, issue 15); a few
+        # scorer batches ahead keep it busy
+        stream_buffer_maxsize=max(4 * settings.score_batch_size, 16),
     )
 
 
