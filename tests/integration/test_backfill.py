@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-import orjson
 import pytest
 
 from rowcast.connectors.cdc_source import CdcSource
@@ -13,7 +12,7 @@ from rowcast.connectors.schema import init_database
 from rowcast.connectors.snapshot import emit_snapshot
 from rowcast.ops.pipeline import Pipeline
 from tests.helpers.cli import deploy_cli
-from tests.helpers.kafka_reading import drain
+from tests.helpers.kafka_reading import drain_rows
 from tests.helpers.tables import watch
 from tests.helpers.waiting import wait_until
 
@@ -31,7 +30,7 @@ def test_snapshot_rows_are_encoded_exactly_as_streamed_rows(settings, pg_conn):
     assert CdcSource(settings, pg_conn, producer).poll_once() == 1
     assert emit_snapshot(pg_conn, producer, settings, "public", table) == 1
     producer.close()
-    streamed, snapshot = (orjson.loads(r.value) for r in drain(settings, topic, 2))
+    streamed, snapshot = (r.value for r in drain_rows(settings, topic, 2))
     assert (streamed["op"], snapshot["op"]) == ("c", "r")
     assert snapshot["source"]["snapshot"] == "true"
     assert snapshot["after"] == streamed["after"]

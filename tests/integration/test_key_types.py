@@ -15,7 +15,7 @@ from rowcast.connectors.kafka_clients import make_producer
 from rowcast.connectors.snapshot import emit_snapshot
 from rowcast.ops.pipeline import Pipeline
 from tests.helpers.cli import deploy_cli, rowcast_cli
-from tests.helpers.kafka_reading import drain
+from tests.helpers.kafka_reading import drain_rows
 from tests.helpers.learning import fast
 from tests.helpers.tables import watch
 from tests.helpers.waiting import wait_until
@@ -78,7 +78,7 @@ def test_streamed_and_snapshot_keys_equal_the_key_sql_computes(settings, pg_conn
                 pg_conn.execute(f"INSERT INTO public.{table} VALUES ({literal}, {i}, {2 * i})")
             assert CdcSource(settings, pg_conn, producer).poll_once() == len(literals)
             assert emit_snapshot(pg_conn, producer, settings, "public", table) == len(literals)
-            keys = [r.key for r in drain(settings, topic, 2 * len(literals))]
+            keys = [r.key for r in drain_rows(settings, topic, 2 * len(literals))]
             assert len(keys) == 2 * len(literals)
             assert set(keys[:len(literals)]) == set(keys[len(literals):]), name  # stream = snapshot
             query = sql.SQL("SELECT count(*) FROM public.{} t WHERE {} = %s::jsonb").format(

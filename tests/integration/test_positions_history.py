@@ -25,7 +25,7 @@ from rowcast.connectors.schema import init_database
 from rowcast.core.lsn import format_lsn
 from rowcast.core.prediction import PredictionRecord
 from rowcast.ops.pipeline import Pipeline
-from tests.helpers.kafka_reading import drain
+from tests.helpers.kafka_reading import drain_rows
 from tests.helpers.learning import fast, learned
 from tests.helpers.tables import deployed_xy_table, insert_xy, watch
 from tests.helpers.waiting import wait_until
@@ -82,7 +82,7 @@ def test_source_publishes_after_a_restore_into_a_cluster_whose_wal_is_behind(
             publish_all(source)
     finally:
         producer.close()
-    ids = sorted(orjson.loads(r.value)["after"]["id"] for r in drain(settings, topic, 3))
+    ids = sorted(r.value["after"]["id"] for r in drain_rows(settings, topic, 3))
     assert ids == [1, 2, 3]  # the new transactions were published, not skipped as replays
     errors = rowcast_errors(caplog)
     assert any(server_id(pg_conn) in m and format_lsn(stored) in m for m in errors), errors
