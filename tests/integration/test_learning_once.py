@@ -162,10 +162,19 @@ def test_a_label_before_its_row_waits_for_it_and_reconcile_names_the_unjoined(se
 
         # a label whose row never comes: reconcile says so
         pg_conn.execute(f"INSERT INTO {outcomes} (loan_id, repaid) VALUES (999, 1)")
-        wait_until(lambda: counters(pg_conn, "early")["unmatched"] >= 2, timeout_s=60)
-        broken = rowcast_cli(settings, "reconcile", "--json")
-        report = next(r for r in orjson.loads(broken.stdout) if r["deployment"] == "early")
-        assert broken.returncode == 1 and report["unjoined"] == 1, broken.stdout
+        # unmatched was 2 already (label 2 is held for a moment before its row, in the same
+        # transaction): wait for the third, then for the checkpoint that holds it
+        wait_until(lambda: counters(pg_conn, "early")["unmatched"] >= 3, timeout_s=60)
+
+        def report() -> tuple[int, dict]:
+            done = rowcast_cli(settings, "reconcile", "--json")
+            return done.returncode, next(r for r in orjson.loads(done.stdout)
+                                         if r["deployment"] == "early")
+
+        wait_until(lambda: report()[1]["unjoined"] == 1, timeout_s=60, interval_s=0.5,
+                   message=lambda: str(report()))
+        code, found = report()
+        assert code == 1 and found["unjoined"] == 1, found
         assert "never joined" in rowcast_cli(settings, "reconcile").stdout
     assert counters(pg_conn, "early")["late_joined"] >= 1
     assert learned(pg_conn, "early") == 2
