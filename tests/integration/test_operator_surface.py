@@ -176,10 +176,11 @@ def test_verdicts_follow_a_paused_stage_and_return_to_ok(settings, pg_conn, pg_s
 def test_a_stage_that_commits_but_falls_behind_is_warned_about(settings, pg_conn, pg_server,
                                                               tmp_path):
     """WARN: the sink commits all the time but takes one prediction per transaction
-    (``ROWCAST_SINK_BATCH_SIZE=1``, a real setting), while rows arrive in batches of 50 every
-    100 ms; its lag grows at every sample while its offset moves. When the writer stops, the
-    sink drains and the verdict returns to OK. One partition per topic: with several, a sink
-    taking one record per poll drains them in turn and the idle ones are rightly STALL."""
+    (``ROWCAST_SINK_BATCH_SIZE=1``, a real setting), while rows arrive in batches of 200 every
+    100 ms (at 50, the faster sink of issue 15 kept up); its lag grows at every sample while
+    its offset moves. When the writer stops, the sink drains and the verdict returns to OK.
+    One partition per topic: with several, a sink taking one record per poll drains them in
+    turn and the idle ones are rightly STALL."""
     settings = settings.model_copy(update={"lag_window_s": 3.0, "lag_stop_after_s": 30.0,
                                            "sink_batch_size": 1, "topic_partitions": 1})
     table = deployed_xy_table(settings, pg_conn, "watched", "behind")
@@ -192,8 +193,8 @@ def test_a_stage_that_commits_but_falls_behind_is_warned_about(settings, pg_conn
             while not stop.wait(0.1):
                 with conn.transaction():
                     conn.cursor().executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
-                                              [(j, float(j % 7), 1.0) for j in range(i, i + 50)])
-                i += 50
+                                              [(j, float(j % 7), 1.0) for j in range(i, i + 200)])
+                i += 200
 
     def sink_stage() -> tuple[str, int | None]:
         s = next(s for s in monitor.sample()["stages"] if s["stage"] == "sink")
