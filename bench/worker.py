@@ -195,10 +195,13 @@ def main() -> None:
     gc_mode = "default"
     if args.gc == "worker":
         try:
-            from rowcast.streams.scorer import steady_gc
-        except ImportError:  # a worker from before steady_gc
-            pass
-        else:
+            from rowcast.streams.gc_policy import steady_gc
+        except ImportError:
+            try:  # where it lived before the learner and the sink used it too
+                from rowcast.streams.scorer import steady_gc  # type: ignore[attr-defined,no-redef]
+            except ImportError:  # a worker from before steady_gc
+                steady_gc = None
+        if steady_gc is not None:
             steady_gc()
             gc_mode = "worker"
     report: dict[str, Any] = {"rows": args.rows, "batch_rows": args.batch, "model": args.model,

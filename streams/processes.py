@@ -20,6 +20,7 @@ from rowcast.connectors.postgres import connect
 from rowcast.connectors.schema import init_database
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
+from rowcast.streams.gc_policy import steady_gc
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
             sink = PredictionSink(settings, conn, consumer,
                                   DeadLetterWriter(producer, settings.dlq_topic))
             log.info("sink writing predictions to rowcast.predictions")
+            steady_gc()  # after setup: what it froze is never scanned again
             sink.run(stop)
         finally:
             consumer.close()
@@ -79,6 +81,7 @@ def run_learner(settings: Settings, stop: threading.Event | None = None) -> None
         init_database(conn, settings)
         producer = make_producer(settings)
         consumer = make_consumer(settings, settings.learner_group)
+        steady_gc()
         try:
             log.info("learner: one owner per deployment, checkpoints in rowcast.model_versions")
             Learner(settings, conn, consumer, producer, key).run(stop)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import logging
 import os
 import time
@@ -57,31 +56,11 @@ from rowcast.core.label_events import LabelEvent
 from rowcast.core.prediction import PredictionRecord
 from rowcast.core.settings import Settings
 from rowcast.models.serving import SCORE_FAILED, BatchResult, Rejected, ServingSet
+from rowcast.streams.gc_policy import steady_gc
 
 log = logging.getLogger(__name__)
 
 RETRY_EXIT = 75  # same code as a reload: the supervisor starts a fresh worker at once
-# young objects between collections: above what one scored batch keeps alive (~20 per row)
-GC_YOUNG_OBJECTS = 20_000
-
-
-def steady_gc() -> None:
-    """Keep the cyclic garbage collector off the per-row path of a long-running worker.
-
-    Why: every scored batch keeps ~20 objects per row alive until it is published, so with
-    CPython's defaults (a collection every 700 new objects) they are scanned in several young
-    collections and promoted, which soon triggers full collections over everything the process
-    holds (faust, Kafka clients, river models): 7.6 µs per row in ``bench/worker.py`` (18.7 µs
-    with, 11.1 without the collector). Freezing what the worker set up moves it out of every
-    later collection, and a larger young generation lets a batch's objects die by reference
-    counting before they are ever scanned. Cycles are still collected.
-    """
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_OBJECTS, middle, old)
-
-
 class Message(Protocol):
     """The parts of a faust message the scorer reads."""
 
