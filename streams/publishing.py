@@ -34,13 +34,13 @@ from confluent_kafka import Producer
 
 from rowcast.connectors.fast_kafka import ConfluentSends
 from rowcast.core.dead_letter import DeadLetter
-from rowcast.core.label_events import BATCH_HEADER, BATCH_KEY, LabelEvent, encode_batch
+from rowcast.core.label_events import BATCH_HEADER, BATCH_KEY, BATCH_VERSION, LabelEvent, encode_batch
 from rowcast.core.prediction import PredictionRecord, PredictionTombstone
 from rowcast.core.settings import Settings
 
 # below the broker's default max.message.bytes (1 MiB + 12) with room for key and headers
 LABEL_RECORD_BYTES = 900 * 1024
-BATCH_HEADERS = [(BATCH_HEADER, b"1")]
+BATCH_HEADERS = [(BATCH_HEADER, str(BATCH_VERSION).encode())]  # the format version, as the value says
 
 
 def label_records(events: list[LabelEvent], limit: int = LABEL_RECORD_BYTES) -> list[bytes]:

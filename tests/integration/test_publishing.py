@@ -79,7 +79,7 @@ def test_label_events_go_as_one_record_per_deployment_in_order(settings):
     for name in (a, b):
         [record] = drain(settings, settings.labels_topic(name), 1, timeout_s=30)
         assert record.partition == 0 and record.key == BATCH_KEY
-        assert (BATCH_HEADER, b"1") in record.headers
+        assert (BATCH_HEADER, b"2") in record.headers
         assert decode_batch(record.value) == [e for e in events if e.deployment == name]
     [dead] = drain(settings, settings.dlq_topic, 1, timeout_s=30)
     assert DeadLetter.decode(dead.value) == letter
