@@ -18,7 +18,6 @@ sink's client CPU from ~19 to ~6 µs per row.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import re
 import threading
@@ -152,21 +151,10 @@ def upsert(conn: psycopg.Connection, records: Sequence[PredictionRecord]) -> Non
 def observe_latencies(histogram: Histogram, now_us: int,
                       records: Sequence[PredictionRecord]) -> None:
     """Commit → written for every record, as ``observe`` per record would count it, but with
-    one bucket increment per distinct commit time (a transaction's rows share one) rather
-    than one ``observe`` (~1 µs) per row. Falls back to ``observe`` if prometheus_client's
-    histogram no longer has the internals used here."""
+    one bucket increment per distinct commit time (a transaction's rows share one)."""
     per_commit = Counter(r.source_commit_us for r in records)
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    for commit_us, count in per_commit.items():
-        seconds = max(now_us - commit_us, 0) / 1e6
-        if bounds is None or buckets is None or total is None:
-            for _ in range(count):
-                histogram.observe(seconds)
-            continue
-        total.inc(seconds * count)
-        buckets[bisect.bisect_left(bounds, seconds)].inc(count)
+    metrics.observe_counts(histogram, {max(now_us - commit_us, 0) / 1e6: count
+                                       for commit_us, count in per_commit.items()})
 
 
 class PredictionSink:

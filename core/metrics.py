@@ -9,8 +9,10 @@ Each process serves ``/metrics`` on its own port (``ROWCAST_SOURCE_METRICS_PORT`
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -122,6 +124,30 @@ CONSUMER_OLDEST_SECONDS = Gauge(
     "Age of the oldest event a consumer group has not committed yet.", ["group"])
 CONSUMER_VERDICT = Gauge("rowcast_consumer_verdict",
                          "Burrow-style verdict: 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 ERROR.", ["group"])
+
+
+def observe_counts(histogram: Histogram, counts: Mapping[float, int]) -> None:
+    """``observe(value)`` ``count`` times for each (value, count), as one bucket increment per
+    distinct value: the rows of one transaction share their commit time, so the sink's and the
+    learner's latencies have few distinct values per batch, and ``observe`` costs ~1 µs (a lock
+    and a bucket search) per call -- per row, a visible share of either process. Falls back to
+    ``observe`` if prometheus_client's histogram no longer has the internals used here.
+
+    >>> h = Histogram("doctest_seconds", "", buckets=(0.1, 1.0), registry=None)
+    >>> observe_counts(h, {0.05: 3, 0.5: 1})
+    >>> [(s.labels.get("le"), s.value) for s in h.collect()[0].samples if s.name.endswith("_bucket")]
+    [('0.1', 3.0), ('1.0', 4.0), ('+Inf', 4.0)]
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    for value, count in counts.items():
+        if bounds is None or buckets is None or total is None:
+            for _ in range(count):
+                histogram.observe(value)
+            continue
+        total.inc(value * count)
+        buckets[bisect.bisect_left(bounds, value)].inc(count)
 
 
 def serve(port: int, settings: Settings, process: str) -> ThreadingHTTPServer | None:

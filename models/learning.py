@@ -51,6 +51,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -169,7 +170,9 @@ class DeploymentLearner:
         self._current: LabelEvent | None = None
         self.broken: str | None = None  # learning raised (overflow): why it must not be kept
         self.changes = 0  # events applied since the last checkpoint (0: only positions moved)
-        self.delays_s: list[float] = []  # label committed -> learned, since the last checkpoint
+        # label committed -> learned since the last checkpoint, in µs: how many labels took each
+        # (a batch's labels share few commit times: one count each, not a float per label)
+        self.delays_us: Counter[int] = Counter()
         # drift detector and challengers in shadow (rowcast.models.operations), fed every row
         # this model learns, in the same order; what happened since the last checkpoint
         self.operations = ModelOperations(model.spec.task)
@@ -194,11 +197,10 @@ class DeploymentLearner:
             out["challengers"] = ops.compare()
         out["drift"] = {"detector": ops.detector_name, "reaction": ops.reaction,
                         "detections": ops.drifts}
-        if self.delays_s:  # label committed -> learned, over the labels since the last one
-            ordered = sorted(self.delays_s)
+        if self.delays_us:  # label committed -> learned, over the labels since the last one
             out["learning_delay_ms"] = {
-                "p50": round(1000 * ordered[len(ordered) // 2], 1),
-                "p99": round(1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1)}
+                "p50": round(_percentile(self.delays_us, 0.5) / 1000, 1),
+                "p99": round(_percentile(self.delays_us, 0.99) / 1000, 1)}
         return out
 
     def health(self) -> str | None:
@@ -235,8 +237,10 @@ class DeploymentLearner:
         released = merge.release(now)
         self.changes += len(released)
         now_us = time.time_ns() // 1000
-        self.delays_s += [max(now_us - e.at_us, 0) / 1e6 for e in released
-                          if e.at_us and e.kind != "scored"]
+        delays = self.delays_us
+        for at_us, count in Counter(e.at_us for e in released
+                                    if e.at_us and e.kind != "scored").items():
+            delays[max(now_us - at_us, 0)] += count
         return released
 
     def _apply(self, events: Sequence[LabelEvent]) -> int:
@@ -449,6 +453,23 @@ class DeploymentLearner:
     @champion_model.setter
     def champion_model(self, model: str) -> None:
         self._champion_model = model
+
+
+def _percentile(counts: Mapping[int, int], q: float) -> int:
+    """The value at rank ``int(n * q)`` (0-based, capped at n - 1) of the multiset ``counts``
+    (value -> how many times): what indexing the sorted list of every value gives.
+
+    >>> _percentile({5: 1, 1: 2, 9: 1}, 0.5), _percentile({5: 1, 1: 2, 9: 1}, 0.99)
+    (5, 9)
+    """
+    n = sum(counts.values())
+    rank = min(n - 1, int(n * q))
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]
+        if seen > rank:
+            return value
+    raise ValueError("no values")
 
 
 def _key_bytes(key: dict[str, Any]) -> bytes:

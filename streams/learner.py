@@ -562,9 +562,9 @@ class Checkpointer:
             metrics.MODEL_PAUSED.labels(d.name, control.paused_reason).set(0)
         learner.model.version = version
         learner.changes = 0
-        for delay in learner.delays_s:
-            metrics.LEARNING_DELAY_SECONDS.observe(delay)
-        learner.delays_s.clear()
+        metrics.observe_counts(metrics.LEARNING_DELAY_SECONDS,
+                               {us / 1e6: n for us, n in learner.delays_us.items()})
+        learner.delays_us.clear()
         owned.checkpointed_offset = owned.offset
         owned.since_checkpoint = 0
         owned.last_checkpoint = time.monotonic()
