@@ -26,10 +26,12 @@ def steady_gc() -> None:
     young generation lets a batch's objects die by reference counting before they are ever
     scanned. Cycles are still collected.
 
+    >>> before = gc.get_threshold()
     >>> steady_gc(); gc.get_threshold()[0] == GC_YOUNG_OBJECTS
     True
     >>> gc.get_freeze_count() > 0
     True
+    >>> gc.unfreeze(); gc.set_threshold(*before)  # this example's process goes on as it was
     """
     gc.collect()
     gc.freeze()
