@@ -289,7 +289,30 @@ def measure_baselines(dsn: str, n: int, copy_rows: int) -> dict:
     return out
 
 
-def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str) -> dict:
+def service_pids(stack: DevStack) -> dict[str, int]:
+    """The dev stack's PostgreSQL postmaster and Kafka broker: their CPU (with the backends,
+    which are the postmaster's children) is what rowcast costs the services per row."""
+    pids = {}
+    postmaster = stack.postgres.data_dir / "postmaster.pid"
+    if postmaster.exists():
+        pids["postgres"] = int(postmaster.read_text().split()[0])
+    kafka_pid = getattr(stack.kafka, "pid_file", None)
+    if kafka_pid is not None and kafka_pid.exists():
+        pids["kafka"] = int(kafka_pid.read_text().split()[0])
+    return pids
+
+
+def services_cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        stat = procstat.read_tree(pid)
+        if stat is not None:
+            out[name] = stat.cpu_s
+    return out
+
+
+def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str,
+                    services: dict[str, int] | None = None) -> dict:
     out: dict = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
         baselines.create_table(conn, TABLE)
@@ -316,6 +339,7 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str) -> d
             first = max_id(conn) + 1
             labelled = conn.execute(f"SELECT count(*) FROM {TABLE} WHERE purchase_amount "
                                     "IS NOT NULL").fetchone()[0] + args.rows
+            services_before = services_cpu_s(services or {})
             cpu_before = sampler.stats()
             copy_rate, committed = copy_load(conn, TABLE, args.rows)
             wait_for_predictions(conn, first, first + args.rows - 1, 600 + args.rows / 1000,
@@ -327,6 +351,7 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str) -> d
             last_record_ms = last_on_topic(settings, settings.predictions_topic("bench"))
             last_learned = learned_at(conn, labelled, 900 + args.rows / 500, pipeline)
             cpu_after = sampler.stats()
+            services_after = services_cpu_s(services or {})
             commit_s = committed.timestamp()
             span = {"prediction_rows": (last_row - committed).total_seconds(),
                     "predictions_topic": last_record_ms / 1000 - commit_s,
@@ -346,6 +371,12 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str) -> d
                               - cpu_before[n]["cpu_s"]) / args.rows * 1e6, 1)
                     for n in cpu_after},
                 "peak_rss_mb": {n: cpu_after[n]["peak_rss_mb"] for n in cpu_after},
+                # the services on the same two cores, from the COPY (its own cost included)
+                # to the last label learned: PostgreSQL (decoding for the slot, the sink's
+                # upserts, the learner's checkpoints) and the Kafka broker
+                "services_cpu_us_per_row": {
+                    n: round((services_after[n] - services_before[n]) / args.rows * 1e6, 1)
+                    for n in services_after if n in services_before},
             }
             out["learner"] = {"labels_per_s_in_commit_order":
                               round(args.rows / span["labels_learned"])}
@@ -408,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
             print("measuring baselines ...", file=sys.stderr)
             result.update(measure_baselines(dsn, args.insert_rows, args.rows))
         print("measuring rowcast ...", file=sys.stderr)
-        result.update(measure_rowcast(settings, args, dsn))
+        result.update(measure_rowcast(settings, args, dsn, service_pids(stack)))
         result["ratios"] = ratios(result)
     finally:
         stack.reset()
