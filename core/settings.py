@@ -152,11 +152,18 @@ class Settings(BaseSettings):
     deployment_refresh_s: float = Field(
         2.0, gt=0, description="How often workers re-read rowcast.deployments.")
     score_batch_size: int = Field(
-        16, ge=1, description="Records a scorer takes per batch: a change batch record holds up "
-        "to source_batch_rows rows, so 16 bound a scored batch to ~8k rows (memory: ~3 kB of "
-        "Python objects per row in flight; the latency of the rows first in it); per-row "
+        16, ge=1, description="Records a scorer takes per batch (committed together once all "
+        "its predictions are acknowledged): a change batch record holds up to "
+        "source_batch_rows rows, so 16 bound a batch to ~8k rows (the latency of the rows "
+        "first in it; the rows in memory at once are bounded by score_chunk_rows); per-row "
         "Debezium topics may want more.")
     score_batch_within_s: float = Field(0.01, gt=0, description="Longest wait to fill a batch.")
+    score_chunk_rows: int = Field(
+        500, ge=1, description="A scorer works through a batch in chunks of consecutive records "
+        "of at least this many rows (a change batch record is never split), scoring one while "
+        "the one before is published and acknowledged: what bounds the rows in memory at "
+        "once (~3 kB of Python objects each), whatever score_batch_size. The batch is still "
+        "committed only once every chunk of it is acknowledged.")
     sink_batch_size: int = Field(2000, ge=1, description="Predictions upserted per transaction.")
     sink_poll_timeout_ms: int = Field(50, ge=1)
     worker_web_enabled: bool = Field(

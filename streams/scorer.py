@@ -29,9 +29,10 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator, Sequence
 from typing import Any, NoReturn, Protocol
 
 import faust
@@ -61,6 +62,11 @@ from rowcast.streams.gc_policy import steady_gc
 log = logging.getLogger(__name__)
 
 RETRY_EXIT = 75  # same code as a reload: the supervisor starts a fresh worker at once
+# rows scored and published together (Settings.score_chunk_rows): one change batch record of
+# the source's default size
+CHUNK_ROWS = 500
+
+
 class Message(Protocol):
     """The parts of a faust message the scorer reads."""
 
@@ -110,9 +116,12 @@ def _error(exc: BaseException) -> str:
 class BatchScorer:
     """One batch of source records → predictions, label events and dead letters, published.
 
-    ``publisher`` sends each batch's records and returns only once Kafka acknowledged them.
-    ``before_batch`` runs before each batch is scored (the worker uses it to bring the
-    deployments up to date with the batch's commit times).
+    A batch is scored and published in chunks of about ``chunk_rows`` rows (see
+    :meth:`score`: the worker's memory no longer grows with the batch); ``publisher`` sends
+    one chunk's records and returns only once Kafka acknowledged them. ``before_batch`` runs
+    before each chunk is scored (the worker uses it to bring the deployments up to date with
+    the commit times of its rows; after the first chunk of a batch it rarely has anything
+    to do).
 
     The source's watermark records (header :data:`~rowcast.core.envelope.WATERMARK_HEADER`)
     are not changes: never scored or dead-lettered, each becomes one ``watermark`` label event
@@ -122,40 +131,82 @@ class BatchScorer:
     """
 
     def __init__(self, serving: ServingSet, publisher: Publisher,
-                 before_batch: BeforeBatch | None = None, topic_of: TopicOf | None = None
-                 ) -> None:
+                 before_batch: BeforeBatch | None = None, topic_of: TopicOf | None = None,
+                 chunk_rows: int = CHUNK_ROWS) -> None:
         self.serving = serving
         self.publisher = publisher
         self.before_batch = before_batch
         self.topic_of = topic_of
-        # one thread: batches are published in order, and never two at once
+        self.chunk_rows = chunk_rows
+        # one thread: chunks are published in order, and never two at once
         self.sender = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                             thread_name_prefix="publish")
 
     async def score(self, messages: Sequence[Message]) -> None:
-        changes, dead, origins, marks = self._parse(messages)
+        """Score and publish one batch; return only once Kafka acknowledged all of it.
+
+        The batch is worked through in chunks of consecutive records of about ``chunk_rows``
+        rows (:meth:`_chunks`): while a chunk is published (in ``sender``), the next one is
+        scored, so at most two chunks' objects are alive at once, whatever the batch's size
+        (a faust batch of 16 change batch records is 8,000 rows, ~3 kB of Python objects
+        each: issue 15's worker memory). Chunks are published one at a time, in order, each
+        acknowledged before the next is sent; watermarks go with the last one, after every
+        label event of the batch."""
+        with metrics.SCORE_BATCH_SECONDS.time():
+            loop = asyncio.get_running_loop()
+            marks: list[Watermark] = []
+            sending: asyncio.Future[int] | None = None  # the previous chunk's publish
+            scored: Counter[str] = Counter()
+            for changes, dead, origins, last in self._chunks(messages, marks):
+                try:
+                    if self.before_batch is not None:
+                        pending = self.before_batch(changes)
+                        if pending is not None:
+                            await pending
+                except Exception as exc:  # not one record's fault: nothing may commit
+                    exit_for_retry(f"cannot prepare the batch ({_error(exc)})")
+                result = self._handle(changes)
+                if last:
+                    result.labels += self._watermarks(marks)  # after every label event
+                for r in result.rejected:
+                    dead.append(self._rejected(r, origins.get(id(r.event))))
+                if sending is not None:
+                    await self._acked(sending)
+                    self._count(scored)
+                scored = Counter(p.deployment for p in result.predictions
+                                 if isinstance(p, PredictionRecord))
+                sending = loop.run_in_executor(self.sender, self.publisher.publish,
+                                               result.predictions, dead, result.labels)
+                del changes, dead, origins, result  # the chunk lives on in the publish only
+            if sending is not None:
+                await self._acked(sending)
+                self._count(scored)
+
+    @staticmethod
+    async def _acked(sending: asyncio.Future[int]) -> None:
+        """Wait for one chunk's publish; a failure ends the process before faust commits."""
         try:
-            if self.before_batch is not None:
-                pending = self.before_batch(changes)
-                if pending is not None:
-                    await pending
-        except Exception as exc:  # not one record's fault: nothing of this batch may commit
-            exit_for_retry(f"cannot prepare the batch ({_error(exc)})")
-        result = self._handle(changes)
-        result.labels += self._watermarks(marks)  # after every label event of the batch
-        for r in result.rejected:
-            dead.append(self._rejected(r, origins.get(id(r.event))))
-        try:
-            with metrics.SCORE_BATCH_SECONDS.time():
-                await asyncio.get_running_loop().run_in_executor(
-                    self.sender, self.publisher.publish, result.predictions, dead, result.labels)
+            await sending
         except RetryableError as exc:
             exit_for_retry(str(exc))
         except Exception as exc:  # e.g. KafkaTimeoutError from send() after max_block_ms
             exit_for_retry(f"Kafka did not take the batch ({_error(exc)})")
-        for name, count in Counter(p.deployment for p in result.predictions
-                                   if isinstance(p, PredictionRecord)).items():
+
+    @staticmethod
+    def _count(scored: Counter[str]) -> None:
+        for name, count in scored.items():
             metrics.SCORED.labels(name).inc(count)
+
+    def _chunks(self, messages: Sequence[Message], marks: list[Watermark]
+                ) -> Iterator[tuple[list[ChangeEvent], list[DeadLetter], dict[int, Origin],
+                                    bool]]:
+        """The batch's records parsed, in order, as chunks of consecutive records: a chunk
+        ends once it holds ``chunk_rows`` rows or more and another change record follows (a
+        change batch record is never split); the last one, flagged, at the end of the batch
+        (always yielded, so a batch of watermarks alone is published too). ``marks``
+        collects the watermarks as they are read, all of them by the time the last chunk is
+        yielded."""
+        return self._parsed(messages, marks, self.chunk_rows)
 
     @staticmethod
     def _parse(messages: Sequence[Message]) -> tuple[
@@ -165,10 +216,18 @@ class BatchScorer:
         a real Debezium connector, snapshots and backfills) one. A record that does not
         decode is dead-lettered whole (``bad_envelope``); ``origins`` says for each event
         where it came from, so a row rejected later is dead-lettered alone."""
+        marks: list[Watermark] = []
+        [(changes, dead, origins, _)] = BatchScorer._parsed(messages, marks, sys.maxsize)
+        return changes, dead, origins, marks
+
+    @staticmethod
+    def _parsed(messages: Sequence[Message], marks: list[Watermark], chunk_rows: int
+                ) -> Iterator[tuple[list[ChangeEvent], list[DeadLetter], dict[int, Origin],
+                                    bool]]:
+        """:meth:`_parse` by chunks (see :meth:`_chunks`); one loop, no call per record."""
         changes: list[ChangeEvent] = []
         dead: list[DeadLetter] = []
         origins: dict[int, Origin] = {}  # id(parsed event) -> (its message, row in its batch)
-        marks: list[Watermark] = []
         for msg in messages:
             mark = _header(msg.headers, WATERMARK_HEADER)
             if mark is not None:  # not a change: never scored nor dead-lettered
@@ -178,6 +237,9 @@ class BatchScorer:
                     log.warning("ignoring a watermark that is not an LSN: %r (%s:%s@%s)",
                                 mark[:40], msg.topic, msg.partition, msg.offset)
                 continue
+            if len(changes) >= chunk_rows:  # full, and more changes follow: the next chunk
+                yield changes, dead, origins, False
+                changes, dead, origins = [], [], {}
             if is_batch(msg.headers):
                 try:
                     if msg.value is None:
@@ -205,7 +267,7 @@ class BatchScorer:
             if parsed is not None:
                 changes.append(parsed)
                 origins[id(parsed)] = (msg, None)
-        return changes, dead, origins, marks
+        yield changes, dead, origins, True
 
     def _watermarks(self, marks: list[Watermark]) -> list[LabelEvent]:
         """One ``watermark`` label event per deployment reading each mark's topic, in the
@@ -296,7 +358,8 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
     topics = [settings.source_topic(schema, table) for schema, table in serving.tables()]
     steady_gc()  # the worker's setup is done: what it holds now lives as long as it does
     source = app.topic(*topics, key_serializer="raw", value_serializer="raw")
-    scorer = BatchScorer(serving, publisher, before_batch, topic_of=settings.source_topic)
+    scorer = BatchScorer(serving, publisher, before_batch, topic_of=settings.source_topic,
+                         chunk_rows=settings.score_chunk_rows)
 
     @app.agent(source, concurrency=1, name="score")
     async def score(stream: faust.StreamT) -> None:

@@ -1,0 +1,74 @@
+"""``rowcast worker``'s supervisor stays light, and starts its faust child with a malloc cap.
+
+Issue 15 (every rowcast process <= 200 MB): the supervisor only starts and restarts the child,
+so it imports neither faust nor river (numpy, scipy) nor the Kafka clients: they cost it ~90 MB
+of RSS for nothing (~143 MB, now ~54). The child gets ``MALLOC_ARENA_MAX=2`` unless the
+operator set it: glibc would otherwise give each of its allocating threads an arena of its own.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from rowcast.core.settings import Settings
+from rowcast.streams import worker
+from rowcast.streams.scorer import RETRY_EXIT
+
+HEAVY = ("faust", "river", "scipy", "numpy", "aiokafka", "kafka", "confluent_kafka")
+
+
+def test_the_supervisor_entry_point_imports_no_heavy_module():
+    code = ("import sys\n"
+            "import rowcast.ops.cli, rowcast.ops.cli.processes, rowcast.streams.worker\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_check_sees_a_heavy_import():
+    code = "import sys, rowcast.streams.scorer\nprint('faust' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_the_child_asks_for_a_restart_with_the_code_the_supervisor_restarts_on():
+    assert worker.RELOAD_EXIT == RETRY_EXIT
+
+
+def test_the_child_environment_caps_malloc_arenas_unless_the_operator_chose():
+    env = worker.child_environment({"PATH": "/bin"}, 4321)
+    assert env == {"PATH": "/bin", worker.SUPERVISOR_ENV: "4321", "MALLOC_ARENA_MAX": "2"}
+    chosen = worker.child_environment({"MALLOC_ARENA_MAX": "8"}, 1)
+    assert chosen["MALLOC_ARENA_MAX"] == "8"
+
+
+def test_the_supervisor_starts_the_child_with_that_environment(monkeypatch: pytest.MonkeyPatch):
+    started: list[dict[str, str]] = []
+
+    class Child:
+        def __init__(self, args: list[str], env: dict[str, str]) -> None:
+            assert "--child" in args
+            started.append(env)
+
+        def wait(self) -> int:
+            return 0
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.setattr(worker.subprocess, "Popen", Child)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            worker.run_worker(Settings(_env_file=None))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert stopped.value.code == 0
+    [env] = started
+    assert env["MALLOC_ARENA_MAX"] == "2" and env[worker.SUPERVISOR_ENV].isdigit()
