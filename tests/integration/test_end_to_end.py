@@ -12,7 +12,7 @@ import pytest
 from river import evaluate
 from river import metrics as river_metrics
 
-from rowcast.core.label_events import BATCH_HEADER
+from rowcast.core.label_events import BATCH_HEADER, decode_batch
 from rowcast.models.catalog import get_model
 from rowcast.models.snapshot import load_snapshot, signing_key
 from rowcast.ops.pipeline import Pipeline
@@ -30,7 +30,7 @@ def label_docs(records: list) -> list[dict]:
     docs: list[dict] = []
     for m in records:
         if any(name == BATCH_HEADER for name, _ in m.headers or ()):
-            docs += orjson.loads(m.value)["events"]
+            docs += [e.to_doc() for e in decode_batch(m.value)]
         else:
             docs.append(orjson.loads(m.value))
     return docs
