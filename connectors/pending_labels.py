@@ -91,6 +91,7 @@ class PgPending:
         self.generation = generation
         self.cache: dict[str, dict[bytes, dict[str, Any] | None]] = {k: {} for k in _TABLES}
         self.dirty: dict[str, dict[bytes, dict[str, Any] | None]] = {k: {} for k in _TABLES}
+        self._others_dropped = False  # other generations' rows: deleted by the next flush
 
     def prefetch(self, keys: Iterable[bytes]) -> None:
         """One query for the three maps (a round trip per map and batch was a visible share
@@ -192,19 +193,24 @@ class PgPending:
                         "{} = EXCLUDED.{}").format(name, sql.Identifier(at), sql.Identifier(at),
                                                    sql.Identifier(at)),
                         [*scope, orjson.dumps(kept).decode()])
-                if by_generation:  # older generations' rows are of no use any more
-                    cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE deployment = %s "
-                                        "AND generation <> %s").format(name),
-                                (self.deployment, self.generation))
+                if by_generation and not self._others_dropped:
+                    # other generations' rows are of no use any more: dropped by the first
+                    # checkpoint of this generation here (not by every one: the test was a
+                    # scan of every row of the deployment), as two ranges of the primary key
+                    cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE deployment = %s AND "
+                                        "(generation < %s OR generation > %s)").format(name),
+                                (self.deployment, self.generation, self.generation))
                 expired[kind] = cur.execute(sql.SQL(
                     "DELETE FROM rowcast.{} WHERE deployment = %s AND {} < now() - "
                     "make_interval(secs => %s)").format(name, sql.Identifier(at)),
                     (self.deployment, retention_s)).rowcount
         self.forget()
+        self._others_dropped = True  # committed with this checkpoint, or all of it is forgotten
         return expired["features"], expired["held"]
 
     def forget(self) -> None:
         """Drop unflushed changes (after a failed checkpoint or on restore)."""
+        self._others_dropped = False  # a failed checkpoint's delete was rolled back too
         for kind in _TABLES:
             self.cache[kind].clear()
             self.dirty[kind].clear()
