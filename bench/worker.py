@@ -195,7 +195,7 @@ def main() -> None:
     gc_mode = "default"
     if args.gc == "worker":
         try:
-            from rowcast.streams.gc_policy import steady_gc
+            from rowcast.streams.memory_policy import steady_gc
         except ImportError:
             try:  # where it lived before the learner and the sink used it too
                 from rowcast.streams.scorer import steady_gc  # type: ignore[attr-defined,no-redef]

@@ -20,7 +20,7 @@ from rowcast.connectors.postgres import connect
 from rowcast.connectors.schema import init_database
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
-from rowcast.streams.gc_policy import steady_gc
+from rowcast.streams.memory_policy import steady_gc
 
 log = logging.getLogger(__name__)
 

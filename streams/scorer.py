@@ -57,7 +57,7 @@ from rowcast.core.label_events import LabelEvent
 from rowcast.core.prediction import PredictionRecord
 from rowcast.core.settings import Settings
 from rowcast.models.serving import SCORE_FAILED, BatchResult, Rejected, ServingSet
-from rowcast.streams.gc_policy import steady_gc
+from rowcast.streams.memory_policy import steady_gc
 
 log = logging.getLogger(__name__)
 

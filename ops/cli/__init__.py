@@ -28,6 +28,7 @@ from rowcast.ops.cli import (  # noqa: F401
     repair,
 )
 from rowcast.ops.cli.common import app
+from rowcast.streams.memory_policy import cap_malloc_arenas
 
 __all__ = ["app", "main"]
 
@@ -52,7 +53,10 @@ LONG_RUNNING = frozenset({"source", "worker", "learner", "sink"})
 
 def yield_cores(argv: list[str]) -> None:
     """Lower this process's priority by ``ROWCAST_PROCESS_NICE`` when it is one of the
-    long-running processes (the worker's child inherits it)."""
+    long-running processes (the worker's child inherits it), and cap its malloc arenas
+    (:func:`rowcast.streams.memory_policy.cap_malloc_arenas`)."""
+    if LONG_RUNNING & set(argv[1:2]):
+        cap_malloc_arenas()  # before any thread starts
     if LONG_RUNNING & set(argv[1:2]) and "--child" not in argv:
         nice = Settings().process_nice
         if nice:

@@ -11,7 +11,7 @@ HEAVY = ("faust", "river", "scipy", "numpy")
 
 def test_source_and_sink_entry_points_import_no_heavy_module():
     code = ("import sys\n"
-            "import rowcast.streams.processes, rowcast.streams.gc_policy\n"
+            "import rowcast.streams.processes, rowcast.streams.memory_policy\n"
             "import rowcast.connectors.cdc_source, rowcast.connectors.pg_sink\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
