@@ -27,3 +27,22 @@ class Published:
     def publish(self, predictions, dead_letters=(), labels=()) -> int:
         self.calls.append((list(predictions), list(dead_letters), list(labels)))
         return len(self.calls[-1][0])
+
+
+class Exited(Exception):
+    """Stands in for os._exit in-process, so the test sees the exit code."""
+
+
+def record_exits(monkeypatch: object) -> list[int]:
+    """Replace the scorer's ``os._exit`` with one that records the code and raises
+    :class:`Exited`; the codes, in order."""
+    from rowcast.streams import scorer
+
+    codes: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        raise Exited(code)
+
+    monkeypatch.setattr(scorer.os, "_exit", fake_exit)  # type: ignore[attr-defined]
+    return codes

@@ -23,9 +23,8 @@ from rowcast.core.errors import RetryableError
 from rowcast.core.prediction import PredictionRecord
 from rowcast.models.deployment import Deployment, Feature
 from rowcast.models.serving import ServingSet
-from rowcast.streams import scorer as scorer_module
 from rowcast.streams.scorer import RETRY_EXIT, BatchScorer
-from tests.helpers.scorer_doubles import Msg, Published
+from tests.helpers.scorer_doubles import Exited, Msg, Published, record_exits
 
 TOPIC = "t.public.t"
 
@@ -64,20 +63,9 @@ def without_times(labels: list) -> list:
     return [replace(e, at_us=0) if e.kind == "watermark" else e for e in labels]
 
 
-class Exited(Exception):
-    """Stands in for os._exit in-process, so the test sees the exit code."""
-
-
 @pytest.fixture
 def exits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    codes: list[int] = []
-
-    def fake_exit(code: int) -> None:
-        codes.append(code)
-        raise Exited(code)
-
-    monkeypatch.setattr(scorer_module.os, "_exit", fake_exit)
-    return codes
+    return record_exits(monkeypatch)
 
 
 def test_a_batch_is_published_in_chunks_that_add_up_to_the_batch_scored_whole():

@@ -21,9 +21,8 @@ import pytest
 from rowcast.core.envelope import SourceInfo, build_value
 from rowcast.models.deployment import Deployment, Feature
 from rowcast.models.serving import ServingSet
-from rowcast.streams import scorer as scorer_module
 from rowcast.streams.scorer import RETRY_EXIT, BatchScorer, drive
-from tests.helpers.scorer_doubles import Msg, Published
+from tests.helpers.scorer_doubles import Exited, Msg, Published, record_exits
 
 FRAGILE = "tests.helpers.fragile_models:make"
 MISSING = "rowcast_no_such_module_anywhere:make"
@@ -58,20 +57,9 @@ def letters(published: Published) -> list[tuple[str, str, int | None]]:
     return [(d.reason, d.error, d.offset) for d in published.calls[-1][1]]
 
 
-class Exited(Exception):
-    """Stands in for os._exit in-process, so the test sees the exit code."""
-
-
 @pytest.fixture
 def exits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    codes: list[int] = []
-
-    def fake_exit(code: int) -> None:
-        codes.append(code)
-        raise Exited(code)
-
-    monkeypatch.setattr(scorer_module.os, "_exit", fake_exit)
-    return codes
+    return record_exits(monkeypatch)
 
 
 def test_a_malformed_lsn_is_dead_lettered_and_the_rows_after_it_are_scored():

@@ -1,4 +1,5 @@
-"""``rowcast worker``'s supervisor stays light, and starts its faust child with a malloc cap.
+"""``rowcast worker``'s supervisor starts its faust child with a malloc cap (that it stays light
+is checked with the other entry points in ``test_light_processes.py``).
 
 Issue 15 (every rowcast process <= 200 MB): the supervisor only starts and restarts the child,
 so it imports neither faust nor river (numpy, scipy) nor the Kafka clients: they cost it ~90 MB
@@ -9,30 +10,12 @@ operator set it: glibc would otherwise give each of its allocating threads an ar
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from rowcast.core.settings import Settings
 from rowcast.streams import worker
 from rowcast.streams.scorer import RETRY_EXIT
-
-HEAVY = ("faust", "river", "scipy", "numpy", "aiokafka", "kafka", "confluent_kafka")
-
-
-def test_the_supervisor_entry_point_imports_no_heavy_module():
-    code = ("import sys\n"
-            "import rowcast.ops.cli, rowcast.ops.cli.processes, rowcast.streams.worker\n"
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
-
-
-def test_the_check_sees_a_heavy_import():
-    code = "import sys, rowcast.streams.scorer\nprint('faust' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
 
 
 def test_the_child_asks_for_a_restart_with_the_code_the_supervisor_restarts_on():
