@@ -211,18 +211,24 @@ class PredictionSink:
                 stop.wait(self.settings.deployment_refresh_s)
                 continue
             self.poll_once()
+        if self.uncommitted:  # at stop: what is in Postgres (a refusal is replayed, harmless)
+            self.commit()
 
     def poll_once(self) -> int:
         if self._refused_since is not None and \
                 time.monotonic() - self._refused_since > 2 * self.settings.kafka_session_timeout_s:
             self._rejoin()
         batch = [m for m in self._take() if not _failed(m)]
+        since = time.monotonic() - self._last_commit_try
         if not batch:
-            if self.uncommitted and time.monotonic() - self._last_commit_try >= COMMIT_RETRY_S:
+            wait = COMMIT_RETRY_S if self._refused_since is not None \
+                else self.settings.sink_commit_interval_s
+            if self.uncommitted and since >= wait:
                 self.commit()  # no new records would otherwise ever carry this commit
             return 0
         written = self._write(batch)
-        self.commit()
+        if since >= self.settings.sink_commit_interval_s:
+            self.commit()
         return written
 
     def _take(self) -> list[Message]:

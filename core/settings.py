@@ -166,6 +166,11 @@ class Settings(BaseSettings):
         "committed only once every chunk of it is acknowledged.")
     sink_batch_size: int = Field(2000, ge=1, description="Predictions upserted per transaction.")
     sink_poll_timeout_ms: int = Field(50, ge=1)
+    sink_commit_interval_s: float = Field(
+        0.5, ge=0, description="Shortest time between two commits of the sink's Kafka offsets "
+        "(what is in Postgres; by a batch, an idle poll, a rebalance and at stop). A kill "
+        "replays at most this long of records, which the upsert ignores; 0 commits after "
+        "every batch (a synchronous broker round trip each).")
     worker_web_enabled: bool = Field(
         False, description="Run faust's own web server in the worker (off: rowcast does not need "
         "it; /metrics is served separately).")
