@@ -180,19 +180,9 @@ class PgPending:
                     cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE {} AND pk = ANY(%s)")
                                 .format(name, where), [*scope, gone])
                 if kept:  # one statement per map, whatever the number of rows
-                    columns = "deployment, generation, pk, entry, " if by_generation \
-                        else "deployment, pk, entry, "
-                    conflict = "deployment, generation, pk" if by_generation else "deployment, pk"
                     # the rows as one JSON document (orjson, in C): three text arrays were
                     # dumped element by element in Python, ~5 us per learned row
-                    cur.execute(sql.SQL(
-                        "INSERT INTO rowcast.{} (" + columns + "{}) SELECT "
-                        + "%s, " * len(scope) + "u.pk, u.entry, to_timestamp(u.at / 1e6) "
-                        "FROM json_to_recordset(%s::json) AS u(pk text, entry json, at float8) "
-                        "ON CONFLICT (" + conflict + ") DO UPDATE SET entry = EXCLUDED.entry, "
-                        "{} = EXCLUDED.{}").format(name, sql.Identifier(at), sql.Identifier(at),
-                                                   sql.Identifier(at)),
-                        [*scope, orjson.dumps(kept).decode()])
+                    self._write(cur, kind, scope, orjson.dumps(kept).decode())
                 if by_generation and not self._others_dropped:
                     # other generations' rows are of no use any more: dropped by the first
                     # checkpoint of this generation here (not by every one: the test was a
@@ -207,6 +197,33 @@ class PgPending:
         self.forget()
         self._others_dropped = True  # committed with this checkpoint, or all of it is forgotten
         return expired["features"], expired["held"]
+
+    def _write(self, cur: psycopg.Cursor, kind: str, scope: list[str], rows: str) -> None:
+        """Insert or replace ``rows`` (a JSON array) in the map's table.
+
+        A learned-row marker is new but for a row deleted and inserted again with its key
+        (learned again, by design): a plain INSERT in a savepoint, and the upsert only when it
+        meets a stored marker. The upsert's speculative insertion probed the primary key once
+        per row first: 5.7 vs 3.9 µs of server CPU per marker, on the learner's critical path."""
+        table, at, by_generation = _TABLES[kind]
+        columns = "deployment, generation, pk, entry, " if by_generation \
+            else "deployment, pk, entry, "
+        conflict = "deployment, generation, pk" if by_generation else "deployment, pk"
+        insert = sql.SQL(
+            "INSERT INTO rowcast.{} (" + columns + "{}) SELECT " + "%s, " * len(scope)
+            + "u.pk, u.entry, to_timestamp(u.at / 1e6) FROM json_to_recordset(%s::json) AS "
+            "u(pk text, entry json, at float8)").format(sql.Identifier(table),
+                                                         sql.Identifier(at))
+        if kind == "learned":
+            try:
+                with self.conn.transaction():
+                    cur.execute(insert, [*scope, rows])
+                return
+            except psycopg.errors.UniqueViolation:
+                pass
+        cur.execute(insert + sql.SQL(
+            " ON CONFLICT (" + conflict + ") DO UPDATE SET entry = EXCLUDED.entry, "
+            "{} = EXCLUDED.{}").format(sql.Identifier(at), sql.Identifier(at)), [*scope, rows])
 
     def forget(self) -> None:
         """Drop unflushed changes (after a failed checkpoint or on restore)."""

@@ -81,3 +81,51 @@ def test_a_failed_first_checkpoint_drops_the_older_generation_again(conn):
     with conn.transaction():
         pending.flush(7 * 86400)
     assert count(conn, name, "g1") == 0
+
+
+def index_scans(conn: psycopg.Connection, index: str) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT coalesce(idx_scan, 0) FROM pg_stat_user_indexes WHERE "
+                        "schemaname = 'rowcast' AND indexrelname = %s", (index,)).fetchone()[0]
+
+
+def test_new_markers_are_inserted_without_a_conflict_check_per_row(conn):
+    """Markers of rows never learned (all of a bulk load) go in with a plain INSERT: the
+    upsert's speculative insertion probed the primary key once per row first (5.7 vs 3.9 µs
+    of server CPU per marker, on the learner's critical path)."""
+    name = f"flush_{uuid.uuid4().hex[:8]}"
+    pending = PgPending(conn, name, "g1")
+    keys = [orjson.dumps({"id": i}) for i in range(2_000)]
+    pending.assume_absent(keys, ("learned",))
+    for k in keys:
+        pending.mark_learned(k, {"y": 1.0, "at_us": NOW_US})
+    before = index_scans(conn, "learned_labels_pkey")
+    with conn.transaction():
+        pending.flush(7 * 86400)
+    assert count(conn, name, "g1") == 2_000
+    scans = index_scans(conn, "learned_labels_pkey") - before
+    assert scans < 10, f"{scans} primary-key probes for 2,000 new markers"
+
+
+def test_a_marker_already_stored_is_replaced_not_refused(conn):
+    """A row deleted and inserted again with the same key is a new row: learned again, its
+    marker replaces the old one (a plain INSERT would fail the whole checkpoint, forever)."""
+    name = f"flush_{uuid.uuid4().hex[:8]}"
+    first = PgPending(conn, name, "g1")
+    for i in range(3):
+        first.mark_learned(orjson.dumps({"id": i}), {"y": 1.0, "at_us": NOW_US})
+    with conn.transaction():
+        first.flush(7 * 86400)
+    again = PgPending(conn, name, "g1")  # e.g. the re-inserted rows, assumed new
+    keys = [orjson.dumps({"id": i}) for i in (2, 3)]
+    again.assume_absent(keys, ("learned",))
+    for k in keys:
+        again.mark_learned(k, {"y": 2.0, "at_us": NOW_US + 1})
+    with conn.transaction():
+        again.flush(7 * 86400)
+        conn.execute("SELECT 1")  # the checkpoint's transaction is still usable
+    stored = dict(conn.execute("SELECT pk, (entry->>'y')::float8 FROM rowcast.learned_labels "
+                               "WHERE deployment = %s", (name,)).fetchall())
+    assert stored == {'{"id":0}': 1.0, '{"id":1}': 1.0, '{"id":2}': 2.0, '{"id":3}': 2.0}
+
