@@ -94,6 +94,17 @@ WHERE (rowcast.predictions.source_lsn, rowcast.predictions.model_version)
     < (EXCLUDED.source_lsn, EXCLUDED.model_version)
 """
 
+# the same rows when none is stored yet nor twice in the batch (else a unique violation): no
+# sort, no conflict check per row
+_INSERT = f"""
+INSERT INTO rowcast.predictions ({", ".join(COLUMNS)}, written_at)
+SELECT deployment, source_schema, source_table, pk, prediction, score, model, model_version,
+       pg_lsn '0/0' + source_lsn, {_EPOCH} + commit_us * interval '1 microsecond',
+       {_EPOCH} + scored_us * interval '1 microsecond', clock_timestamp()
+FROM rowcast_sink_batch
+"""
+UPSERT_AFTER_CONFLICT_S = 10.0  # after a batch met stored rows, upsert directly this long
+
 # group coordination errors that refuse a commit until the group settles (then retried)
 _REFUSED = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
             KafkaError.UNKNOWN_MEMBER_ID, KafkaError._ASSIGNMENT_LOST, KafkaError._STATE,
@@ -139,13 +150,27 @@ def copy_lines(records: Sequence[PredictionRecord]) -> bytes:
     return "".join(lines).encode()
 
 
-def upsert(conn: psycopg.Connection, records: Sequence[PredictionRecord]) -> None:
-    """Write one batch in one transaction; replays and reorderings are harmless."""
+def upsert(conn: psycopg.Connection, records: Sequence[PredictionRecord],
+           try_insert: bool = True) -> bool:
+    """Write one batch in one transaction; replays and reorderings are harmless.
+
+    New rows (most batches: inserts being scored) go in with a plain INSERT in a savepoint
+    when ``try_insert``; the upsert runs when one of them is stored already or comes twice.
+    The upsert's speculative insertion probed the primary key per row (7.3-7.6 vs 4.4 µs of
+    server CPU per prediction). Returns True when the plain INSERT wrote the batch."""
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_STAGE)
         with cur.copy(_COPY) as copy:
             copy.write(copy_lines(records))
+        if try_insert:
+            try:
+                with conn.transaction():
+                    cur.execute(_INSERT)
+                return True
+            except psycopg.errors.UniqueViolation:
+                pass
         cur.execute(_UPSERT)
+    return False
 
 
 def observe_latencies(histogram: Histogram, now_us: int,
@@ -178,6 +203,7 @@ class PredictionSink:
         self.uncommitted: dict[tuple[str, int], int] = {}
         self._last_commit_try = 0.0
         self._refused_since: float | None = None  # when commits started being refused
+        self._upsert_until = 0.0  # until then batches go straight to the upsert
 
     def refresh_subscription(self) -> bool:
         """Subscribe to every predictions topic of the prefix; True when the set changed.
@@ -288,7 +314,11 @@ class PredictionSink:
 
     def _upsert(self, records: list[PredictionRecord]) -> int:
         if records:
-            upsert(self.conn, records)
+            now = time.monotonic()
+            tried = now >= self._upsert_until
+            if not upsert(self.conn, records, try_insert=tried) and tried:
+                # rows are being updated or replayed: a failed INSERT first would cost twice
+                self._upsert_until = now + UPSERT_AFTER_CONFLICT_S
             for name, count in Counter(r.deployment for r in records).items():
                 metrics.WRITTEN.labels(name).inc(count)
             observe_latencies(metrics.END_TO_END_SECONDS, time.time_ns() // 1000, records)

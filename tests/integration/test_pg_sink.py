@@ -38,6 +38,33 @@ def test_upsert_is_idempotent_and_never_goes_back(settings, pg_conn):
     assert rows(pg_conn) == {1: (1.5, 1), 2: (3.0, 2)}
 
 
+def pkey_probes(conn) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT coalesce(idx_scan, 0) FROM pg_stat_user_indexes WHERE "
+                        "schemaname = 'rowcast' AND indexrelname = 'predictions_pkey'").fetchone()[0]
+
+
+def test_a_batch_of_new_rows_is_inserted_without_a_conflict_check_per_row(settings, pg_conn):
+    """Most batches are new rows (inserts being scored): those go in with a plain INSERT in a
+    savepoint, the upsert only when one row is stored already (or twice in the batch). The
+    upsert's speculative insertion probed the primary key per row: 7.3-7.6 vs 4.4 µs of server
+    CPU per prediction. The result is the same either way."""
+    init_database(pg_conn, settings)
+    pg_conn.execute("DELETE FROM rowcast.predictions WHERE deployment = 'dep'")
+    before = pkey_probes(pg_conn)
+    assert upsert(pg_conn, [record(k, float(k), 100) for k in range(1, 1001)]) is True
+    probes = pkey_probes(pg_conn) - before
+    assert probes < 10, f"{probes} primary-key probes for 1,000 new rows"
+    assert len(rows(pg_conn)) == 1000
+    # stored already: the plain INSERT fails in its savepoint, the upsert writes the batch
+    assert upsert(pg_conn, [record(1000, 5.0, 200), record(1001, 6.0, 200)]) is False
+    assert rows(pg_conn)[1000] == (5.0, 1) and rows(pg_conn)[1001] == (6.0, 1)
+    # told a batch probably meets stored rows: straight to the upsert
+    assert upsert(pg_conn, [record(1002, 7.0, 200)], try_insert=False) is False
+    assert rows(pg_conn)[1002] == (7.0, 1)
+
+
 def test_upsert_stores_every_field_exactly_whatever_the_text(settings, pg_conn):
     """The batch travels as COPY text: tabs, backslashes, newlines and quotes in names, keys
     and predictions come back unchanged; LSNs and microsecond times are exact."""

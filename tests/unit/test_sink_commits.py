@@ -178,3 +178,29 @@ def test_a_zero_interval_commits_after_every_batch(monkeypatch) -> None:
     sink.poll_once()
     sink.poll_once()
     assert consumer.committed == [{TP: 2}, {TP: 3}]
+
+
+def test_after_a_batch_met_stored_rows_the_upsert_runs_directly_for_a_while(monkeypatch):
+    """Updates or replays make the plain INSERT fail in its savepoint: trying it first on every
+    batch would write each twice, so for ``UPSERT_AFTER_CONFLICT_S`` batches are upserted."""
+    clock = [1000.0]
+    monkeypatch.setattr(pg_sink.time, "monotonic", lambda: clock[0])
+    tries: list[bool] = []
+    stored = [True]  # whether the batch meets a stored row
+
+    def upsert(conn, records, try_insert=True):
+        tries.append(try_insert)
+        return try_insert and not stored[0]
+    monkeypatch.setattr(pg_sink, "upsert", upsert)
+    monkeypatch.setattr(pg_sink, "observe_latencies", lambda *a: None)
+    sink = sink_with(StandInConsumer(refusals=0))
+    batch = [type("R", (), {"deployment": "d"})()]
+    sink._upsert(batch)  # tried, met a stored row
+    clock[0] += 5
+    sink._upsert(batch)
+    clock[0] += 5
+    stored[0] = False
+    sink._upsert(batch)  # the window is over: tried again, and it works
+    clock[0] += 1
+    sink._upsert(batch)
+    assert tries == [True, False, True, True]
