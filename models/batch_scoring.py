@@ -18,8 +18,9 @@ variance) are skipped, which changes nothing since every weight is finite. The r
 therefore bit-for-bit river's (tests/unit/test_batch_scoring.py checks it on random rows, huge
 and tiny values, NULLs and unseen categories), not merely close.
 
-Only the exact catalog shape is recognised (``preprocessing_stage() | LinearRegression()`` or
-``| LogisticRegression()``, see :mod:`rowcast.models.catalog`), river's own classes and not
+Only the exact catalog shapes are recognised (``preprocessing_stage() | LinearRegression()`` or
+``| LogisticRegression()``, and ``StandardScaler() | ...`` as a deployment without category
+features gets it, see :mod:`rowcast.models.catalog`), river's own classes and not
 subclasses (a user's subclass may override ``predict_one``). Anything else, a non-finite weight,
 or a row this plan cannot replicate exactly (a value that is neither ``float`` nor ``str``, a
 one-hot name colliding with another feature) is scored row by row with river, as before.
@@ -55,11 +56,11 @@ class LinearPlan:
     """One batch's view of a linear model's state, for :meth:`raw_many` (see the module)."""
 
     __slots__ = ("weights", "intercept", "positions", "numeric", "categories_first",
-                 "mean_func", "binary")
+                 "mean_func", "binary", "encodes")
 
     def __init__(self, weights: dict[Any, float], intercept: float, positions: dict[Any, int],
                  numeric: dict[Any, tuple[float, float, float]], categories_first: bool,
-                 mean_func: Any, binary: bool) -> None:
+                 mean_func: Any, binary: bool, encodes: bool = True) -> None:
         self.weights = weights
         self.intercept = intercept
         self.positions = positions  # one-hot name -> its place in the encoder's zero dict
@@ -67,11 +68,12 @@ class LinearPlan:
         self.categories_first = categories_first
         self.mean_func = mean_func
         self.binary = binary
+        self.encodes = encodes  # False: no one-hot branch (a string is river's to refuse)
 
     def raw_many(self, xs: Sequence[Mapping[str, Any]]) -> list[float | None]:
         """Each row's ``weights · transformed(x) + intercept``, or None where river must say."""
         weights, positions, numeric = self.weights, self.positions, self.numeric
-        categories_first, intercept = self.categories_first, self.intercept
+        categories_first, intercept, encodes = self.categories_first, self.intercept, self.encodes
         out: list[float | None] = []
         append = out.append
         for x in xs:
@@ -85,7 +87,9 @@ class LinearPlan:
                     exact = False
                     break
             if exact and hot:
-                if len(hot) > 1:
+                if not encodes:
+                    exact = False
+                elif len(hot) > 1:
                     if len(set(hot)) != len(hot):
                         exact = False
                     else:  # known categories in the encoder's order, unseen ones after
@@ -133,21 +137,27 @@ def linear_plan(estimator: Any) -> LinearPlan | None:
     if type(estimator) is not compose.Pipeline or len(estimator.steps) != 2 \
             or compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:
         return None
-    union, last = estimator.steps.values()
+    first, last = estimator.steps.values()
     if type(last) not in (linear_model.LinearRegression, linear_model.LogisticRegression) \
-            or type(last.initializer) is not optim.initializers.Zeros \
-            or type(union) is not compose.TransformerUnion or len(union.transformers) != 2:
+            or type(last.initializer) is not optim.initializers.Zeros:
         return None
-    order = list(reversed(union.transformers.values()))  # as TransformerUnion.transform_one
-    scalers = [_is_part(t, (numbers.Number,), preprocessing.StandardScaler) for t in order]
-    encoders = [_is_part(t, (str,), preprocessing.OneHotEncoder) for t in order]
-    if sorted(i for i, s in enumerate(scalers) if s is not None) \
-            + sorted(i for i, e in enumerate(encoders) if e is not None) not in ([0, 1], [1, 0]):
+    if type(first) is preprocessing.StandardScaler:  # numbers only (catalog.without_categories)
+        scaler, encoder, categories_first = first, None, False
+    elif type(first) is compose.TransformerUnion and len(first.transformers) == 2:
+        order = list(reversed(first.transformers.values()))  # as TransformerUnion.transform_one
+        scalers = [_is_part(t, (numbers.Number,), preprocessing.StandardScaler) for t in order]
+        encoders = [_is_part(t, (str,), preprocessing.OneHotEncoder) for t in order]
+        if sorted(i for i, s in enumerate(scalers) if s is not None) \
+                + sorted(i for i, e in enumerate(encoders) if e is not None) not in ([0, 1], [1, 0]):
+            return None
+        scaler = next(s for s in scalers if s is not None)
+        encoder = next(e for e in encoders if e is not None)
+        categories_first = encoders[0] is not None
+        if encoder.categories is not None or encoder.drop_zeros or encoder.drop_first:
+            return None
+    else:
         return None
-    scaler = next(s for s in scalers if s is not None)
-    encoder = next(e for e in encoders if e is not None)
-    if not scaler.with_std or scaler.window_size is not None or encoder.categories is not None \
-            or encoder.drop_zeros or encoder.drop_first:
+    if not scaler.with_std or scaler.window_size is not None:
         return None
     weights = last._weights.to_dict()
     intercept = last.intercept
@@ -160,8 +170,9 @@ def linear_plan(estimator: Any) -> LinearPlan | None:
             return None
         if var:
             numeric[name] = (scaler.means.get(name, 0.0), var**0.5, weights.get(name, 0.0))
-    positions = {name: i for i, name in enumerate(encoder._zero_dict)}
+    positions = {} if encoder is None else {name: i for i, name in enumerate(encoder._zero_dict)}
     if not positions.keys().isdisjoint(numeric):  # the union would merge them in its own order
         return None
-    return LinearPlan(weights, intercept, positions, numeric, encoders[0] is not None,
-                      last.loss.mean_func, type(last) is linear_model.LogisticRegression)
+    return LinearPlan(weights, intercept, positions, numeric, categories_first,
+                      last.loss.mean_func, type(last) is linear_model.LogisticRegression,
+                      encodes=encoder is not None)

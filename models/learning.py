@@ -64,7 +64,7 @@ from rowcast.models.deployment import Deployment
 from rowcast.models.operations import Challenger, ModelEvent, ModelOperations, row_loss
 from rowcast.models.ordering import CommitOrderMerge
 from rowcast.models.progressive import OnlineMetrics
-from rowcast.models.scoring import OnlineModel, Score
+from rowcast.models.scoring import OnlineModel, Score, has_categories
 
 _NEW_ROW_KINDS = frozenset({"labelled", "scored"})  # events an inserted row causes
 COUNTERS = ("learned", "joined", "pending_added", "unmatched", "duplicates", "stale", "expired",
@@ -392,7 +392,8 @@ class DeploymentLearner:
             if event is not None:
                 self.model_events.append(event)
         fresh = OnlineModel(dataclasses.replace(self.deployment, model=self.champion_model),
-                            self.model.spec, self.model.spec.build())
+                            self.model.spec,
+                            self.model.spec.build(has_categories(self.deployment)))
         self.model_events.append(ops.add(Challenger(f"retrain-{ops.labels}", fresh,
                                                     auto_promote=True)))
 

@@ -44,6 +44,12 @@ class Score:
     proba: dict[Any, float] | None = None
 
 
+def has_categories(deployment: Deployment) -> bool:
+    """Whether any of the deployment's features is a category (a string for the model); a
+    deployment without is built without the one-hot branch (``ModelSpec.build``)."""
+    return any(f.kind == "category" for f in deployment.features)
+
+
 class OnlineModel:
     """A deployment's river estimator, with the bookkeeping of what it has learned."""
 
@@ -58,7 +64,7 @@ class OnlineModel:
     @classmethod
     def fresh(cls, deployment: Deployment) -> OnlineModel:
         spec = get_model(deployment.model)
-        return cls(deployment, spec, spec.build())
+        return cls(deployment, spec, spec.build(categories=has_categories(deployment)))
 
     def features(self, row: Mapping[str, Any]) -> dict[str, float | str]:
         return build_features(row, self.deployment.features)

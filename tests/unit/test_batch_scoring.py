@@ -49,8 +49,14 @@ def same(got: float, want: float) -> bool:
     return got == want and abs(got - want) <= 1e-12 * abs(want)
 
 
+# the features random_row gives: numbers and categories (a deployment without categories gets
+# its pipeline without the one-hot branch, tests/unit/test_lean_pipeline.py)
+FEATURES = (*(Feature(n, "number") for n in "abcde"),
+            *(Feature(n, "category") for n in ("city", "tier", "zone")))
+
+
 def trained(model: str, seed: int, rows: int = 400) -> OnlineModel:
-    d = Deployment("m", "public", "t", "y", (Feature("a", "number"),), model, ("id",))
+    d = Deployment("m", "public", "t", "y", FEATURES, model, ("id",))
     m = OnlineModel.fresh(d)
     rng = random.Random(seed)
     for _ in range(rows):
@@ -85,7 +91,7 @@ def test_the_batch_equals_river_row_by_row(model: str, seed: int, edges: bool) -
 
 
 def test_an_untrained_model_and_an_empty_batch() -> None:
-    m = OnlineModel.fresh(Deployment("m", "public", "t", "y", (Feature("a", "number"),),
+    m = OnlineModel.fresh(Deployment("m", "public", "t", "y", FEATURES,
                                      "linear_regression", ("id",)))
     assert linear_plan(m.estimator).predict_many([{"a": 1.0, "city": "Lyon"}, {}]) == [0.0, 0.0]
     assert m.score_many([]) == []
@@ -105,7 +111,7 @@ def test_other_models_and_subclasses_are_scored_by_river_row_by_row() -> None:
         initializer=optim.initializers.Normal(seed=1))
     assert linear_plan(normal) is None
 
-    d = Deployment("m", "public", "t", "y", (Feature("a", "number"),),
+    d = Deployment("m", "public", "t", "y", FEATURES,
                    "tests.helpers.fragile_models:make", ("id",))
     fragile = OnlineModel.fresh(d)
     scored = fragile.score_many([{"a": 1.0, "x": 1.0}, {"x": 13.0}, {"x": 2.0}])
