@@ -194,7 +194,9 @@ class Settings(BaseSettings):
         "while labels arrive; scorers hot-swap to each new version.")
     learner_checkpoint_every: int = Field(
         5000, ge=1, description="...or after this many label events, whichever comes first.")
-    learner_batch_size: int = Field(2000, ge=1, description="Label events a learner polls at once.")
+    learner_batch_size: int = Field(
+        2000, ge=1, description="About how many label events a learner polls at once (in "
+        "records: a scorer's batch record holds hundreds, so it asks for fewer records).")
     label_retention_s: float = Field(
         7 * 86400.0, gt=0, description="How long a scored row's features wait for a label; what "
         "expires unlabelled is counted (rowcast_labels_expired_total).")

@@ -149,6 +149,37 @@ def restore_payload(learner: DeploymentLearner, payload: dict) -> None:
         learner.operations = operations
 
 
+
+class PollSize:
+    """How many records to ask a poll for, so that about ``events`` label events come at once.
+
+    A scorer's label batch record holds hundreds of events, a single-event record one; the
+    consumer only bounds records. Learned from what the polls brought (a moving average of
+    events per record), starting at one record.
+
+    >>> size = PollSize(2000)
+    >>> size.records()
+    1
+    >>> size.saw(records=1, events=500)
+    >>> size.records()
+    4
+    """
+
+    def __init__(self, events: int) -> None:
+        self.events = events
+        self.per_record: float | None = None
+
+    def records(self) -> int:
+        if self.per_record is None:
+            return 1
+        return max(1, min(self.events, round(self.events / self.per_record)))
+
+    def saw(self, records: int, events: int) -> None:
+        if records <= 0:
+            return
+        ratio = max(events / records, 1.0)
+        self.per_record = ratio if self.per_record is None else 0.8 * self.per_record + 0.2 * ratio
+
 class Learner(ConsumerRebalanceListener):
     def __init__(self, settings: Settings, conn: psycopg.Connection, consumer: KafkaConsumer,
                  producer: KafkaProducer, key: bytes) -> None:
@@ -167,6 +198,8 @@ class Learner(ConsumerRebalanceListener):
         self.broken: dict[str, str] = {}  # deployment -> generation paused until a rollback
         self._rejoined_for: set[str] = set()
         self._subscribed_at = 0.0
+        # records per poll for about learner_batch_size events (a batch record holds hundreds)
+        self._poll_size = PollSize(settings.learner_batch_size)
         self.prefix = f"{settings.topic_prefix}.labels."
 
     # -- group membership ------------------------------------------------------------------
@@ -326,14 +359,15 @@ class Learner(ConsumerRebalanceListener):
             self.checkpoints.publish_due(owned, force=True)  # the last version, for the scorers
 
     def poll_once(self) -> int:
-        batch = self.consumer.poll(timeout_ms=100, max_records=self.settings.learner_batch_size)
-        applied = 0
+        batch = self.consumer.poll(timeout_ms=100, max_records=self._poll_size.records())
+        applied = polled = n_events = 0
         waited = {name for name, o in self.active.items() if len(o.learner.state.merge)}
         for tp, records in batch.items():
             owned = self.active.get(tp.topic[len(self.prefix):])
             records = [r for r in records if owned is not None and r.offset >= owned.offset]
             if owned is None or not records:
                 continue
+            polled += len(records)
             events, spans = [], []
             for r in records:
                 try:
@@ -345,6 +379,7 @@ class Learner(ConsumerRebalanceListener):
                     continue
                 spans.append((len(events), r))
                 events += decoded
+            n_events += len(events)
             self._follow_generation(owned, [e for e in events if e.kind != "watermark"])
             if not owned.streams_known:  # not in the rebalance callback: it fetches metadata
                 self._expect_streams(owned.learner)
@@ -360,6 +395,7 @@ class Learner(ConsumerRebalanceListener):
             owned.since_checkpoint += len(events)
             applied += len(records)
             metrics.LEARNED.labels(owned.learner.deployment.name).inc(learned)
+        self._poll_size.saw(polled, n_events)
         for name in waited:  # no records for it this time: release what waited too long
             owned = self.active.get(name)
             if owned is not None:
