@@ -4,7 +4,9 @@ snapshots cost the scorers.
     python -m bench.learner [--rows 20000] [--models linear_regression,arf_regressor]
 
 No services needed: it measures the learner's own loop on the same synthetic labelled rows
-(three numbers and a category, each with the score its row was served), per model:
+(three numbers and a category, each with the score its row was served), per model; the linear
+models again with the three numbers only (``..., numbers only``: their pipeline has no one-hot
+branch, ``rowcast.models.catalog.without_categories``):
 
 - ``us_per_label``: a label batch record (500 events, as scorers send them) decoded
   (:func:`rowcast.streams.learner.read_label_record`) and applied
@@ -62,6 +64,8 @@ def events(d: Deployment, rows: int, task: str) -> list[LabelEvent]:
                   "binary": Served(1, True, ((False, 0.4), (True, 0.6))),
                   "multiclass": Served(1, "Lyon", tuple((c, 1 / 3) for c in CITIES)),
                   "anomaly": Served(1, None)}[task]
+        if len(d.features) < len(FEATURES):  # numbers only: the row has no category
+            del x["city"]
         out.append(LabelEvent("labelled", d.name, d.generation, {"id": i}, "t:0", (i + 1, i + 1, 1),
                               i, x, y, served))
     return out
@@ -94,10 +98,12 @@ def through_learner(d: Deployment, records: list[bytes]) -> tuple[float, Deploym
     return time.process_time() - started, learner
 
 
-def measure(model: str, rows: int, repeat: int, floor_s: float) -> dict[str, float | str]:
+def measure(model: str, rows: int, repeat: int, floor_s: float,
+            numbers_only: bool = False) -> dict[str, float | str]:
     spec = CATALOG[model]
     target_kind = "category" if spec.task == "multiclass" else "number"
-    d = Deployment("bench", "public", "t", "y", FEATURES, model, ("id",), target_kind)
+    features = FEATURES[:3] if numbers_only else FEATURES
+    d = Deployment("bench", "public", "t", "y", features, model, ("id",), target_kind)
     stream = events(d, rows, spec.task)
     records = [encode_batch(stream[i:i + BATCH]) for i in range(0, rows, BATCH)]
     total_s, river_s = float("inf"), float("inf")
@@ -135,6 +141,9 @@ def main() -> None:
     args = parser.parse_args()
     floor_s = Settings().learner_checkpoint_s
     results = {m: measure(m, args.rows, args.repeat, floor_s) for m in args.models.split(",")}
+    for m in ("linear_regression", "logistic_regression"):  # no one-hot branch in the pipeline
+        if m in results:
+            results[f"{m}, numbers only"] = measure(m, args.rows, args.repeat, floor_s, True)
     base = results.get("linear_regression") or measure("linear_regression", args.rows,
                                                        args.repeat, floor_s)
     for r in results.values():
