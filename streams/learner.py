@@ -319,18 +319,21 @@ class Learner(ConsumerRebalanceListener):
         if ck is not None:
             # resume position and state come from the latest checkpoint; the model too, unless
             # a rollback is pending (then from that version: also the way out of a bad snapshot
-            # or of a model that became non-finite)
-            source = ck if target is None else versions.get(self.conn, name, target)
-            if source.snapshot is None:
-                raise SnapshotError(f"version {source.version} has no snapshot any more")
-            payload = load_snapshot(source.snapshot, self.key)
-            learner.model = OnlineModel(d, learner.model.spec, payload["estimator"], ck.version,
-                                        source.samples)
-            restore_payload(learner, payload)
+            # or of a model that became non-finite; version 0 is the fresh model built above)
+            if target != versions.FRESH:
+                source = ck if target is None else versions.get(self.conn, name, target)
+                if source.snapshot is None:
+                    raise SnapshotError(f"version {source.version} has no snapshot any more")
+                payload = load_snapshot(source.snapshot, self.key)
+                learner.model = OnlineModel(d, learner.model.spec, payload["estimator"],
+                                            ck.version, source.samples)
+                restore_payload(learner, payload)
+            else:
+                learner.model.version = ck.version
             learner.state = LearnerState.from_json(ck.state)
             offset = ck.labels_offset
-        else:
-            target = None
+        elif target != versions.FRESH:
+            target = None  # a version of an earlier generation: this one starts fresh anyway
         position_history.follow_learner(self.conn, name, learner.state)  # positions of this cluster only
         self.consumer.seek(tp, offset)
         self.active[name] = Owned(tp, learner, pending, epoch, offset, offset,
@@ -587,7 +590,9 @@ class Checkpointer:
             expired, unjoined = owned.pending.flush(self.owner.settings.label_retention_s)
             learner.state.counters["expired"] += expired
             learner.state.counters["unjoined"] += unjoined
-            promoted = self.operate(owned, rolled_back=note is not None)
+            # back to version 0, the operators' challengers start afresh beside the fresh model
+            promoted = self.operate(owned, rolled_back=note is not None
+                                    and control.rollback_to != versions.FRESH)
             blob = dump_snapshot(snapshot_payload(learner), self.owner.key)
             version = versions.write(conn, Checkpoint(
                 d.name, 0, d.generation, learner.champion_model, blob,
@@ -735,6 +740,14 @@ class Checkpointer:
         return True
 
     def roll_back(self, learner: DeploymentLearner, version: int) -> str:
+        if version == versions.FRESH:  # the model as deployed, metrics and roles afresh
+            fresh = DeploymentLearner.fresh(learner.deployment, learner.pending)
+            learner.model.estimator, learner.model.samples_learned = fresh.model.estimator, 0
+            learner.model.spec, learner.champion_model = fresh.model.spec, fresh.champion_model
+            learner.progressive, learner.served = fresh.progressive, fresh.served
+            learner.operations = fresh.operations
+            log.info("%s rolled back to a fresh model (version 0)", learner.deployment.name)
+            return f"rolled back to version {version}"
         ck = versions.get(self.owner.conn, learner.deployment.name, version)
         if ck.snapshot is None:
             raise SnapshotError(f"version {version} has no snapshot any more")

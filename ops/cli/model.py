@@ -73,10 +73,15 @@ def model_unpin(name: str) -> None:
 
 @model_app.command("rollback")
 def model_rollback(name: str, version: int) -> None:
-    """Continue learning from VERSION's model and metrics (as a new version)."""
+    """Continue learning from VERSION's model and metrics (as a new version); 0 is the fresh
+    model, before any label."""
     from rowcast.connectors import versions
 
     with connect(Settings()) as conn:
         ck = versions.request_rollback(conn, name, version)
-    typer.echo(f"{name}: the learner continues from version {version} ({ck.samples} samples) "
-               "at its next checkpoint, as a new version")
+    if ck is None:
+        typer.echo(f"{name}: the learner starts again from a fresh model (version 0, no label "
+                   "learned yet) at its next checkpoint, as a new version")
+    else:
+        typer.echo(f"{name}: the learner continues from version {version} ({ck.samples} "
+                   "samples) at its next checkpoint, as a new version")

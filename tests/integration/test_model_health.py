@@ -86,3 +86,46 @@ def test_an_overflowing_row_pauses_the_model_and_rollback_recovers_it(settings, 
                    and min(v for v, _ in _predictions(pg_conn, range(3000, 3010))) > good,
                    timeout_s=60)
         assert all(math.isfinite(p) for _, p in _predictions(pg_conn, range(3000, 3010)))
+
+
+@pytest.mark.timeout(300)
+def test_a_model_broken_before_its_first_version_rolls_back_to_the_fresh_model(settings, pg_conn,
+                                                                               tmp_path):
+    """The overflowing row is the very first label: there is no good version to go back to,
+    so the pause names version 0 -- the model as deployed -- and rolling back to it works
+    (it answered "has no model version 0" and the deployment never learned again)."""
+    # one transaction, learned well within a checkpoint interval: no version precedes the row
+    settings = fast(settings).model_copy(update={"learner_checkpoint_s": 3.0})
+    table = deployed_xy_table(settings, pg_conn, "overflow0", "overflow0")
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        with pg_conn.transaction():
+            insert_xy(pg_conn, table, range(20))
+            pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, 1e300, 5.0)")
+
+        def paused() -> dict | None:
+            done = rowcast_cli(settings, "status", "--json", "--samples", "1")
+            return next(d for d in orjson.loads(done.stdout)["deployments"]
+                        if d["name"] == "overflow0").get("paused")
+
+        wait_until(lambda: (paused() or {}).get("reason") == "non_finite", timeout_s=90,
+                   message=lambda: pipeline.log_tail("learner"))
+        assert latest_version(pg_conn, "overflow0") is None
+        assert "rowcast model rollback overflow0 0" in pipeline.log_tail("learner")
+
+        rollback = rowcast_cli(settings, "model", "rollback", "overflow0", "0")
+        assert rollback.returncode == 0, rollback.stderr
+        assert "fresh model" in rollback.stdout
+        wait_until(lambda: learned(pg_conn, "overflow0") >= 20, timeout_s=90,
+                   message=lambda: f"{latest_version(pg_conn, 'overflow0')}\n"
+                   f"{pipeline.log_tail('learner')}")
+        assert learned(pg_conn, "overflow0") == 20  # row 1000 refused, the 20 others learned
+        assert counters(pg_conn, "overflow0")["non_finite"] == 1
+        assert latest_version(pg_conn, "overflow0")[2]["progressive"]  # metrics of the 20 rows
+        wait_until(lambda: paused() is None, timeout_s=30)
+        note = pg_conn.execute("SELECT note FROM rowcast.model_versions WHERE deployment = "
+                               "'overflow0' ORDER BY version LIMIT 1").fetchone()[0]
+        assert note == "rolled back to version 0"
+
+        # and a version that never existed is still a one-line error
+        missing = rowcast_cli(settings, "model", "rollback", "overflow0", "999")
+        assert missing.returncode != 0 and "999" in missing.stderr
