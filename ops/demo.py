@@ -10,9 +10,14 @@ prediction row, and each stage's lag.
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
+from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from rowcast.connectors.kafka_clients import ensure_deployment_topics, ensure_topics, make_admin
@@ -106,38 +111,89 @@ def render(conn: psycopg.Connection, settings: Settings, inserted: int, admin) -
     return "\n".join(lines)
 
 
+@contextmanager
+def _signals_stop() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``kill``, a service manager, a closed terminal) stop the demo as
+    Ctrl-C does, through its cleanup: otherwise Python dies at once and leaves the four rowcast
+    processes, Postgres and Kafka running. Signal handlers belong to the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for s in _STOP_SIGNALS:
+        signal.signal(s, interrupt)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While cleaning up, a second signal must not cut the cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (*_STOP_SIGNALS, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def run_demo(settings: Settings, rows_per_second: float, duration_s: float | None,
              keep_stack: bool) -> None:
+    """Run the demo until ``duration_s`` passes, Ctrl-C, SIGTERM or SIGHUP; then stop the
+    pipeline and (unless ``keep_stack``) the dev stack, whatever phase it was in."""
     stack = DevStack(settings)
-    print("starting the dev stack (Postgres + Kafka)...", flush=True)
-    stack.up()
-    prepare(settings)
+    pipeline, admin = None, None
+    with _signals_stop():
+        try:
+            print("starting the dev stack (Postgres + Kafka)...", flush=True)
+            stack.up()
+            prepare(settings)
+            pipeline = Pipeline(settings, settings.state_dir / "logs").start()
+            print(f"deployed {DEPLOYMENT}; inserting {rows_per_second:g} rows/s "
+                  f"(logs in {settings.state_dir / 'logs'}); Ctrl-C to stop", flush=True)
+            admin = make_admin(settings)
+            _insert_and_watch(settings, pipeline, admin, rows_per_second, duration_s)
+        except KeyboardInterrupt:
+            print("\nstopping...", flush=True)
+        finally:
+            with _signals_ignored():
+                if admin is not None:
+                    admin.close()
+                if pipeline is not None:
+                    pipeline.stop()
+                if not keep_stack:
+                    stack.down()
+
+
+def _insert_and_watch(settings: Settings, pipeline: Pipeline, admin: KafkaAdminClient,
+                      rows_per_second: float, duration_s: float | None) -> None:
     rng = random.Random(7)
-    pipeline = Pipeline(settings, settings.state_dir / "logs").start()
-    print(f"deployed {DEPLOYMENT}; inserting {rows_per_second:g} rows/s "
-          f"(logs in {settings.state_dir / 'logs'}); Ctrl-C to stop", flush=True)
-    admin = make_admin(settings)
     inserted, started = 0, time.monotonic()
     next_screen = started + 1.0
-    try:
-        with connect(settings) as conn:
-            while duration_s is None or time.monotonic() - started < duration_s:
-                due = int((time.monotonic() - started) * rows_per_second) - inserted
-                for _ in range(max(due, 0)):
-                    conn.execute("INSERT INTO public.customers (age, income, credit_score, "
-                                 "purchase_amount) VALUES (%s, %s, %s, %s)", sample_customer(rng))
-                    inserted += 1
-                if time.monotonic() >= next_screen:
-                    print("\n" + render(conn, settings, inserted, admin), flush=True)
-                    next_screen += 1.0
-                dead = [n for n, up in pipeline.alive().items() if not up]
-                if dead:
-                    raise SystemExit(f"rowcast {dead[0]} stopped:\n{pipeline.log_tail(dead[0])}")
-                time.sleep(min(0.02, 1.0 / max(rows_per_second, 1.0)))
-    except KeyboardInterrupt:
-        print("\nstopping...")
-    finally:
-        admin.close()
-        pipeline.stop()
-        if not keep_stack:
-            stack.down()
+    with connect(settings) as conn:
+        while duration_s is None or time.monotonic() - started < duration_s:
+            due = int((time.monotonic() - started) * rows_per_second) - inserted
+            for _ in range(max(due, 0)):
+                conn.execute("INSERT INTO public.customers (age, income, credit_score, "
+                             "purchase_amount) VALUES (%s, %s, %s, %s)", sample_customer(rng))
+                inserted += 1
+            if time.monotonic() >= next_screen:
+                print("\n" + render(conn, settings, inserted, admin), flush=True)
+                next_screen += 1.0
+            dead = [n for n, up in pipeline.alive().items() if not up]
+            if dead:
+                raise SystemExit(f"rowcast {dead[0]} stopped:\n{pipeline.log_tail(dead[0])}")
+            time.sleep(min(0.02, 1.0 / max(rows_per_second, 1.0)))
