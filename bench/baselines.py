@@ -13,6 +13,7 @@ import multiprocessing
 import pickle
 import random
 import time
+from collections.abc import Callable
 
 import psycopg
 from river import linear_model, preprocessing
@@ -71,6 +72,19 @@ def insert_throughput(dsn: str, table: str, n: int, seed: int = 1) -> float:
         for row in rows:
             conn.execute(sql, row)
         return n / (time.perf_counter() - started)
+
+
+def insert_runs(dsn: str, table: str, n: int, runs: int = 3,
+                between: Callable[[], None] = lambda: None) -> list[float]:
+    """:func:`insert_throughput` ``runs`` times (``between`` after each, e.g. until a pipeline
+    has caught up, so every run starts from the same state): one sub-second run of a few
+    thousand rows swings by tens of per cent on a shared 2-core box, so the figure is the
+    median and the runs are printed beside it."""
+    rates = []
+    for i in range(runs):
+        rates.append(insert_throughput(dsn, table, n, seed=1 + i))
+        between()
+    return rates
 
 
 def export_linear_model(rows: int = 2000, seed: int = 2) -> dict:
