@@ -34,6 +34,13 @@ BEGIN
     ELSE
         schema_name := v_ident[1]; table_name := v_ident[2];
     END IF;
+    -- rowcast's own tables would feed back (each prediction a new row to score, its key nesting
+    -- the last one's); the catalogs cannot be published
+    IF schema_name IN ('rowcast', 'pg_catalog', 'information_schema') OR schema_name LIKE 'pg\_%' THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            '%s %I.%I cannot be deployed on: rowcast does not watch its own tables or the system '
+            'catalogs', p_what, schema_name, table_name);
+    END IF;
     SELECT c.oid INTO table_oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE n.nspname = schema_name AND c.relname = table_name AND c.relkind IN ('r', 'p');
     IF table_oid IS NULL THEN

@@ -64,3 +64,21 @@ def test_a_custom_model_from_a_module_the_operator_did_not_allow_is_refused(sett
     assert done.stderr.strip().splitlines() == [
         "rowcast: custom model 'os:abort': module 'os' is not allowed here; the operator lists "
         "the modules custom models may come from in ROWCAST_CUSTOM_MODEL_MODULES (now: tests)"]
+
+
+@pytest.mark.parametrize("table", ["rowcast.predictions", "rowcast.deployments",
+                                   "pg_catalog.pg_class", "information_schema.sql_features"])
+def test_rowcasts_own_and_the_system_tables_cannot_be_deployed_on(settings, pg_conn, table):
+    """Deploying on rowcast.predictions put it in the publication: each prediction was a new
+    row to score, its key nesting the last one's, until a key outgrew the primary key's index
+    and stopped the sink. Refused in SQL (and so in the CLI), as a target and as labels."""
+    init_database(pg_conn, settings)
+    with pytest.raises(psycopg.Error) as refused:
+        pg_conn.execute("SELECT rowcast.deploy('loop', %s, 'score', ARRAY['model_version'])",
+                        (table,))
+    assert refused.value.sqlstate == "RC001"
+    assert "cannot be deployed on" in refused.value.diag.message_primary
+    done = deploy_cli(settings, "loop", "--table", table, "--target", "score")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert pg_conn.execute("SELECT count(*) FROM pg_publication_tables WHERE schemaname IN "
+                           "('rowcast', 'pg_catalog', 'information_schema')").fetchone()[0] == 0
