@@ -60,9 +60,11 @@ def render(s: dict[str, Any]) -> str:
     paused = [d for d in s["deployments"] if d.get("paused")]
     if paused and not failed:
         lines.append("")
-    lines += [f"PAUSED {d['name']}: learning stopped ({d['paused']['error']}); version "
-              f"{_num(d.get('model_version'))} keeps serving — `rowcast model rollback "
-              f"{d['name']} {_num(d.get('model_version'))}` resumes it" for d in paused]
+    # before its first version (None) the fresh model serves, and version 0 names it
+    lines += [f"PAUSED {d['name']}: learning stopped ({d['paused']['error']}); "
+              + (f"version {d['model_version']}" if d.get("model_version") else "the fresh model")
+              + f" keeps serving — `rowcast model rollback {d['name']} "
+              f"{d.get('model_version') or 0}` resumes it" for d in paused]
     lines += _operations(s["deployments"])
     p, lat = s["predictions"], s["latency_ms"]
     lines += ["", f"predictions {p['total']}   throughput {p['per_second']:.1f} rows/s (10 s)   "

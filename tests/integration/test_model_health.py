@@ -111,6 +111,8 @@ def test_a_model_broken_before_its_first_version_rolls_back_to_the_fresh_model(s
                    message=lambda: pipeline.log_tail("learner"))
         assert latest_version(pg_conn, "overflow0") is None
         assert "rowcast model rollback overflow0 0" in pipeline.log_tail("learner")
+        screen = rowcast_cli(settings, "status", "--samples", "1").stdout  # said "rollback -"
+        assert "the fresh model keeps serving — `rowcast model rollback overflow0 0`" in screen
 
         rollback = rowcast_cli(settings, "model", "rollback", "overflow0", "0")
         assert rollback.returncode == 0, rollback.stderr
