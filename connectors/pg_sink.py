@@ -173,6 +173,17 @@ def upsert(conn: psycopg.Connection, records: Sequence[PredictionRecord],
     return False
 
 
+# What PostgreSQL refuses in one prediction, not the server or the connection: a value out of
+# range, a key too large for the primary key's index (``index row size ... exceeds``), a
+# constraint. Such a record goes to the dead-letter topic alone; the sink keeps going.
+UNSTORABLE = (psycopg.errors.DataError, psycopg.errors.IntegrityError,
+              psycopg.errors.ProgramLimitExceeded)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
 def observe_latencies(histogram: Histogram, now_us: int,
                       records: Sequence[PredictionRecord]) -> None:
     """Commit → written for every record, as ``observe`` per record would count it, but with
@@ -290,39 +301,61 @@ class PredictionSink:
         A tombstone (the source row was deleted) deletes the row's prediction; per partition,
         records apply in their order, so a row deleted and inserted again ends predicted."""
         records: list[PredictionRecord] = []
+        sources: list[Message] = []  # each record's message, for a dead letter
         written = 0
         offsets: dict[tuple[str, int], int] = {}
         for m in batch:
             value = m.value()
             offsets[(m.topic(), m.partition())] = m.offset() + 1
             if value is None:
-                written += self._upsert(records)
-                records = []
+                written += self._upsert(records, sources)
+                records, sources = [], []
                 self._delete(m.topic(), m.key())
                 continue
             try:
                 records.append(PredictionRecord.from_json(value))
+                sources.append(m)
             except DecodeError as exc:
                 self.dead_letters.send(DeadLetter("sink", "bad_prediction", str(exc), m.topic(),
                                                   m.partition(), m.offset(), m.key(), value))
-        written += self._upsert(records)
+        written += self._upsert(records, sources)
         if self.dead_letters.count:
             self.dead_letters.producer.flush()
         self.uncommitted.update(offsets)
         self.written += written
         return written
 
-    def _upsert(self, records: list[PredictionRecord]) -> int:
+    def _upsert(self, records: list[PredictionRecord], sources: Sequence[Message]) -> int:
         if records:
             now = time.monotonic()
             tried = now >= self._upsert_until
-            if not upsert(self.conn, records, try_insert=tried) and tried:
-                # rows are being updated or replayed: a failed INSERT first would cost twice
-                self._upsert_until = now + UPSERT_AFTER_CONFLICT_S
+            try:
+                if not upsert(self.conn, records, try_insert=tried) and tried:
+                    # rows are being updated or replayed: a failed INSERT first would cost twice
+                    self._upsert_until = now + UPSERT_AFTER_CONFLICT_S
+            except UNSTORABLE as exc:
+                log.warning("PostgreSQL refused a batch of %d predictions (%s): writing it row "
+                            "by row", len(records), _first_line(exc))
+                records = self._one_by_one(records, sources)
             for name, count in Counter(r.deployment for r in records).items():
                 metrics.WRITTEN.labels(name).inc(count)
             observe_latencies(metrics.END_TO_END_SECONDS, time.time_ns() // 1000, records)
         return len(records)
+
+    def _one_by_one(self, records: Sequence[PredictionRecord],
+                    sources: Sequence[Message]) -> list[PredictionRecord]:
+        """Each record in its own transaction, in order; one PostgreSQL cannot store goes to
+        the dead-letter topic with the server's reason, the others are written."""
+        written = []
+        for r, m in zip(records, sources, strict=True):
+            try:
+                upsert(self.conn, [r], try_insert=False)
+                written.append(r)
+            except UNSTORABLE as exc:
+                self.dead_letters.send(DeadLetter(
+                    "sink", "unstorable_prediction", _first_line(exc), m.topic(), m.partition(),
+                    m.offset(), m.key(), m.value(), {"deployment": r.deployment}))
+        return written
 
     def _delete(self, topic: str, key: bytes | None) -> None:
         """The source row is gone: so is its prediction (the tombstone's key is the row's)."""

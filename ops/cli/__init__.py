@@ -76,7 +76,11 @@ def main() -> None:
         raise SystemExit(2) from None
     except psycopg.OperationalError as exc:  # the database went away under a running process
         why = redact(str(exc).strip(), Settings().postgres_dsn.get_secret_value())
-        typer.echo(f"rowcast: PostgreSQL connection failed or was lost ({type(exc).__name__}: "
+        # class 54 (program limit exceeded: an index row too large...) is an OperationalError
+        # to psycopg, but the server refused a statement: the connection is fine
+        what = "refused a statement" if isinstance(exc, psycopg.errors.ProgramLimitExceeded) \
+            else "connection failed or was lost"
+        typer.echo(f"rowcast: PostgreSQL {what} ({type(exc).__name__}: "
                    f"{why}). Long-running processes exit here for their service "
                    "manager to restart them; they resume from their last durable position.",
                    err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -123,4 +124,46 @@ def test_sink_writes_batches_dead_letters_garbage_and_commits_after(settings, pg
     letter = orjson.loads(letters[0].value)
     assert (letter["stage"], letter["reason"]) == ("sink", "bad_prediction")
     assert letter["value"]["data"] == "{not json" and letter["origin"]["topic"] == topic
+    producer.close()
+
+
+def test_a_prediction_postgres_cannot_store_is_dead_lettered_alone(settings, pg_conn):
+    """A key too large for the primary key's index (2,800 characters of random hex is a valid
+    source row, but ``index row size 2712 exceeds btree version 4 maximum 2704``) failed the
+    whole batch, and the sink exited -- and again at each restart, on the same record: no
+    deployment got predictions any more. Now the batch is written row by row, the row that
+    cannot be stored goes to the dead-letter topic with PostgreSQL's reason, and the rest of
+    the batch and what follows are written and committed."""
+    init_database(pg_conn, settings)
+    pg_conn.execute("DELETE FROM rowcast.predictions WHERE deployment = 'dep'")
+    topic = settings.predictions_topic("dep")
+    ensure_topics(settings, [topic, settings.dlq_topic])
+    producer = make_producer(settings)
+    huge = PredictionRecord("dep", "linear_regression", 1, "public", "t",
+                            {"k": random.Random(1).randbytes(1400).hex()}, 1.0, 1.0, 500,
+                            1_700_000_000_000_000, 1_700_000_000_001_000)
+    batch = [record(i, float(i), 1000 + i) for i in range(1, 51)]
+    for r in [*batch[:25], huge, *batch[25:]]:
+        producer.send(topic, key=r.key_bytes(), value=r.to_json())
+    producer.flush()
+
+    consumer = kafka_native.make_consumer(settings, f"{settings.topic_prefix}-sink")
+    sink = PredictionSink(settings, pg_conn, consumer,
+                          DeadLetterWriter(producer, settings.dlq_topic))
+    sink.refresh_subscription()
+    wait_until(lambda: sink.poll_once() >= 0 and len(rows(pg_conn)) == 50
+               and sink.dead_letters.count == 1, timeout_s=30,
+               message=lambda: f"{len(rows(pg_conn))} of 50 predictions written")
+    # then the next batch goes the fast way again
+    producer.send(topic, key=record(99, 9.0, 2000).key_bytes(),
+                  value=record(99, 9.0, 2000).to_json())
+    producer.flush()
+    wait_until(lambda: sink.poll_once() >= 0 and 99 in rows(pg_conn), timeout_s=30)
+    sink.commit()
+    consumer.close()
+
+    letter = orjson.loads(drain(settings, settings.dlq_topic, 1, timeout_s=20)[0].value)
+    assert (letter["stage"], letter["reason"]) == ("sink", "unstorable_prediction")
+    assert "index row size" in letter["error"] and letter["origin"]["topic"] == topic
+    assert orjson.loads(letter["value"]["data"])["key"] == huge.key
     producer.close()
