@@ -27,6 +27,10 @@ def model_versions(
             if version is not None and kind in ("drift", "promoted"):
                 happened.setdefault(version, []).append(
                     "drift detected" if kind == "drift" else f"promoted {challenger}")
+        known = rows or conn.execute("SELECT 1 FROM rowcast.deployments WHERE name = %s",
+                                     (name,)).fetchone() is not None
+    if not known:
+        raise ConfigError(f"no deployment named {name!r} (rowcast deployments lists them)")
     if not rows:
         raise ConfigError(f"{name!r} has no model versions yet (is `rowcast learner` running "
                           "and have labels arrived?)")

@@ -82,3 +82,15 @@ def test_rowcasts_own_and_the_system_tables_cannot_be_deployed_on(settings, pg_c
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert pg_conn.execute("SELECT count(*) FROM pg_publication_tables WHERE schemaname IN "
                            "('rowcast', 'pg_catalog', 'information_schema')").fetchone()[0] == 0
+
+
+def test_model_versions_of_an_unknown_name_says_there_is_no_such_deployment(settings, pg_conn):
+    """It said "'nosuch' has no model versions yet (is rowcast learner running...)", sending
+    the user to look at a healthy learner for a typo."""
+    from tests.helpers.cli import rowcast_cli
+
+    init_database(pg_conn, settings)
+    done = rowcast_cli(settings, "model", "versions", "nosuch")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "rowcast: no deployment named 'nosuch' (rowcast deployments lists them)"]
