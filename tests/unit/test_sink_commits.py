@@ -195,12 +195,12 @@ def test_after_a_batch_met_stored_rows_the_upsert_runs_directly_for_a_while(monk
     monkeypatch.setattr(pg_sink, "observe_latencies", lambda *a: None)
     sink = sink_with(StandInConsumer(refusals=0))
     batch = [type("R", (), {"deployment": "d"})()]
-    sink._upsert(batch)  # tried, met a stored row
+    sink._upsert(batch, [None])  # tried, met a stored row
     clock[0] += 5
-    sink._upsert(batch)
+    sink._upsert(batch, [None])
     clock[0] += 5
     stored[0] = False
-    sink._upsert(batch)  # the window is over: tried again, and it works
+    sink._upsert(batch, [None])  # the window is over: tried again, and it works
     clock[0] += 1
-    sink._upsert(batch)
+    sink._upsert(batch, [None])
     assert tries == [True, False, True, True]
