@@ -97,6 +97,11 @@ def create_deployment(conn: psycopg.Connection, name: str, table: str, target: s
     return _deployment(row)
 
 
+def deployment_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM rowcast.deployments WHERE name = %s",
+                        (name,)).fetchone() is not None
+
+
 def list_deployments(conn: psycopg.Connection) -> list[Deployment]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM rowcast.deployments ORDER BY name").fetchall()
     return [_deployment(r) for r in rows]

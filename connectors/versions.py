@@ -344,14 +344,8 @@ def request_rollback(conn: psycopg.Connection, deployment: str,
     """Ask the learner to continue from ``version``'s model and metrics (it applies the request
     at its next checkpoint, as a new version, so versions keep moving forward). Version
     :data:`FRESH` (0) starts again from the model as deployed, its metrics empty; it returns
-    None, having no checkpoint."""
-    if version == FRESH:
-        if conn.execute("SELECT 1 FROM rowcast.deployments WHERE name = %s",
-                        (deployment,)).fetchone() is None:
-            raise ConfigError(f"no deployment named {deployment!r}")
-        ck = None
-    else:
-        ck = get(conn, deployment, version)
+    None, having no checkpoint (callers check that the deployment exists)."""
+    ck = None if version == FRESH else get(conn, deployment, version)
     if ck is not None and ck.snapshot is None:
         raise ConfigError(f"version {version} of {deployment!r} has no snapshot any more "
                           "(only the newest are kept: ROWCAST_MODEL_VERSIONS_KEEP)")

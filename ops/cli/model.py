@@ -17,7 +17,7 @@ def model_versions(
     limit: Annotated[int, typer.Option(help="Newest versions to show.")] = 20,
 ) -> None:
     """A deployment's model versions, newest first, with samples and online metrics."""
-    from rowcast.connectors import operations, versions
+    from rowcast.connectors import operations, registry, versions
 
     with connect(Settings()) as conn:
         rows = versions.history(conn, name, limit)
@@ -27,8 +27,7 @@ def model_versions(
             if version is not None and kind in ("drift", "promoted"):
                 happened.setdefault(version, []).append(
                     "drift detected" if kind == "drift" else f"promoted {challenger}")
-        known = rows or conn.execute("SELECT 1 FROM rowcast.deployments WHERE name = %s",
-                                     (name,)).fetchone() is not None
+        known = bool(rows) or registry.deployment_exists(conn, name)
     if not known:
         raise ConfigError(f"no deployment named {name!r} (rowcast deployments lists them)")
     if not rows:
@@ -79,9 +78,11 @@ def model_unpin(name: str) -> None:
 def model_rollback(name: str, version: int) -> None:
     """Continue learning from VERSION's model and metrics (as a new version); 0 is the fresh
     model, before any label."""
-    from rowcast.connectors import versions
+    from rowcast.connectors import registry, versions
 
     with connect(Settings()) as conn:
+        if not registry.deployment_exists(conn, name):
+            raise ConfigError(f"no deployment named {name!r} (rowcast deployments lists them)")
         ck = versions.request_rollback(conn, name, version)
     if ck is None:
         typer.echo(f"{name}: the learner starts again from a fresh model (version 0, no label "

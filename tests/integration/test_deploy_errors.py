@@ -94,3 +94,7 @@ def test_model_versions_of_an_unknown_name_says_there_is_no_such_deployment(sett
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "rowcast: no deployment named 'nosuch' (rowcast deployments lists them)"]
+    done = rowcast_cli(settings, "model", "rollback", "nosuch", "0")  # version 0 too
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "rowcast: no deployment named 'nosuch' (rowcast deployments lists them)"]
