@@ -13,7 +13,7 @@ so adding a model to a table does not make the others score and learn old rows a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -48,7 +48,8 @@ def _key_sql(conn: psycopg.Connection, schema: str, table: str) -> sql.Composabl
 
 
 def _query(schema: str, table: str, columns: list[tuple[str, int]], keys: tuple[str, ...],
-           missing_for: str | None, key_sql: sql.Composable | None = None) -> sql.Composed:
+           missing_for: str | None, key_sql: sql.Composable | None = None,
+           except_keys: Sequence[str] = ()) -> sql.Composed:
     as_text = sql.SQL(", ").join(
         sql.SQL("CASE WHEN t.{c} IS NULL THEN NULL ELSE format('%s', t.{c}) END").format(
             c=sql.Identifier(name)) for name, _ in columns)
@@ -59,20 +60,26 @@ def _query(schema: str, table: str, columns: list[tuple[str, int]], keys: tuple[
             " WHERE NOT EXISTS (SELECT 1 FROM rowcast.predictions p WHERE p.deployment = {} "
             "AND p.source_schema = {} AND p.source_table = {} AND p.pk = {})"
         ).format(sql.Literal(missing_for), sql.Literal(schema), sql.Literal(table), key_sql)
+        if except_keys:  # rows set aside on the dead-letter topic (see rowcast.ops.reconcile)
+            query += sql.SQL(" AND {} NOT IN (SELECT jsonb_array_elements({}::jsonb))").format(
+                key_sql, sql.Literal("[" + ",".join(except_keys) + "]"))
     return query + sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, keys)))
 
 
 def read_rows(conn: psycopg.Connection, schema: str, table: str, chunk: int = 5000,
-              missing_for: str | None = None) -> Iterator[dict[str, Any]]:
+              missing_for: str | None = None, except_keys: Sequence[str] = ()
+              ) -> Iterator[dict[str, Any]]:
     """The table's rows in key order, each as the stream encodes it (``after`` of an envelope);
-    ``missing_for``: only rows without a prediction of that deployment. Read with a server-side
+    ``missing_for``: only rows without a prediction of that deployment, leaving out
+    ``except_keys`` (:func:`~rowcast.core.keys.stored_key` texts). Read with a server-side
     cursor in the caller's transaction, ``chunk`` rows at a time."""
     keys = slot.table_key_columns(conn, schema, table)
     columns = _columns(conn, schema, table)
     decoders = [pgtypes.decoder_for(oid) for _, oid in columns]
     names = [name for name, _ in columns]
     query = _query(schema, table, columns, keys, missing_for,
-                   _key_sql(conn, schema, table) if missing_for is not None else None)
+                   _key_sql(conn, schema, table) if missing_for is not None else None,
+                   except_keys)
     with conn.cursor(name=f"rowcast_snapshot_{time.monotonic_ns()}") as cur:
         cur.itersize = chunk
         cur.execute(query)
@@ -83,8 +90,10 @@ def read_rows(conn: psycopg.Connection, schema: str, table: str, chunk: int = 50
 
 def emit_snapshot(conn: psycopg.Connection, producer: KafkaProducer, settings: Settings,
                   schema: str, table: str, *, for_deployment: str | None = None,
-                  missing_only: bool = False, chunk: int = 5000) -> int:
-    """Publish the table's rows as ``r`` events; returns how many. Waits for Kafka's acks."""
+                  missing_only: bool = False, chunk: int = 5000, except_keys: Sequence[str] = ()
+                  ) -> int:
+    """Publish the table's rows as ``r`` events; returns how many. Waits for Kafka's acks.
+    ``missing_only``: rows without a prediction, but not those of ``except_keys``."""
     keys = slot.table_key_columns(conn, schema, table)
     topic = settings.source_topic(schema, table)
     headers = [(DEPLOYMENT_HEADER, for_deployment.encode())] if for_deployment else None
@@ -95,7 +104,7 @@ def emit_snapshot(conn: psycopg.Connection, producer: KafkaProducer, settings: S
                         snapshot="true")
     sends, count = AckedSends(producer, "snapshot events"), 0
     with conn.transaction():
-        for after in read_rows(conn, schema, table, chunk, missing_for):
+        for after in read_rows(conn, schema, table, chunk, missing_for, except_keys):
             count += 1
             value = build_value(op="r", before=None, after=after, source=source,
                                 tx_order=count, now_us=now_us)
@@ -108,12 +117,13 @@ def emit_snapshot(conn: psycopg.Connection, producer: KafkaProducer, settings: S
 
 
 def backfill_deployment(conn: psycopg.Connection, producer: KafkaProducer, settings: Settings,
-                        name: str, missing_only: bool) -> tuple[Deployment, int]:
-    """Re-emit deployment ``name``'s rows for it alone (all, or those without a prediction);
-    :class:`ConfigError` when there is no such deployment."""
+                        name: str, missing_only: bool, except_keys: Sequence[str] = ()
+                        ) -> tuple[Deployment, int]:
+    """Re-emit deployment ``name``'s rows for it alone (all, or those without a prediction
+    except ``except_keys``); :class:`ConfigError` when there is no such deployment."""
     found = [d for d in list_deployments(conn) if d.name == name]
     if not found:
         raise ConfigError(f"no deployment named {name!r} (rowcast deployments lists them)")
     d = found[0]
     return d, emit_snapshot(conn, producer, settings, d.schema, d.table, for_deployment=d.name,
-                            missing_only=missing_only)
+                            missing_only=missing_only, except_keys=except_keys)

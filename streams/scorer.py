@@ -65,6 +65,7 @@ RETRY_EXIT = 75  # same code as a reload: the supervisor starts a fresh worker a
 # rows scored and published together (Settings.score_chunk_rows): one change batch record of
 # the source's default size
 CHUNK_ROWS = 500
+WHOLE_BATCH = "(batch)"  # a rejection no one deployment caused: its batch failed to score
 
 
 class Message(Protocol):
@@ -306,7 +307,7 @@ class BatchScorer:
             try:
                 one = self.serving.handle([event])
             except Exception as exc:
-                result.rejected.append(Rejected("(batch)", event, SCORE_FAILED, _error(exc)))
+                result.rejected.append(Rejected(WHOLE_BATCH, event, SCORE_FAILED, _error(exc)))
                 continue
             result.predictions += one.predictions
             result.labels += one.labels
@@ -321,22 +322,24 @@ class BatchScorer:
         scored), keyed by the row's key so it goes to the partition its batch was on."""
         error = f"{r.deployment}: {r.message}"
         msg, row = origin if origin is not None else (None, None)
+        named = {"deployment": r.deployment} if r.deployment != WHOLE_BATCH else {}
         if msg is not None and row is None:
             return _dead(r.reason, error, msg.topic, msg.partition, msg.offset, msg.key,
-                         msg.value)
+                         msg.value, named)
         event = r.event
         if msg is not None:
             value = orjson.dumps(build_value(
                 op=event.op, before=event.before, after=event.after, source=event.source,
                 tx_order=event.order[2], now_us=time.time_ns() // 1000), default=json_default)
-            context: dict[str, Any] = {"batch_row": row}
+            context: dict[str, Any] = {"batch_row": row, **named}
             if event.old_key is not None:  # the per-row envelope's __debezium.oldkey header
                 context["old_key"] = event.old_key
             return announce(DeadLetter("score", r.reason, error, msg.topic, msg.partition,
                                        msg.offset, encode_key(event.key or {}), value,
                                        context=context))
         payload = orjson.dumps({"after": event.after, "source": event.source.to_json()})
-        return _dead(r.reason, error, None, None, None, encode_key(event.key or {}), payload)
+        return _dead(r.reason, error, None, None, None, encode_key(event.key or {}), payload,
+                     named)
 
 
 async def drive(batches: AsyncIterable[Sequence[Any]], scorer: BatchScorer) -> None:
@@ -370,5 +373,7 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
 
 
 def _dead(reason: str, error: str, topic: str | None, partition: int | None, offset: int | None,
-          key: bytes | None, value: bytes | None) -> DeadLetter:
-    return announce(DeadLetter("score", reason, error, topic, partition, offset, key, value))
+          key: bytes | None, value: bytes | None, context: dict[str, Any] | None = None
+          ) -> DeadLetter:
+    return announce(DeadLetter("score", reason, error, topic, partition, offset, key, value,
+                               context or {}))

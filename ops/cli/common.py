@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import psycopg
 import typer
@@ -32,7 +33,8 @@ def connect(settings: Settings) -> psycopg.Connection:
     return pg_connect(settings)
 
 
-def backfill(settings: Settings, name: str, missing_only: bool) -> None:
+def backfill(settings: Settings, name: str, missing_only: bool, except_keys: Sequence[str] = ()
+             ) -> None:
     """Re-emit a deployment's rows and say how many (``deploy``, ``backfill``, ``reconcile``)."""
     from rowcast.connectors.kafka_clients import make_producer
     from rowcast.connectors.snapshot import backfill_deployment
@@ -40,7 +42,8 @@ def backfill(settings: Settings, name: str, missing_only: bool) -> None:
     with connect(settings) as conn:
         producer = make_producer(settings)
         try:
-            d, count = backfill_deployment(conn, producer, settings, name, missing_only)
+            d, count = backfill_deployment(conn, producer, settings, name, missing_only,
+                                           except_keys)
         finally:
             producer.close()
     which = "rows without a prediction" if missing_only else "rows"

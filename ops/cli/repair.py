@@ -19,13 +19,15 @@ def reconcile_command(
     import orjson
 
     from rowcast.connectors.kafka_clients import make_admin
+    from rowcast.ops.dlq import read_letters
     from rowcast.ops.reconcile import reconcile, render
 
     settings = Settings()
     admin = make_admin(settings)
     try:
+        letters = [le.letter for le in read_letters(settings)]
         with connect(settings) as conn:
-            reports = reconcile(conn, admin, settings)
+            reports = reconcile(conn, admin, settings, letters)
     finally:
         admin.close()
     if as_json:
@@ -35,7 +37,7 @@ def reconcile_command(
     if repair:
         for r in reports:
             if r.missing:
-                backfill(settings, r.deployment, missing_only=True)
+                backfill(settings, r.deployment, missing_only=True, except_keys=r.set_aside)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
 

@@ -128,7 +128,7 @@ def test_a_bad_row_inside_a_batch_is_dead_lettered_alone_and_can_be_replayed():
     assert (letter.reason, letter.topic, letter.partition, letter.offset) == (
         "bad_feature", TOPIC, 2, 7)
     assert letter.error.startswith("good: column 'x' value 'old'")
-    assert letter.key == encode_key({"id": 2}) and letter.context == {"batch_row": 1}
+    assert letter.key == encode_key({"id": 2}) and letter.context == {"batch_row": 1, "deployment": "good"}
     assert Letter(0, letter).replayable
     # the letter's value is the row's own per-row envelope: the event the batch row was
     replayed = parse_event(letter.key, letter.value, origin=f"{TOPIC}:2")
