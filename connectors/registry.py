@@ -49,16 +49,23 @@ _COLUMNS = ("name, schema_name, table_name, target, features, model, key_columns
             "version, labels, (extract(epoch FROM created_at) * 1000000)::bigint")
 
 
-def ensure_schema(conn: psycopg.Connection, publication: str) -> None:
-    """Tables, the model catalog as rows (so SQL can check model names), the deploy function."""
+def ensure_schema(conn: psycopg.Connection, publication: str,
+                  custom_model_modules: Sequence[str]) -> None:
+    """Tables, the model catalog as rows (so SQL can check model names), the deploy function.
+
+    ``custom_model_modules`` (``ROWCAST_CUSTOM_MODEL_MODULES``) is stored too, replacing what an
+    earlier init stored: ``rowcast.deploy`` cannot read the environment, and must refuse a
+    ``module:factory`` the operator did not allow as the CLI does."""
     conn.execute(DDL)
     conn.execute(deploy_sql.sql_file("config.sql"))
     versions.ensure_schema(conn)
     pending_labels.ensure_schema(conn)
     operations.ensure_schema(conn)
-    conn.execute("INSERT INTO rowcast.config VALUES ('publication', %s) "
-                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (publication,))
     with conn.cursor() as cur:
+        cur.executemany("INSERT INTO rowcast.config VALUES (%s, %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        [("publication", publication),
+                         ("custom_model_modules", ",".join(custom_model_modules))])
         cur.execute("DELETE FROM rowcast.models WHERE NOT name = ANY(%s)", (list(CATALOG),))
         cur.executemany(
             "INSERT INTO rowcast.models VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE "

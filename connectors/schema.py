@@ -24,7 +24,8 @@ def init_database(conn: psycopg.Connection, settings: Settings) -> None:
         pg_sink.ensure_schema(conn)
         source_position.ensure_schema(conn)
         heartbeat.ensure_schema(conn)
-        registry.ensure_schema(conn, settings.publication_name)
+        registry.ensure_schema(conn, settings.publication_name,
+                               settings.allowed_model_modules())
         slot.ensure_publication(conn, settings.publication_name)
     conn.execute("SELECT pg_advisory_lock(%s)", (INIT_LOCK,))
     try:

@@ -6,6 +6,9 @@
 -- the target must not be a feature and must fit the model's task. Refusals use SQLSTATE ``RC001``
 -- with a message a person can act on. It also adds the table to rowcast's publication and creates
 -- the view ``rowcast.<name>_scored``: every source row beside its latest prediction.
+-- A ``module:factory`` model must come from a module ROWCAST_CUSTOM_MODEL_MODULES allows: SQL
+-- cannot read the environment, so ``rowcast init`` stores that list in rowcast.config
+-- ('custom_model_modules', comma-separated) and this checks it by models/catalog.py's rule.
 
 -- '[schema.]table' as the user wrote it (quotes allowed) -> schema, table, oid; one message when
 -- it does not exist, for the scored table and the labels table alike
@@ -143,7 +146,21 @@ DECLARE
     v_lcolumn text := coalesce(p_labels_column, p_target);
     v_ltype oid;
     v_ktype oid;
+    v_module text;
+    v_allowed text[];
 BEGIN
+    -- a NULL would slip past the checks below (a comparison with NULL is never true) and end as
+    -- a raw error, or none; name the argument instead
+    IF p_name IS NULL OR p_table IS NULL OR p_target IS NULL OR p_model IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = CASE
+            WHEN p_name IS NULL THEN 'p_name must not be NULL: give the deployment''s name'
+            WHEN p_table IS NULL THEN 'p_table must not be NULL: give the table to score, as table '
+                                      'or schema.table'
+            WHEN p_target IS NULL THEN 'p_target must not be NULL: give the column holding the '
+                                       'label to learn'
+            ELSE 'p_model must not be NULL: give a model of the catalog (SELECT name FROM '
+                 'rowcast.models) or a custom module:factory' END;
+    END IF;
     IF p_name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
             'deployment name %L must be lower-case letters, digits and _, starting with a letter '
@@ -153,7 +170,22 @@ BEGIN
       FROM rowcast._resolve_table(p_table, 'table') r;
     SELECT task INTO v_task FROM rowcast.models WHERE name = p_model;
     IF v_task IS NULL AND p_model ~ '^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$' THEN
-        v_task := 'custom';  -- module:factory: the worker imports it (the CLI checks it first)
+        -- module:factory: the worker imports it, so only from a module the operator allowed
+        -- (the list ``rowcast init`` stored): the module itself or a submodule of it
+        v_module := split_part(p_model, ':', 1);
+        SELECT coalesce(array_agg(m ORDER BY o), '{}') INTO v_allowed
+          FROM rowcast.config c,
+               unnest(string_to_array(c.value, ',')) WITH ORDINALITY AS u(m, o)
+         WHERE c.key = 'custom_model_modules' AND m <> '';
+        IF NOT EXISTS (SELECT 1 FROM unnest(v_allowed) AS a(m)
+                        WHERE v_module = m OR starts_with(v_module, m || '.')) THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'custom model %L: module %L is not allowed here; the operator lists the modules '
+                'custom models may come from in ROWCAST_CUSTOM_MODEL_MODULES (now: %s, as stored '
+                'by the last rowcast init)', p_model, v_module,
+                coalesce(nullif(array_to_string(v_allowed, ', '), ''), 'none'));
+        END IF;
+        v_task := 'custom';
     END IF;
     IF v_task IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(

@@ -66,6 +66,64 @@ def test_a_custom_model_from_a_module_the_operator_did_not_allow_is_refused(sett
         "the modules custom models may come from in ROWCAST_CUSTOM_MODEL_MODULES (now: tests)"]
 
 
+def test_the_sql_function_refuses_a_module_the_operator_did_not_allow(settings, pg_conn,
+                                                                     mixed_case_table):
+    """``SELECT rowcast.deploy(..., 'os:abort')`` was accepted (workers refused it later, FAILED
+    model_unavailable): the SQL call checks the list ``rowcast init`` stored, by the Python rule
+    (the module or a submodule of one listed; ``testsuite`` is not ``tests``)."""
+    for model in ("os:abort", "testsuite:make", "os.path:join"):
+        with pytest.raises(psycopg.Error) as refused:
+            pg_conn.execute("SELECT rowcast.deploy('evil', %s, 'y', NULL, %s)",
+                            (f'"{mixed_case_table}"', model))
+        assert refused.value.sqlstate == "RC001"
+        module = model.partition(":")[0]
+        assert refused.value.diag.message_primary == (
+            f"custom model '{model}': module '{module}' is not allowed here; the operator lists "
+            "the modules custom models may come from in ROWCAST_CUSTOM_MODEL_MODULES (now: tests, "
+            "as stored by the last rowcast init)")
+    assert pg_conn.execute("SELECT count(*) FROM rowcast.deployments").fetchone()[0] == 0
+
+
+def test_rowcast_init_stores_the_current_allow_list(settings, pg_conn, mixed_case_table):
+    """Re-running init replaces the stored list: what the SQL call checks follows the setting."""
+    table = f'"{mixed_case_table}"'
+    init_database(pg_conn, settings.model_copy(update={"custom_model_modules": " mypkg, other.sub "}))
+    with pytest.raises(psycopg.Error) as refused:
+        pg_conn.execute("SELECT rowcast.deploy('d', %s, 'y', NULL, 'tests.unit.custom_models:spend')",
+                        (table,))
+    assert "(now: mypkg, other.sub, as stored" in refused.value.diag.message_primary
+    assert pg_conn.execute("SELECT model FROM rowcast.deploy('d', %s, 'y', NULL, "
+                           "'other.sub.models:make')", (table,)).fetchone() == ("other.sub.models:make",)
+    init_database(pg_conn, settings.model_copy(update={"custom_model_modules": ""}))
+    with pytest.raises(psycopg.Error) as refused:
+        pg_conn.execute("SELECT rowcast.deploy('d', %s, 'y', NULL, 'other.sub.models:make')",
+                        (table,))
+    assert "(now: none, as stored" in refused.value.diag.message_primary
+    init_database(pg_conn, settings)  # back to this test's own list
+
+
+@pytest.mark.parametrize("model", ["tests.helpers.fragile_models:make", "tests:make"])
+def test_the_sql_function_accepts_a_custom_model_from_an_allowed_module(settings, pg_conn,
+                                                                       mixed_case_table, model):
+    row = pg_conn.execute("SELECT name, model FROM rowcast.deploy('mine', %s, 'y', NULL, %s)",
+                          (f'"{mixed_case_table}"', model)).fetchone()
+    assert row == ("mine", model)
+
+
+@pytest.mark.parametrize("argument", ["p_name", "p_table", "p_target", "p_model"])
+def test_a_null_argument_is_refused_with_its_name(settings, pg_conn, mixed_case_table, argument):
+    """A NULL target gave the raw not-null violation of rowcast.deployments."""
+    args = {"p_name": "nulls", "p_table": f'"{mixed_case_table}"', "p_target": "y",
+            "p_model": "linear_regression"}
+    args[argument] = None
+    with pytest.raises(psycopg.Error) as refused:
+        pg_conn.execute("SELECT rowcast.deploy(%(p_name)s, %(p_table)s, %(p_target)s, NULL, "
+                        "%(p_model)s)", args)
+    assert refused.value.sqlstate == "RC001", refused.value
+    message = refused.value.diag.message_primary
+    assert message.startswith(f"{argument} must not be NULL") and "\n" not in message, message
+
+
 @pytest.mark.parametrize("table", ["rowcast.predictions", "rowcast.deployments",
                                    "pg_catalog.pg_class", "information_schema.sql_features"])
 def test_rowcasts_own_and_the_system_tables_cannot_be_deployed_on(settings, pg_conn, table):
