@@ -50,22 +50,25 @@ _COLUMNS = ("name, schema_name, table_name, target, features, model, key_columns
 
 
 def ensure_schema(conn: psycopg.Connection, publication: str,
-                  custom_model_modules: Sequence[str]) -> None:
+                  custom_model_modules: Sequence[str], replace_modules: bool = False) -> None:
     """Tables, the model catalog as rows (so SQL can check model names), the deploy function.
 
-    ``custom_model_modules`` (``ROWCAST_CUSTOM_MODEL_MODULES``) is stored too, replacing what an
-    earlier init stored: ``rowcast.deploy`` cannot read the environment, and must refuse a
-    ``module:factory`` the operator did not allow as the CLI does."""
+    ``custom_model_modules`` (``ROWCAST_CUSTOM_MODEL_MODULES``) is stored too: ``rowcast.deploy``
+    cannot read the environment, and must refuse a ``module:factory`` the operator did not
+    allow as the CLI does. ``replace_modules`` (``rowcast init``) replaces a stored list; any
+    other start stores it only when none is, so a process started without the setting (a sink
+    needs none) does not clear the operator's list."""
     conn.execute(DDL)
     conn.execute(deploy_sql.sql_file("config.sql"))
     versions.ensure_schema(conn)
     pending_labels.ensure_schema(conn)
     operations.ensure_schema(conn)
     with conn.cursor() as cur:
-        cur.executemany("INSERT INTO rowcast.config VALUES (%s, %s) "
-                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                        [("publication", publication),
-                         ("custom_model_modules", ",".join(custom_model_modules))])
+        cur.execute("INSERT INTO rowcast.config VALUES ('publication', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (publication,))
+        cur.execute("INSERT INTO rowcast.config VALUES ('custom_model_modules', %s) ON CONFLICT "
+                    + ("(key) DO UPDATE SET value = EXCLUDED.value" if replace_modules
+                       else "DO NOTHING"), (",".join(custom_model_modules),))
         cur.execute("DELETE FROM rowcast.models WHERE NOT name = ANY(%s)", (list(CATALOG),))
         cur.executemany(
             "INSERT INTO rowcast.models VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE "

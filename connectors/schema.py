@@ -16,8 +16,11 @@ from rowcast.core.settings import Settings
 INIT_LOCK = 0x726F77636173  # "rowcas": one advisory lock key for schema setup
 
 
-def init_database(conn: psycopg.Connection, settings: Settings) -> None:
-    """Schema, tables, functions, publication, then the slot: publication first, or it fails."""
+def init_database(conn: psycopg.Connection, settings: Settings, replace_modules: bool = False
+                  ) -> None:
+    """Schema, tables, functions, publication, then the slot: publication first, or it fails.
+    ``replace_modules``: store this process's ``ROWCAST_CUSTOM_MODEL_MODULES`` even over a list
+    stored before (``rowcast init``; see :func:`registry.ensure_schema`)."""
     slot.check_server(conn)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (INIT_LOCK,))
@@ -25,7 +28,7 @@ def init_database(conn: psycopg.Connection, settings: Settings) -> None:
         source_position.ensure_schema(conn)
         heartbeat.ensure_schema(conn)
         registry.ensure_schema(conn, settings.publication_name,
-                               settings.allowed_model_modules())
+                               settings.allowed_model_modules(), replace_modules)
         slot.ensure_publication(conn, settings.publication_name)
     conn.execute("SELECT pg_advisory_lock(%s)", (INIT_LOCK,))
     try:

@@ -208,7 +208,8 @@ class Settings(BaseSettings):
     custom_model_modules: str = Field(
         "", description="Comma-separated Python modules (and their submodules) that custom "
         "'module:factory' models may come from; catalog models are always allowed. Empty: no "
-        "custom models. Checked by rowcast deploy and by every worker and learner.")
+        "custom models. Checked by rowcast deploy, by every worker and learner, and by the SQL "
+        "function rowcast.deploy against the list the last rowcast init stored.")
     snapshot_key: SecretStr | None = Field(
         None, description="HMAC key signing model snapshots; default: a random key kept in "
         "snapshot_key_file.")

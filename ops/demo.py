@@ -54,7 +54,7 @@ def sample_customer(rng: random.Random) -> tuple[int, float, int | None, float]:
 
 def prepare(settings: Settings) -> None:
     with connect(settings) as conn:
-        init_database(conn, settings)
+        init_database(conn, settings, replace_modules=True)
         conn.execute(TABLE_DDL)
         create_deployment(conn, DEPLOYMENT, "public.customers", "purchase_amount",
                           ["age", "income", "credit_score"], "linear_regression")

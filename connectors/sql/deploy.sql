@@ -230,6 +230,10 @@ BEGIN
             'target %L is a %s column, which a %s model (%s) cannot learn',
             p_target, v_target_kind, v_task, p_model);
     END IF;
+    IF array_position(p_features, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001',
+            MESSAGE = 'p_features must not contain NULL: give feature column names, or NULL for all';
+    END IF;
     v_features := coalesce(p_features, ARRAY(
         SELECT n FROM unnest(v_names, v_kinds) AS u(n, k)
          WHERE k <> 'unusable' AND n <> p_target AND NOT n = ANY (v_keys)));

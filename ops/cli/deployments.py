@@ -18,7 +18,7 @@ def init() -> None:
 
     settings = Settings()
     with connect(settings) as conn:
-        init_database(conn, settings)
+        init_database(conn, settings, replace_modules=True)
     typer.echo("rowcast schema, publication and slot are ready")
 
 

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from rowcast.connectors.schema import init_database
-from tests.helpers.cli import deploy_cli
+from tests.helpers.cli import deploy_cli, rowcast_cli
 
 
 @pytest.fixture
@@ -85,21 +85,24 @@ def test_the_sql_function_refuses_a_module_the_operator_did_not_allow(settings, 
 
 
 def test_rowcast_init_stores_the_current_allow_list(settings, pg_conn, mixed_case_table):
-    """Re-running init replaces the stored list: what the SQL call checks follows the setting."""
+    """Re-running init replaces the stored list: what the SQL call checks follows the setting.
+    A process's own start (a sink started without the setting) leaves it alone."""
     table = f'"{mixed_case_table}"'
-    init_database(pg_conn, settings.model_copy(update={"custom_model_modules": " mypkg, other.sub "}))
+    init_database(pg_conn, settings.model_copy(update={"custom_model_modules": " mypkg, other.sub "}),
+                  replace_modules=True)
+    init_database(pg_conn, settings.model_copy(update={"custom_model_modules": ""}))  # a sink
     with pytest.raises(psycopg.Error) as refused:
         pg_conn.execute("SELECT rowcast.deploy('d', %s, 'y', NULL, 'tests.unit.custom_models:spend')",
                         (table,))
     assert "(now: mypkg, other.sub, as stored" in refused.value.diag.message_primary
     assert pg_conn.execute("SELECT model FROM rowcast.deploy('d', %s, 'y', NULL, "
                            "'other.sub.models:make')", (table,)).fetchone() == ("other.sub.models:make",)
-    init_database(pg_conn, settings.model_copy(update={"custom_model_modules": ""}))
+    assert rowcast_cli(settings.model_copy(update={"custom_model_modules": ""}), "init").returncode == 0
     with pytest.raises(psycopg.Error) as refused:
         pg_conn.execute("SELECT rowcast.deploy('d', %s, 'y', NULL, 'other.sub.models:make')",
                         (table,))
     assert "(now: none, as stored" in refused.value.diag.message_primary
-    init_database(pg_conn, settings)  # back to this test's own list
+    init_database(pg_conn, settings, replace_modules=True)  # back to this test's own list
 
 
 @pytest.mark.parametrize("model", ["tests.helpers.fragile_models:make", "tests:make"])
@@ -122,6 +125,18 @@ def test_a_null_argument_is_refused_with_its_name(settings, pg_conn, mixed_case_
     assert refused.value.sqlstate == "RC001", refused.value
     message = refused.value.diag.message_primary
     assert message.startswith(f"{argument} must not be NULL") and "\n" not in message, message
+
+
+def test_a_null_feature_name_is_refused(settings, pg_conn, mixed_case_table):
+    """``ARRAY['x', NULL]`` passed every check (NULL = ANY(...) is NULL, not false) and stored
+    a feature with no name."""
+    with pytest.raises(psycopg.Error) as refused:
+        pg_conn.execute("SELECT rowcast.deploy('nulls', %s, 'y', ARRAY['x', NULL])",
+                        (f'"{mixed_case_table}"',))
+    assert refused.value.sqlstate == "RC001", refused.value
+    assert refused.value.diag.message_primary.startswith("p_features must not contain NULL")
+    assert pg_conn.execute("SELECT count(*) FROM rowcast.deployments WHERE name = 'nulls'"
+                           ).fetchone() == (0,)
 
 
 @pytest.mark.parametrize("table", ["rowcast.predictions", "rowcast.deployments",
