@@ -104,6 +104,7 @@ log = logging.getLogger(__name__)
 RAW_LIMIT = 1024  # characters of an offending value a dead letter keeps
 LETTER_VALUE_LIMIT = 64 * 1024  # bytes of a set-aside row's raw texts a dead letter keeps
 SAFE_EVENT_BYTES = 256 * 1024  # any broker takes this; a larger event checks the topic's limit
+NUDGE_EVERY_MAX_S = 15.0  # PostgreSQL logs running transactions about this often by itself
 RECORD_OVERHEAD = 512  # bytes Kafka's record batch adds around one key and value
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # Kafka's message.max.bytes, when the topic's is unknown
 TABLES_REFRESH_S = 2.0  # how often the published tables (whose topics get watermarks) are read
@@ -255,6 +256,7 @@ class CdcSource:
         self._unconfirmed = 0  # acknowledged by Kafka, slot not yet advanced past them
         self._last_beat = 0.0
         self._nudge_ok = True
+        self.nudge_every_s = settings.source_restart_nudge_s  # grows while nudges wait (above)
         self._size_limits: dict[str, int] = {}  # topic -> largest key + value Kafka takes
         self._dlq_ready = False
         # watermarks: every commit at or before ``_complete`` is published and acknowledged
@@ -389,17 +391,25 @@ class CdcSource:
             self._saved_lsn = self.last_commit_lsn
 
     def _nudge_restart_lsn(self) -> None:
-        """At most every ``source_restart_nudge_s``, and only when WAL grew since the last one:
-        an idle server is left idle (the nudge itself writes a little WAL)."""
+        """At most every :attr:`nudge_every_s`, and only when WAL grew since the last one: an
+        idle server is left idle (the nudge itself writes a little WAL).
+
+        A nudge that waited for a transaction in flight (one left open, that wrote) cost this
+        loop up to a quarter of a second: the next waits twice as long, up to
+        :data:`NUDGE_EVERY_MAX_S`, the server's own cadence; one that completes resets it."""
         now = time.monotonic()
-        if self._nudge_ok and now - self._last_nudge >= self.settings.source_restart_nudge_s:
+        if self._nudge_ok and now - self._last_nudge >= self.nudge_every_s:
             wal_now = slot.current_wal_lsn(self.conn)
             if wal_now <= self._wal_after_nudge:
                 return
             self._last_nudge = now
             nudged = slot.log_running_xacts(self.conn, self.settings.slot_name)
             self._wal_after_nudge = slot.current_wal_lsn(self.conn)
-            if not nudged:
+            if nudged == slot.NUDGE_WAITED:
+                self.nudge_every_s = min(self.nudge_every_s * 2, NUDGE_EVERY_MAX_S)
+            elif nudged == slot.NUDGE_LOGGED:
+                self.nudge_every_s = self.settings.source_restart_nudge_s
+            else:
                 self._nudge_ok = False
                 log.warning("no free replication slot to log running transactions: the slot's "
                             "restart LSN will move only every ~15 s, and each poll re-reads that "

@@ -195,7 +195,10 @@ def system_identifier(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
-def log_running_xacts(conn: psycopg.Connection, slot: str, timeout_ms: int = 250) -> bool:
+NUDGE_LOGGED, NUDGE_WAITED, NUDGE_NO_SLOT = "logged", "waited", "no_slot"
+
+
+def log_running_xacts(conn: psycopg.Connection, slot: str, timeout_ms: int = 250) -> str:
     """Make the server log a running-transactions record, so the slot's restart LSN can move.
 
     Why: ``peek`` and ``advance`` decode from the slot's ``restart_lsn``, which only moves past
@@ -203,8 +206,12 @@ def log_running_xacts(conn: psycopg.Connection, slot: str, timeout_ms: int = 250
     up to 15 s of WAL (measured: +1.5 ms per MB per peek). PostgreSQL 16 has
     ``pg_log_standby_snapshot()``; on 15, creating a logical slot logs the record, so a
     temporary slot is created and dropped (~1.4 ms). The record is logged before slot creation
-    waits for in-flight transactions, so a timeout still did the job. Returns False when no
-    slot was free (the source still works, only slower).
+    waits for in-flight transactions, so a timeout still did the job.
+
+    Returns :data:`NUDGE_LOGGED`; :data:`NUDGE_WAITED` when creation waited ``timeout_ms`` for a
+    transaction in flight (one left open: the caller should nudge less often, each such nudge
+    costs it that long); :data:`NUDGE_NO_SLOT` when no slot was free (the source still works,
+    only slower).
     """
     temp = f"{slot}_rx"
     conn.execute(f"SET statement_timeout = {int(timeout_ms)}")
@@ -212,12 +219,12 @@ def log_running_xacts(conn: psycopg.Connection, slot: str, timeout_ms: int = 250
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput', true)", (temp,))
         conn.execute("SELECT pg_drop_replication_slot(%s)", (temp,))
     except psycopg.errors.QueryCanceled:
-        pass
+        return NUDGE_WAITED
     except psycopg.errors.ConfigurationLimitExceeded:
-        return False
+        return NUDGE_NO_SLOT
     finally:
         conn.execute("SET statement_timeout = 0")
-    return True
+    return NUDGE_LOGGED
 
 
 def current_flush_lsn(conn: psycopg.Connection) -> int:

@@ -119,9 +119,10 @@ class Settings(BaseSettings):
         "positive value lets the application's writers win the cores when both want them "
         "(rowcast then catches up when they pause).")
     source_poll_interval_s: float = Field(
-        0.005, ge=0, description="Shortest time between two peek rounds: commits made in "
+        0.02, ge=0, description="Shortest time between two peek rounds: commits made in "
         "between are published together (each round costs the server a peek and a slot "
-        "advance, which decode WAL on the writers' cores); adds at most this to latency.")
+        "advance, which decode WAL on the writers' cores, and every stage one record per "
+        "partition); adds at most this to latency.")
     source_format: Literal["rowcast", "debezium"] = Field(
         "rowcast", description="What the CDC source writes to the change topics: 'rowcast' = "
         "change batches, many rows of one table and partition per record "
@@ -133,8 +134,10 @@ class Settings(BaseSettings):
         512 * 1024, ge=1024, description="A change batch record is closed once its rows' "
         "estimated size reaches this many bytes.")
     source_restart_nudge_s: float = Field(
-        1.0, gt=0, description="How often the source has the server log running transactions, "
-        "so the slot's restart LSN keeps up (see rowcast.connectors.slot.log_running_xacts).")
+        0.25, gt=0, description="How often the source has the server log running transactions, "
+        "so the slot's restart LSN keeps up and each peek re-reads less WAL (see "
+        "rowcast.connectors.slot.log_running_xacts); doubles, up to 15 s, while a transaction "
+        "left open makes each of them wait.")
     heartbeat_interval_s: float = Field(
         5.0, ge=0, description="How often the source writes a WAL marker so slot lag is known "
         "in seconds and an idle table's slot still advances (0 turns it off).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import psycopg
 import pytest
 from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
@@ -133,7 +134,7 @@ def test_logging_running_xacts_lets_the_restart_lsn_catch_up(settings, pg_conn, 
                     "SELECT repeat('x', 200) FROM generate_series(1, 20000)")
     slot.advance(pg_conn, settings.slot_name, slot.current_wal_lsn(pg_conn))
     assert restart_gap() > 1_000_000
-    assert slot.log_running_xacts(pg_conn, settings.slot_name)
+    assert slot.log_running_xacts(pg_conn, settings.slot_name) == slot.NUDGE_LOGGED
     slot.advance(pg_conn, settings.slot_name, slot.current_wal_lsn(pg_conn))
     assert restart_gap() < 100_000
     assert pg_conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
@@ -173,3 +174,33 @@ def test_a_table_without_primary_key_is_refused(settings, pg_conn):
 def _confirmed(conn, slot: str) -> int:
     return conn.execute("SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint "
                         "FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0]
+
+
+def test_a_long_transaction_makes_the_restart_nudge_back_off(settings, pg_conn, watched):
+    """Logging running transactions (a temporary slot on PostgreSQL 15) waits, up to 250 ms,
+    for the transactions in flight: with a session idle in a transaction that wrote, every
+    nudge cost the source a quarter of a second. Such a nudge doubles the wait before the
+    next one (up to 15 s, the server's own cadence); one that completes resets it."""
+    from rowcast.connectors import slot
+
+    table, _ = watched
+    settings = settings.model_copy(update={"source_restart_nudge_s": 0.01})
+    producer = make_producer(settings)
+    source = CdcSource(settings, pg_conn, producer)
+    assert slot.log_running_xacts(pg_conn, settings.slot_name) == slot.NUDGE_LOGGED
+    with psycopg.connect(settings.postgres_dsn.get_secret_value()) as idle:  # holds an xid
+        idle.execute(f"INSERT INTO public.{table} (id) VALUES (7001)")
+        assert slot.log_running_xacts(pg_conn, settings.slot_name) == slot.NUDGE_WAITED
+        waits = []
+        for i in range(4):
+            pg_conn.execute(f"INSERT INTO public.{table} (id) VALUES ({7100 + i})")  # WAL moves
+            source._last_nudge = -1e9  # due now
+            source._nudge_restart_lsn()
+            waits.append(source.nudge_every_s)
+        assert waits == [0.02, 0.04, 0.08, 0.16]
+        idle.rollback()
+    pg_conn.execute(f"INSERT INTO public.{table} (id) VALUES (7200)")
+    source._last_nudge = -1e9
+    source._nudge_restart_lsn()
+    assert source.nudge_every_s == 0.01
+    producer.close()
