@@ -123,6 +123,13 @@ class Settings(BaseSettings):
         "between are published together (each round costs the server a peek and a slot "
         "advance, which decode WAL on the writers' cores, and every stage one record per "
         "partition); adds at most this to latency.")
+    source_busy_rows_per_s: float = Field(
+        2500, gt=0, description="Above this commit rate the gap between peek rounds stretches "
+        "with the rate (twice the rate, twice the gap), up to source_poll_interval_max_s: each "
+        "round costs the pipeline about the same CPU whatever it carries (rowcast.connectors."
+        "cdc_source.round_gap).")
+    source_poll_interval_max_s: float = Field(
+        0.05, ge=0, description="The longest the gap between peek rounds stretches to under load.")
     source_format: Literal["rowcast", "debezium"] = Field(
         "rowcast", description="What the CDC source writes to the change topics: 'rowcast' = "
         "change batches, many rows of one table and partition per record "

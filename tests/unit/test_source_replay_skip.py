@@ -60,7 +60,9 @@ def test_a_commit_inserted_but_not_yet_flushed_is_polled_once_it_is_flushed(monk
     source = CdcSource.__new__(CdcSource)
     source.conn = None
     source.settings = type("S", (), {"source_idle_backoff_max_s": 0.01,
-                                     "source_poll_interval_s": 0.0})()
+                                     "source_poll_interval_s": 0.0,
+                                     "source_busy_rows_per_s": 2500,
+                                     "source_poll_interval_max_s": 0.05})()
     source.poll_once = poll_once
     source._maybe_beat = lambda: None
     source._maybe_idle_watermark = lambda: None
@@ -103,9 +105,55 @@ def test_rounds_are_at_least_the_poll_interval_apart(monkeypatch):
     source = CdcSource.__new__(CdcSource)
     source.conn = None
     source.settings = type("S", (), {"source_idle_backoff_max_s": 0.02,
-                                     "source_poll_interval_s": 0.005})()
+                                     "source_poll_interval_s": 0.005,
+                                     "source_busy_rows_per_s": 2500,
+                                     "source_poll_interval_max_s": 0.05})()
     source.poll_once = poll_once
     source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
     source.run(Stop())
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert gaps and all(g >= 0.005 - 1e-9 for g in gaps), gaps
+
+
+def test_under_a_high_commit_rate_the_rounds_stretch_up_to_the_cap(monkeypatch):
+    """Commits at 10,000 rows/s: each round costs the pipeline the same whatever it carries, so
+    the gap grows with the rate (base 20 ms at 2,500 rows/s) and stops at the 50 ms cap; at
+    1,000 rows/s it stays at the base."""
+    from rowcast.connectors import cdc_source
+
+    def gaps_at(rows_per_s: float) -> list[float]:
+        clock = [0.0]
+        monkeypatch.setattr(cdc_source.time, "monotonic", lambda: clock[0])
+        flush = [100]
+        monkeypatch.setattr(cdc_source.slot, "current_flush_lsn", lambda conn: flush[0])
+        starts: list[float] = []
+
+        class Stop:
+            def is_set(self) -> bool:
+                return len(starts) >= 80
+
+            def wait(self, seconds: float) -> None:
+                clock[0] += seconds
+
+        def poll_once() -> int:
+            rows = round(rows_per_s * (clock[0] - starts[-1])) if starts else 1
+            starts.append(clock[0])
+            clock[0] += 0.001
+            flush[0] += 1
+            return max(rows, 1)
+
+        source = CdcSource.__new__(CdcSource)
+        source.conn = None
+        source.settings = type("S", (), {"source_idle_backoff_max_s": 0.02,
+                                         "source_poll_interval_s": 0.02,
+                                         "source_busy_rows_per_s": 2500,
+                                         "source_poll_interval_max_s": 0.05})()
+        source.poll_once = poll_once
+        source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
+        source.run(Stop())
+        return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+
+    busy = gaps_at(10_000)
+    assert abs(busy[-1] - 0.05) < 1e-6 and max(busy) <= 0.05 + 1e-9, busy[-5:]
+    calm = gaps_at(1_000)
+    assert all(abs(g - 0.02) < 1e-6 for g in calm[1:]), calm[:5]
