@@ -119,12 +119,12 @@ class Settings(BaseSettings):
         "positive value lets the application's writers win the cores when both want them "
         "(rowcast then catches up when they pause).")
     source_poll_interval_s: float = Field(
-        0.02, ge=0, description="Shortest time between two peek rounds: commits made in "
+        0.015, ge=0, description="Shortest time between two peek rounds: commits made in "
         "between are published together (each round costs the server a peek and a slot "
         "advance, which decode WAL on the writers' cores, and every stage one record per "
         "partition); adds at most this to latency.")
     source_busy_rows_per_s: float = Field(
-        2500, gt=0, description="Above this commit rate the gap between peek rounds stretches "
+        2000, gt=0, description="Above this commit rate the gap between peek rounds stretches "
         "with the rate (twice the rate, twice the gap), up to source_poll_interval_max_s: each "
         "round costs the pipeline about the same CPU whatever it carries (rowcast.connectors."
         "cdc_source.round_gap).")
