@@ -257,6 +257,7 @@ class CdcSource:
         self._last_beat = 0.0
         self._nudge_ok = True
         self.nudge_every_s = settings.source_restart_nudge_s  # grows while nudges wait (above)
+        self.behind = False  # the last peek returned all it may (more WAL waits): no gap
         self._size_limits: dict[str, int] = {}  # topic -> largest key + value Kafka takes
         self._dlq_ready = False
         # watermarks: every commit at or before ``_complete`` is published and acknowledged
@@ -300,7 +301,7 @@ class CdcSource:
             wait_s = round_gap(gap_s, rate, self.settings.source_busy_rows_per_s,
                                self.settings.source_poll_interval_max_s) \
                 - (time.monotonic() - last_poll)
-            if wait_s > 0:
+            if wait_s > 0 and not self.behind:  # behind (a bulk load): peek again at once
                 stop.wait(wait_s)
             now = time.monotonic()
             since, last_poll = now - last_poll, now
@@ -343,6 +344,7 @@ class CdcSource:
                 self._skip_irrelevant_wal(flushed)
             elif seen:
                 slot.advance(self.conn, self.settings.slot_name, last_lsn)
+        self.behind = seen >= self.settings.source_max_changes  # the peek stopped at its cap
         if seen < self.settings.source_max_changes and self._txn is None and not self._unacked():
             # caught up: topics that appeared since (a new deployment's table) get the current
             # watermark; ``_complete`` itself moves only with acknowledged commits, so an idle

@@ -64,6 +64,7 @@ def test_a_commit_inserted_but_not_yet_flushed_is_polled_once_it_is_flushed(monk
                                      "source_busy_rows_per_s": 2500,
                                      "source_poll_interval_max_s": 0.05})()
     source.poll_once = poll_once
+    source.behind = False
     source._maybe_beat = lambda: None
     source._maybe_idle_watermark = lambda: None
     source._save_position = lambda: None
@@ -109,6 +110,7 @@ def test_rounds_are_at_least_the_poll_interval_apart(monkeypatch):
                                      "source_busy_rows_per_s": 2500,
                                      "source_poll_interval_max_s": 0.05})()
     source.poll_once = poll_once
+    source.behind = False
     source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
     source.run(Stop())
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
@@ -149,6 +151,7 @@ def test_under_a_high_commit_rate_the_rounds_stretch_up_to_the_cap(monkeypatch):
                                          "source_busy_rows_per_s": 2500,
                                          "source_poll_interval_max_s": 0.05})()
         source.poll_once = poll_once
+        source.behind = False
         source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
         source.run(Stop())
         return [b - a for a, b in zip(starts, starts[1:], strict=False)]
@@ -157,3 +160,43 @@ def test_under_a_high_commit_rate_the_rounds_stretch_up_to_the_cap(monkeypatch):
     assert abs(busy[-1] - 0.05) < 1e-6 and max(busy) <= 0.05 + 1e-9, busy[-5:]
     calm = gaps_at(1_000)
     assert all(abs(g - 0.02) < 1e-6 for g in calm[1:]), calm[:5]
+
+
+def test_a_source_behind_peeks_again_at_once(monkeypatch):
+    """A bulk load: every peek returns all it may (source_max_changes), so more WAL waits
+    already and any gap would only add lag (the 50 ms cap cost a 1M-row COPY 10-15 %)."""
+    from rowcast.connectors import cdc_source
+
+    clock = [0.0]
+    monkeypatch.setattr(cdc_source.time, "monotonic", lambda: clock[0])
+    flush = [100]
+    monkeypatch.setattr(cdc_source.slot, "current_flush_lsn", lambda conn: flush[0])
+    starts: list[float] = []
+
+    class Stop:
+        def is_set(self) -> bool:
+            return len(starts) >= 20
+
+        def wait(self, seconds: float) -> None:
+            clock[0] += seconds
+
+    source = CdcSource.__new__(CdcSource)
+
+    def poll_once() -> int:
+        starts.append(clock[0])
+        clock[0] += 0.01  # 5,000 changes in 10 ms
+        flush[0] += 1
+        source.behind = True
+        return 5000
+
+    source.conn = None
+    source.settings = type("S", (), {"source_idle_backoff_max_s": 0.02,
+                                     "source_poll_interval_s": 0.015,
+                                     "source_busy_rows_per_s": 2000,
+                                     "source_poll_interval_max_s": 0.05})()
+    source.poll_once = poll_once
+    source.behind = False
+    source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
+    source.run(Stop())
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert all(abs(g - 0.01) < 1e-9 for g in gaps), gaps
