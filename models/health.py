@@ -3,7 +3,8 @@
 Finite but huge inputs (a feature of 1e300) overflow a scaler's running variance to ``inf``;
 from then on every prediction of the model is NaN, forever, and progressive metrics follow.
 Such a model must never reach the scorers: :func:`problem` names the first non-finite number
-in the estimator's state (a walk over its attributes, dicts, river's ``VectorDict`` and numpy
+(or one whose square overflows: a mean of 1e300 is finite until the next ordinary row) in the
+estimator's state (a walk over its attributes, dicts, river's ``VectorDict`` and numpy
 arrays), in the model's answer for the last row it learned, or in the running metrics, and
 the learner refuses to checkpoint a model for which it returns a reason. The state walk stops
 after ``MAX_VISITS`` objects (a forest of deep trees is checked in part: its answer and
@@ -20,10 +21,23 @@ from rowcast.models.progressive import OnlineMetrics
 from rowcast.models.scoring import OnlineModel
 
 MAX_VISITS = 20_000  # bounds the walk (~10 ms) on large models: forests are checked in part
+# a number beyond this overflows when squared (sqrt of the largest float): a running mean of
+# 1e300 is finite, but the next ordinary row makes the variance inf. Such a state is refused
+# with the row that put it there, not with every ordinary row after it (a first label of 1e300
+# used to leave a model that refused everything, for good)
+SQUARE_LIMIT = math.sqrt(2.0 ** 1023)
 
 
 def non_finite_state(obj: Any, where: str = "estimator") -> str | None:
-    """The path of the first non-finite float reachable from ``obj``, or None."""
+    """The path of the first float reachable from ``obj`` that is not finite, or whose square
+    overflows (:data:`SQUARE_LIMIT`), or None.
+
+    >>> non_finite_state({"mean": 2.0, "var": 1e150})
+    >>> non_finite_state({"mean": 1e300})
+    "estimator['mean'] = 1e+300 (its square overflows)"
+    >>> non_finite_state([1.0, float("nan")])
+    'estimator[1] = nan'
+    """
     seen: set[int] = set()
     stack: list[tuple[Any, str]] = [(obj, where)]
     visits = 0
@@ -33,6 +47,8 @@ def non_finite_state(obj: Any, where: str = "estimator") -> str | None:
         if isinstance(value, float):
             if not math.isfinite(value):
                 return f"{path} = {value}"
+            if abs(value) > SQUARE_LIMIT:
+                return f"{path} = {value} (its square overflows)"
             continue
         if value is None or isinstance(value, bool | int | str | bytes | type):
             continue
@@ -45,6 +61,8 @@ def non_finite_state(obj: Any, where: str = "estimator") -> str | None:
 
                 if not numpy.isfinite(value).all():
                     return f"{path} (array)"
+                if value.size and float(numpy.abs(value).max()) > SQUARE_LIMIT:
+                    return f"{path} (array; a square overflows)"
             continue
         if isinstance(value, Mapping) or (not hasattr(value, "__dict__")
                                           and callable(getattr(value, "items", None))):

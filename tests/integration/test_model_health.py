@@ -89,18 +89,27 @@ def test_an_overflowing_row_pauses_the_model_and_rollback_recovers_it(settings, 
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("huge_row", ["last", "first"])
 def test_a_model_broken_before_its_first_version_rolls_back_to_the_fresh_model(settings, pg_conn,
-                                                                               tmp_path):
-    """The overflowing row is the very first label: there is no good version to go back to,
+                                                                               tmp_path, huge_row):
+    """The overflowing row comes before any version: there is no good version to go back to,
     so the pause names version 0 -- the model as deployed -- and rolling back to it works
-    (it answered "has no model version 0" and the deployment never learned again)."""
+    (it answered "has no model version 0" and the deployment never learned again).
+
+    ``first``: x = 1e300 as the very first label left a finite model (the scaler's mean at
+    1e300) that was checkpointed, and then refused every ordinary row, for good; a state
+    number whose square overflows now counts as broken, so the row that put it there is the
+    one refused."""
     # one transaction, learned well within a checkpoint interval: no version precedes the row
     settings = fast(settings).model_copy(update={"learner_checkpoint_s": 3.0})
     table = deployed_xy_table(settings, pg_conn, "overflow0", "overflow0")
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         with pg_conn.transaction():
+            if huge_row == "first":
+                pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, 1e300, 5.0)")
             insert_xy(pg_conn, table, range(20))
-            pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, 1e300, 5.0)")
+            if huge_row == "last":
+                pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, 1e300, 5.0)")
 
         def paused() -> dict | None:
             done = rowcast_cli(settings, "status", "--json", "--samples", "1")

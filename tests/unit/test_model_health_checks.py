@@ -72,3 +72,28 @@ def test_a_guarded_replay_refuses_the_row_that_breaks_the_model():
     learner.refused.clear()
     assert learner.apply([events[10]]) == 0 and learner.state.counters["duplicates"] == 1
     assert learner.health() is None
+
+
+def test_a_huge_first_label_is_refused_not_every_row_after_it():
+    """1e300 as the very first row left the scaler's mean at 1e300: finite, so it was accepted
+    (and checkpointed), and then every ordinary row overflowed the variance and was refused in
+    its place, for good. A state number whose square overflows is as unusable as an infinite
+    one: the row that put it there is the one refused."""
+    d = _deployment()
+    learner = DeploymentLearner.fresh(d, MemoryPending())
+    learner.model.learn({"x": 1e300}, 5.0)
+    reason = learner.health()  # what the checkpoint asks: never published, the learner pauses
+    assert reason is not None and "square overflows" in reason, reason
+
+    learner = DeploymentLearner.fresh(d, MemoryPending())  # rolled back to the fresh model
+    events = [_event(d, 99, 1e300, 5.0)] + [_event(d, i, float(i), 2.0 * i) for i in range(20)]
+    assert learner.apply(events, guarded=True) == 20
+    assert [e.key for e, _ in learner.refused] == [{"id": 99}]
+    assert learner.health() is None and learner.state.counters["non_finite"] == 1
+
+
+def test_ordinary_large_values_are_not_mistaken_for_overflow():
+    d = _deployment()
+    learner = DeploymentLearner.fresh(d, MemoryPending())
+    learner.apply([_event(d, i, float(i) * 1e60, 3e60 * i) for i in range(50)])
+    assert learner.health() is None
