@@ -34,6 +34,21 @@ def test_a_transaction_committed_before_the_remembered_end_is_a_replay():
     assert source._txn is not None and source._txn.skip
 
 
+def _loop_only_source(poll_once, **settings: float) -> CdcSource:
+    """A source whose ``run`` loop is real and whose rounds are ``poll_once`` (no server, no
+    Kafka): what the pacing tests drive with a fake clock."""
+    source = CdcSource.__new__(CdcSource)
+    source.conn = None
+    source.settings = type("S", (), {"source_idle_backoff_max_s": 0.02,
+                                     "source_poll_interval_s": 0.015,
+                                     "source_busy_rows_per_s": 2000,
+                                     "source_poll_interval_max_s": 0.05, **settings})()
+    source.poll_once = poll_once
+    source.behind = False
+    source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
+    return source
+
+
 def test_a_commit_inserted_but_not_yet_flushed_is_polled_once_it_is_flushed(monkeypatch):
     """The peek decodes only up to the flushed WAL. A commit whose record was inserted but not
     flushed when the source looked is not in that peek; the source must look again once the
@@ -57,17 +72,8 @@ def test_a_commit_inserted_but_not_yet_flushed_is_polled_once_it_is_flushed(monk
         stop.set()
         return 1
 
-    source = CdcSource.__new__(CdcSource)
-    source.conn = None
-    source.settings = type("S", (), {"source_idle_backoff_max_s": 0.01,
-                                     "source_poll_interval_s": 0.0,
-                                     "source_busy_rows_per_s": 2500,
-                                     "source_poll_interval_max_s": 0.05})()
-    source.poll_once = poll_once
-    source.behind = False
-    source._maybe_beat = lambda: None
-    source._maybe_idle_watermark = lambda: None
-    source._save_position = lambda: None
+    source = _loop_only_source(poll_once, source_idle_backoff_max_s=0.01,
+                               source_poll_interval_s=0.0)
     waiter = threading.Thread(target=source.run, args=(stop,), daemon=True)
     waiter.start()
     waiter.join(2.0)
@@ -103,15 +109,7 @@ def test_rounds_are_at_least_the_poll_interval_apart(monkeypatch):
         flush[0] += 1  # and a commit came meanwhile
         return 1
 
-    source = CdcSource.__new__(CdcSource)
-    source.conn = None
-    source.settings = type("S", (), {"source_idle_backoff_max_s": 0.02,
-                                     "source_poll_interval_s": 0.005,
-                                     "source_busy_rows_per_s": 2500,
-                                     "source_poll_interval_max_s": 0.05})()
-    source.poll_once = poll_once
-    source.behind = False
-    source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
+    source = _loop_only_source(poll_once, source_poll_interval_s=0.005)
     source.run(Stop())
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert gaps and all(g >= 0.005 - 1e-9 for g in gaps), gaps
@@ -144,15 +142,8 @@ def test_under_a_high_commit_rate_the_rounds_stretch_up_to_the_cap(monkeypatch):
             flush[0] += 1
             return max(rows, 1)
 
-        source = CdcSource.__new__(CdcSource)
-        source.conn = None
-        source.settings = type("S", (), {"source_idle_backoff_max_s": 0.02,
-                                         "source_poll_interval_s": 0.02,
-                                         "source_busy_rows_per_s": 2500,
-                                         "source_poll_interval_max_s": 0.05})()
-        source.poll_once = poll_once
-        source.behind = False
-        source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
+        source = _loop_only_source(poll_once, source_poll_interval_s=0.02,
+                                   source_busy_rows_per_s=2500)
         source.run(Stop())
         return [b - a for a, b in zip(starts, starts[1:], strict=False)]
 
@@ -180,8 +171,6 @@ def test_a_source_behind_peeks_again_at_once(monkeypatch):
         def wait(self, seconds: float) -> None:
             clock[0] += seconds
 
-    source = CdcSource.__new__(CdcSource)
-
     def poll_once() -> int:
         starts.append(clock[0])
         clock[0] += 0.01  # 5,000 changes in 10 ms
@@ -189,14 +178,7 @@ def test_a_source_behind_peeks_again_at_once(monkeypatch):
         source.behind = True
         return 5000
 
-    source.conn = None
-    source.settings = type("S", (), {"source_idle_backoff_max_s": 0.02,
-                                     "source_poll_interval_s": 0.015,
-                                     "source_busy_rows_per_s": 2000,
-                                     "source_poll_interval_max_s": 0.05})()
-    source.poll_once = poll_once
-    source.behind = False
-    source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
+    source = _loop_only_source(poll_once)
     source.run(Stop())
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert all(abs(g - 0.01) < 1e-9 for g in gaps), gaps
