@@ -24,12 +24,16 @@ Every comparison is a ratio computed from figures of this same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
+import signal
 import statistics
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -61,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rates", default="500,2000,5000", help="fixed insert rates, rows/s")
     p.add_argument("--rate-seconds", type=float, default=10.0)
     p.add_argument("--insert-rows", type=int, default=5000, help="rows per INSERT-rate test")
+    p.add_argument("--insert-pairs", type=int, default=5,
+                   help="INSERT-rate runs with rowcast, each after one with it paused")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--score-batch", type=int, default=16)
@@ -317,6 +323,22 @@ def measure_baselines(dsn: str, n: int, copy_rows: int) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def paused(pipeline: Pipeline) -> Iterator[None]:
+    """rowcast's processes stopped (SIGSTOP to each process group) for a baseline run, then
+    continued: nothing of rowcast runs, but the table, the slot and the services are those of
+    the run with rowcast beside it. Kept short (one run of a second or so), well inside the
+    consumers' session timeout, so no group rebalances when they continue."""
+    groups = [proc.pid for proc in pipeline.procs.values() if proc.poll() is None]
+    for pid in groups:
+        os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in groups:
+            os.killpg(pid, signal.SIGCONT)
+
+
 def service_pids(stack: DevStack) -> dict[str, int]:
     """The dev stack's PostgreSQL postmaster and Kafka broker: their CPU (with the backends,
     which are the postmaster's children) is what rowcast costs the services per row."""
@@ -367,9 +389,21 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str,
                 wait_for_predictions(conn, 1, max_id(conn), 300, pipeline)
 
             baselines.insert_runs(dsn, TABLE, args.insert_rows, 1, caught_up)
-            runs = baselines.insert_runs(dsn, TABLE, args.insert_rows, 3, caught_up)
+            runs, paused_runs = [], []
+            for i in range(args.insert_pairs):
+                # each run with rowcast beside a run, just before it, with rowcast's processes
+                # stopped: same table, same server, same moment (the first baseline is minutes
+                # and two bulk loads away, on a fresh cluster)
+                with paused(pipeline):
+                    paused_runs.append(baselines.insert_throughput(dsn, TABLE, args.insert_rows,
+                                                                   seed=100 + i))
+                caught_up()
+                runs.append(baselines.insert_throughput(dsn, TABLE, args.insert_rows, seed=1 + i))
+                caught_up()
             out["insert_with_rowcast_rows_per_s"] = statistics.median(runs)
             out["insert_with_rowcast_runs"] = [round(r) for r in runs]
+            out["insert_rowcast_paused_rows_per_s"] = statistics.median(paused_runs)
+            out["insert_rowcast_paused_runs"] = [round(r) for r in paused_runs]
 
             first = max_id(conn) + 1
             labelled = conn.execute(f"SELECT count(*) FROM {TABLE} WHERE purchase_amount "
@@ -446,6 +480,12 @@ def ratios(result: dict) -> dict:
             "bench_trigger_per_row_rows_per_s", "insert_with_poller_rows_per_s"]
     out = {k.replace("_rows_per_s", "_vs_baseline"): round(result[k] / base, 3)
            for k in keys if isinstance(result.get(k), float)}
+    paused_base = result.get("insert_rowcast_paused_rows_per_s")
+    if paused_base and isinstance(result.get("insert_with_rowcast_rows_per_s"), float):
+        # the writer with rowcast scoring, against the same writer minutes later on the same
+        # table with rowcast stopped (the pairs alternate): what rowcast itself costs it
+        out["insert_with_rowcast_vs_paused"] = round(
+            result["insert_with_rowcast_rows_per_s"] / paused_base, 3)
     copy_base = result.get("copy_baseline_rows_per_s")
     e2e = result.get("end_to_end", {})
     if copy_base:
