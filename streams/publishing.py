@@ -1,9 +1,9 @@
 """Publish one scored batch and wait until Kafka acknowledged all of it.
 
-Why not faust's own producer: its sends are acknowledged asynchronously, and faust acks a
-``take_events`` batch as soon as the loop body returns. We observed a prediction that
-``app.producer.send`` accepted never reaching its partition while the offset commit behind it
-stalled, so a restart at that point would lose it. Here the batch body does not return until
+Why not faust's own producer: its sends are acknowledged asynchronously, and a batch's events are
+acked (:mod:`rowcast.streams.micro_batches`) as soon as the loop body returns. We observed a
+prediction that ``app.producer.send`` accepted never reaching its partition while the offset
+commit behind it stalled, so a restart at that point would lose it. Here the batch body does not return until
 every record is acknowledged (``acks=all``, idempotent producer); a committed source offset
 therefore always has its predictions, label events and dead letters durably on Kafka, whatever
 faust's producer does.

@@ -1,7 +1,8 @@
 """The scoring agent: micro-batches of change events in, predictions and dead letters out.
 
 All decisions live in :class:`rowcast.models.serving.ServingSet`; this module only moves bytes between
-faust and that pure core. Batches (``take_events``) are acked by faust after the body returns,
+faust and that pure core. Batches (:func:`rowcast.streams.micro_batches.micro_batches`) are acked
+after the body returns,
 and the body returns only after :class:`rowcast.streams.publishing.BatchPublisher` saw Kafka acknowledge
 every prediction and dead letter of the batch, so every committed offset has them on Kafka.
 
@@ -58,6 +59,7 @@ from rowcast.core.prediction import PredictionRecord
 from rowcast.core.settings import Settings
 from rowcast.models.serving import SCORE_FAILED, BatchResult, Rejected, ServingSet
 from rowcast.streams.memory_policy import steady_gc
+from rowcast.streams.micro_batches import micro_batches
 
 log = logging.getLogger(__name__)
 
@@ -366,8 +368,8 @@ def attach_scorer(app: faust.App, settings: Settings, serving: ServingSet,
 
     @app.agent(source, concurrency=1, name="score")
     async def score(stream: faust.StreamT) -> None:
-        await drive(stream.take_events(settings.score_batch_size,
-                                       within=settings.score_batch_within_s), scorer)
+        await drive(micro_batches(stream, settings.score_batch_size,
+                                  settings.score_batch_within_s), scorer)
 
     return score
 
