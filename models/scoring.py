@@ -8,7 +8,8 @@ task        ``prediction``               ``score`` (a number, for SQL)
 ==========  ===========================  ===================================
 regression  predicted value              the same value
 binary      predicted label (bool)       P(label is True)
-multiclass  predicted label              probability of the predicted label
+multiclass  predicted label              probability of the predicted label;
+                                         P(label is True) when the labels are booleans
 anomaly     None                         anomaly score
 ==========  ===========================  ===================================
 
@@ -102,7 +103,9 @@ class OnlineModel:
         # the label is river's own choice (max of proba, first on ties), so accuracy matches
         # river.evaluate.progressive_val_score exactly
         label = max(proba, key=proba.get) if proba else None
-        if self.spec.task == "binary":
+        if self.spec.task == "binary" or (proba and all(type(c) is bool for c in proba)):
+            # a classifier of any labels learning a boolean target says P(True) too: swapping
+            # models on one table must not flip what ``WHERE score > 0.9`` selects
             return Score(label, float(proba.get(True, 0.0)), proba)
         return Score(label, float(proba[label]) if proba else None, proba)
 

@@ -176,3 +176,23 @@ def test_a_bad_custom_factory_is_a_config_error_naming_it(name: str, message: st
 def test_unknown_names_list_the_catalog_and_the_custom_form() -> None:
     with pytest.raises(ConfigError, match="the catalog has: arf_classifier, .*module:factory"):
         get_model("gpt")
+
+
+@pytest.mark.parametrize("name", ["hoeffding_tree_classifier", "arf_classifier",
+                                  "logistic_regression"])
+def test_a_boolean_target_scores_the_probability_of_true_whatever_the_model(name: str) -> None:
+    """Swapping logistic_regression for a tree on the same boolean target must not flip what
+    ``score`` means: ``WHERE score > 0.9`` selects likely-True rows with either (a classifier
+    of any labels scored the predicted label's probability, so a confident False read 0.95)."""
+    d = Deployment("fraud", "public", "payments", "flagged", (Feature("amount", "number"),),
+                   name, ("id",))
+    model = OnlineModel.fresh(d)
+    rng = random.Random(3)
+    for _ in range(400):
+        amount = rng.uniform(0, 100)
+        model.learn(model.features({"amount": amount}), amount > 70)
+    low, high = (model.score(model.features({"amount": a})) for a in (5.0, 95.0))
+    assert low.prediction is False and high.prediction is True
+    for scored in (low, high):
+        assert scored.score == pytest.approx(scored.proba[True])
+    assert low.score < 0.5 < high.score
