@@ -17,11 +17,14 @@ decoded by a function compiled once per relation (:meth:`RelationInfo.decode`).
 
 The loop, and why it cannot lose a row:
 
-1. ``peek`` whole transactions from the slot's confirmed position (nothing is consumed);
+1. read the changes after the slot's confirmed position: pushed by a walsender
+   (:class:`~rowcast.connectors.replication.ReplicationStream`, ``source_protocol`` "stream",
+   the default) or ``peek``-ed over SQL ("peek"); nothing is consumed either way;
 2. decode each message and ``send`` its envelope (or add it to its batch), keyed by primary
    key, to ``<prefix>.<schema>.<table>``;
 3. send the open batches, ``flush`` the producer and check every send was acknowledged;
-4. only then ``advance`` the slot to the last commit's end LSN, and remember that LSN.
+4. only then confirm the last commit's end LSN to the slot (a standby status message, or
+   ``pg_replication_slot_advance``), and remember that LSN.
 
 A crash before 4 replays the batch (at-least-once; the sink's upsert is idempotent). The slot's
 position is persisted by the server only at checkpoints, so after a server crash it may hand out
@@ -30,9 +33,9 @@ last published commit are dropped here. That LSN is
 stored with the cluster's system identifier and forgotten, loudly, when it belongs to another
 history (the database restored into another cluster: see :mod:`rowcast.connectors.position_history`).
 
-Polling is adaptive: while changes flow the slot is peeked again at once; when idle, the cheap
-``pg_current_wal_flush_lsn()`` is polled and the (costlier) peek runs only once flushed WAL has
-moved (the peek decodes only flushed WAL).
+Rounds are paced (:func:`round_gap`). Streaming, an idle source waits on the walsender's
+socket. Peeking, it polls the cheap ``pg_current_wal_flush_lsn()`` and runs the (costlier) peek
+only once flushed WAL has moved (the peek decodes only flushed WAL).
 
 A row the source cannot publish never stops it. When one of its values does not decode (a
 timestamp whose microseconds overflow 64 bits, an interval beyond ±292271 years, any text a
@@ -67,7 +70,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +86,7 @@ from rowcast.connectors.dead_letters import announce
 from rowcast.connectors.kafka_clients import AckedSends, ensure_topics, make_admin
 from rowcast.connectors.lag import slot_lag
 from rowcast.connectors.partitioning import partition_of
+from rowcast.connectors.replication import ReplicationStream
 from rowcast.connectors.source_position import load_position, save_position
 from rowcast.core import metrics
 from rowcast.core.change_batch import BATCH_HEADER, BATCH_KEY, VERSION, ChangeBatch
@@ -107,6 +112,7 @@ SAFE_EVENT_BYTES = 256 * 1024  # any broker takes this; a larger event checks th
 NUDGE_EVERY_MAX_S = 15.0  # PostgreSQL logs running transactions about this often by itself
 RECORD_OVERHEAD = 512  # bytes Kafka's record batch adds around one key and value
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # Kafka's message.max.bytes, when the topic's is unknown
+STREAM_IDLE_WAIT_S = 0.1  # longest wait on an idle walsender's socket between looks around
 TABLES_REFRESH_S = 2.0  # how often the published tables (whose topics get watermarks) are read
 TOPICS_RECHECK_S = 10.0  # how often a published table's missing topic is looked for again
 BATCH_ROW_BYTES = 96  # a row's positions in a change batch (op, LSNs, order, xid, commit time)
@@ -238,9 +244,13 @@ class CdcSource:
     """Streams one publication's changes to Kafka; ``run`` until ``stop`` is set."""
 
     def __init__(self, settings: Settings, conn: psycopg.Connection, producer: KafkaProducer,
-                 on_published: Callable[[int, int], None] | None = None) -> None:
+                 on_published: Callable[[int, int], None] | None = None,
+                 stream: ReplicationStream | None = None) -> None:
         self.settings = settings
         self.conn = conn
+        # the slot's changes: from a walsender (``source_protocol`` "stream", what ``rowcast
+        # source`` uses by default) or peeked over SQL (None: the tests' synchronous rounds)
+        self.stream = stream
         self.producer = producer
         self.relations: dict[int, RelationInfo] = {}
         self.db = conn.info.dbname
@@ -284,12 +294,22 @@ class CdcSource:
         last_poll = -1e9
         gap_s = self.settings.source_poll_interval_s
         rate = 0.0  # rows/s published lately (see round_gap)
+        published_last = 0
         while not stop.is_set():
             self._maybe_beat()
-            # the flushed position, not the inserted one: a peek decodes only flushed WAL, so a
-            # commit inserted but not yet flushed when the last peek ran is looked for again as
-            # soon as it is flushed (watching the insert position stalled it until more WAL)
-            wal_now = slot.current_flush_lsn(self.conn)
+            if self.stream is not None:
+                # the walsender pushes what it decodes: wait on its socket, no polling (bounded,
+                # so heartbeats and idle watermarks keep their cadence and ``stop`` is seen)
+                if published_last == 0 and not self.behind \
+                        and not self.stream.wait(STREAM_IDLE_WAIT_S):
+                    self._maybe_idle_watermark()
+                    continue
+                wal_now = wal_seen + 1
+            else:
+                # the flushed position, not the inserted one: a peek decodes only flushed WAL,
+                # so a commit inserted but not yet flushed when the last peek ran is looked for
+                # again as soon as it is flushed (watching the insert position stalled it)
+                wal_now = slot.current_flush_lsn(self.conn)
             if wal_now == wal_seen:
                 self._maybe_idle_watermark()
                 stop.wait(backoff_s)
@@ -305,7 +325,7 @@ class CdcSource:
                 stop.wait(wait_s)
             now = time.monotonic()
             since, last_poll = now - last_poll, now
-            published = self.poll_once()
+            published = published_last = self.poll_once()
             # the commit rate, smoothed over rounds (~a third of a second while busy)
             rate += (published / max(since, 1e-3) - rate) * 0.1 if since < 1.0 else -rate
             if published == 0:
@@ -316,15 +336,16 @@ class CdcSource:
 
     def poll_once(self) -> int:
         """One peek → publish → ack → advance round; returns the number of events published."""
-        self._nudge_restart_lsn()  # before ``flushed``: this round's advance can then use it
-        flushed = slot.current_flush_lsn(self.conn)
+        if self.stream is None:  # a walsender decodes each record once: nothing to nudge
+            self._nudge_restart_lsn()  # before ``flushed``: this round's advance can use it
+            flushed = slot.current_flush_lsn(self.conn)
+        else:
+            flushed = self.stream.idle_position()
         advance_to = None
         seen, published, last_lsn = 0, 0, 0
         every = self.settings.source_ack_every
         self._partitions.clear()  # a topic given more partitions is followed from the next poll
-        with slot.stream_changes(self.conn, self.settings.slot_name,
-                                 self.settings.publication_name,
-                                 self.settings.source_max_changes) as changes:
+        with self._changes() as changes:
             for change in changes:
                 seen, last_lsn = seen + 1, change.lsn
                 end_lsn = self._handle(change)
@@ -343,7 +364,7 @@ class CdcSource:
             if seen < self.settings.source_max_changes:
                 self._skip_irrelevant_wal(flushed)
             elif seen:
-                slot.advance(self.conn, self.settings.slot_name, last_lsn)
+                self._confirm(last_lsn)
         self.behind = seen >= self.settings.source_max_changes  # the peek stopped at its cap
         if seen < self.settings.source_max_changes and self._txn is None and not self._unacked():
             # caught up: topics that appeared since (a new deployment's table) get the current
@@ -366,7 +387,7 @@ class CdcSource:
         metrics.SOURCE_CHECKPOINTS.inc()
         self.last_commit_lsn = max(self.last_commit_lsn, lsn)
         self._save_position()
-        slot.advance(self.conn, self.settings.slot_name, lsn)
+        self._confirm(lsn)
         if self._on_published:
             self._on_published(published, lsn)
         return max(published, 1)
@@ -375,8 +396,29 @@ class CdcSource:
         """Nothing to publish up to ``flushed`` (read before the peek, which decodes up to the
         flush position): every transaction committed before it touched no watched table, so
         the slot can let that WAL go. Without this, writes to other tables pin WAL forever."""
-        if flushed > slot.confirmed_lsn(self.conn, self.settings.slot_name):
+        if self.stream is not None:
+            self.stream.confirm(flushed)
+        elif flushed > slot.confirmed_lsn(self.conn, self.settings.slot_name):
             slot.advance(self.conn, self.settings.slot_name, flushed)
+
+    @contextmanager
+    def _changes(self) -> Iterator[Iterator[slot.RawChange]]:
+        """This round's changes: what the walsender sent so far (a round may then end inside
+        a transaction, which the next one continues), or a peek of whole transactions."""
+        if self.stream is not None:
+            yield self.stream.changes(self.settings.source_max_changes)
+            return
+        with slot.stream_changes(self.conn, self.settings.slot_name,
+                                 self.settings.publication_name,
+                                 self.settings.source_max_changes) as changes:
+            yield changes
+
+    def _confirm(self, lsn: int) -> None:
+        """Everything before ``lsn`` is published and acknowledged: the slot may move there."""
+        if self.stream is not None:
+            self.stream.confirm(lsn)
+        else:
+            slot.advance(self.conn, self.settings.slot_name, lsn)
 
     def _maybe_beat(self) -> None:
         every = self.settings.heartbeat_interval_s

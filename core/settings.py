@@ -130,6 +130,13 @@ class Settings(BaseSettings):
         "cdc_source.round_gap).")
     source_poll_interval_max_s: float = Field(
         0.05, ge=0, description="The longest the gap between peek rounds stretches to under load.")
+    source_protocol: Literal["stream", "peek"] = Field(
+        "stream", description="How the source reads its slot: 'stream' = the streaming "
+        "replication protocol (a walsender decodes each WAL record once and pushes it; the "
+        "source confirms with status messages), 'peek' = pg_logical_slot_peek_binary_changes "
+        "and pg_replication_slot_advance over SQL, each of which decodes again from the slot's "
+        "restart LSN (for servers that refuse replication connections: the role still needs "
+        "REPLICATION, and max_wal_senders must leave one free).")
     source_format: Literal["rowcast", "debezium"] = Field(
         "rowcast", description="What the CDC source writes to the change topics: 'rowcast' = "
         "change batches, many rows of one table and partition per record "

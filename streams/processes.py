@@ -17,6 +17,7 @@ from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.kafka_clients import ensure_topics, make_consumer, make_producer
 from rowcast.connectors.pg_sink import PredictionSink
 from rowcast.connectors.postgres import connect
+from rowcast.connectors.replication import ReplicationStream
 from rowcast.connectors.schema import init_database
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
@@ -39,11 +40,18 @@ def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
     with connect(settings) as conn:
         init_database(conn, settings)
         producer = make_producer(settings)
+        stream = None
         try:
-            log.info("CDC source streaming slot %r (publication %r)", settings.slot_name,
+            if settings.source_protocol == "stream":
+                stream = ReplicationStream(settings.postgres_dsn.get_secret_value(),
+                                           settings.slot_name, settings.publication_name)
+            log.info("CDC source %s slot %r (publication %r)",
+                     "streaming" if stream else "peeking", settings.slot_name,
                      settings.publication_name)
-            CdcSource(settings, conn, producer).run(stop)
+            CdcSource(settings, conn, producer, stream=stream).run(stop)
         finally:
+            if stream is not None:
+                stream.close()
             producer.close()
 
 

@@ -69,8 +69,14 @@ def test_rows_re_emitted_by_backfill_or_repair_are_not_taught_twice_by_a_later_u
                    message=lambda: pipeline.log_tail("learner"))
 
         # backfill --all re-emits every row (scored again, not learned), then UPDATEs
+        backfilled_at = pg_conn.execute("SELECT clock_timestamp()").fetchone()[0]
         done = rowcast_cli(settings, "backfill", "once", "--all")
         assert done.returncode == 0, done.stderr
+        # the backfill's predictions written too (the learner may be ahead of the sink): one
+        # written after the DELETE below would put back a prediction reconcile must miss
+        wait_until(lambda: pg_conn.execute(
+            "SELECT count(*) FROM rowcast.predictions WHERE deployment = 'once' "
+            "AND written_at >= %s", (backfilled_at,)).fetchone()[0] == 10, timeout_s=60)
         wait_until(lambda: counters(pg_conn, "once")["duplicates"] >= 10, timeout_s=60,
                    message=lambda: f"{counters(pg_conn, 'once')}\n{pipeline.log_tail('learner')}")
         pg_conn.execute(f"UPDATE {table} SET x = x + 1 WHERE id < 5")   # same label

@@ -38,7 +38,7 @@ def _loop_only_source(poll_once, **settings: float) -> CdcSource:
     """A source whose ``run`` loop is real and whose rounds are ``poll_once`` (no server, no
     Kafka): what the pacing tests drive with a fake clock."""
     source = CdcSource.__new__(CdcSource)
-    source.conn = None
+    source.conn = source.stream = None
     source.settings = type("S", (), {"source_idle_backoff_max_s": 0.02,
                                      "source_poll_interval_s": 0.015,
                                      "source_busy_rows_per_s": 2000,
