@@ -17,7 +17,6 @@ from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.kafka_clients import ensure_topics, make_consumer, make_producer
 from rowcast.connectors.pg_sink import PredictionSink
 from rowcast.connectors.postgres import connect
-from rowcast.connectors.replication import ReplicationStream
 from rowcast.connectors.schema import init_database
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
@@ -43,6 +42,8 @@ def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
         stream = None
         try:
             if settings.source_protocol == "stream":
+                from rowcast.connectors.replication import ReplicationStream  # psycopg2: ~4 MB
+
                 stream = ReplicationStream(settings.postgres_dsn.get_secret_value(),
                                            settings.slot_name, settings.publication_name)
             log.info("CDC source %s slot %r (publication %r)",

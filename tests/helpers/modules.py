@@ -33,7 +33,7 @@ def all_modules() -> list[str]:
     return sorted(n for n in set(names) if not n.endswith(".__main__"))
 
 
-HEAVY = ("faust", "river", "scipy", "numpy", "aiokafka", "kafka", "confluent_kafka")
+HEAVY = ("faust", "river", "scipy", "numpy", "aiokafka", "kafka", "confluent_kafka", "psycopg2")
 
 
 def heavy_modules_after(imports: str) -> list[str]:

@@ -2,7 +2,8 @@
 river (nor, through river, numpy and scipy), nor Kafka clients it does not use. Each costs every
 process that loads it tens of MB of RSS (issue 15: every process <= 200 MB); importing the
 garbage-collector policy from the scorer module once took the source from 65 to 146 MB, and the
-worker's supervisor held ~90 MB of its child's imports for nothing."""
+worker's supervisor held ~90 MB of its child's imports for nothing; psycopg2, loaded by every
+process that imported the source module, took the learner from ~190 to 199-200 MB."""
 
 import pytest
 
@@ -13,6 +14,9 @@ from tests.helpers.modules import heavy_modules_after
     # the source and the sink (kafka-python and librdkafka are theirs)
     ("rowcast.streams.processes, rowcast.streams.memory_policy, rowcast.connectors.cdc_source, "
      "rowcast.connectors.pg_sink", {"kafka", "confluent_kafka"}),
+    # psycopg2 (the replication protocol, ~4 MB) only once the streaming source starts
+    ("rowcast.streams.processes, rowcast.streams.learner",
+     {"kafka", "confluent_kafka", "river", "numpy", "scipy"}),
     # the CLI and the worker's supervisor
     ("rowcast.ops.cli, rowcast.ops.cli.processes, rowcast.streams.worker", set()),
 ])
