@@ -119,17 +119,18 @@ class Settings(BaseSettings):
         "positive value lets the application's writers win the cores when both want them "
         "(rowcast then catches up when they pause).")
     source_poll_interval_s: float = Field(
-        0.015, ge=0, description="Shortest time between two peek rounds: commits made in "
-        "between are published together (each round costs the server a peek and a slot "
-        "advance, which decode WAL on the writers' cores, and every stage one record per "
-        "partition); adds at most this to latency.")
+        0.015, ge=0, description="Shortest time between two source rounds (read, publish, "
+        "await acks, confirm): commits made in between are published together (each round "
+        "costs every stage one record per partition, and peeking, the server a peek and a "
+        "slot advance); adds at most this to latency.")
     source_busy_rows_per_s: float = Field(
-        2000, gt=0, description="Above this commit rate the gap between peek rounds stretches "
+        2000, gt=0, description="Above this commit rate the gap between source rounds stretches "
         "with the rate (twice the rate, twice the gap), up to source_poll_interval_max_s: each "
         "round costs the pipeline about the same CPU whatever it carries (rowcast.connectors."
         "cdc_source.round_gap).")
     source_poll_interval_max_s: float = Field(
-        0.05, ge=0, description="The longest the gap between peek rounds stretches to under load.")
+        0.05, ge=0, description="The longest the gap between source rounds stretches to under "
+        "load.")
     source_protocol: Literal["stream", "peek"] = Field(
         "stream", description="How the source reads its slot: 'stream' = the streaming "
         "replication protocol (a walsender decodes each WAL record once and pushes it; the "
