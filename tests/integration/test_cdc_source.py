@@ -6,8 +6,6 @@ import uuid
 
 import psycopg
 import pytest
-from kafka.errors import KafkaTimeoutError
-from kafka.future import Future
 
 from rowcast.connectors.cdc_source import CdcSource
 from rowcast.connectors.kafka_clients import ensure_topics, make_producer
@@ -16,6 +14,7 @@ from rowcast.connectors.schema import init_database
 from rowcast.connectors.slot import watch_table
 from rowcast.core.errors import ConfigError, RetryableError, SourceError
 from tests.helpers.kafka_reading import afters, drain_rows
+from tests.helpers.source_doubles import RefusingProducer
 from tests.helpers.waiting import wait_until
 
 
@@ -73,20 +72,6 @@ def test_slot_advances_only_after_kafka_acknowledged(settings, pg_conn, watched)
     table, topic = watched
     pg_conn.execute(f"INSERT INTO public.{table} (id) SELECT g FROM generate_series(1, 50) g")
     confirmed_before = _confirmed(pg_conn, settings.slot_name)
-
-    class RefusingProducer:
-        """Every send comes back refused, as when the broker is unreachable."""
-
-        def send(self, *args, **kwargs) -> Future:
-            future = Future()
-            future.failure(KafkaTimeoutError("broker said no"))
-            return future
-
-        def flush(self) -> None:
-            pass
-
-        def partitions_for(self, topic: str) -> set[int]:
-            return {0}
 
     with pytest.raises(RetryableError, match="did not acknowledge"):
         CdcSource(settings, pg_conn, RefusingProducer()).poll_once()

@@ -8,8 +8,6 @@ import uuid
 
 import psycopg
 import pytest
-from kafka.errors import KafkaTimeoutError
-from kafka.future import Future
 
 from rowcast.connectors.cdc_source import CdcSource
 from rowcast.connectors.kafka_clients import ensure_topics, make_producer
@@ -18,6 +16,7 @@ from rowcast.connectors.schema import init_database
 from rowcast.connectors.slot import watch_table
 from rowcast.core.errors import RetryableError
 from tests.helpers.kafka_reading import afters, drain_rows
+from tests.helpers.source_doubles import RefusingProducer
 from tests.helpers.waiting import wait_until
 
 
@@ -122,18 +121,6 @@ def test_nothing_is_confirmed_that_kafka_did_not_acknowledge(settings, pg_conn, 
     before = confirmed(pg_conn, settings.slot_name)
     pg_conn.execute(f"INSERT INTO public.{table} (id) SELECT g FROM generate_series(1, 20) g")
     target = flushed(pg_conn)
-
-    class RefusingProducer:
-        def send(self, *args, **kwargs) -> Future:
-            future = Future()
-            future.failure(KafkaTimeoutError("broker said no"))
-            return future
-
-        def flush(self) -> None:
-            pass
-
-        def partitions_for(self, topic: str) -> set[int]:
-            return {0}
 
     refused = CdcSource(settings, pg_conn, RefusingProducer(), stream=stream())
     with pytest.raises(RetryableError, match="did not acknowledge"):

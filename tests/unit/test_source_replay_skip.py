@@ -81,37 +81,48 @@ def test_a_commit_inserted_but_not_yet_flushed_is_polled_once_it_is_flushed(monk
     assert polls == [100, 200], polls
 
 
+class FakeLoop:
+    """What the source's loop reads while the pacing tests drive it: a clock, a flushed WAL
+    position that moves with each round, and a stop that ends the loop after ``rounds``
+    rounds (its waits move the clock, and are recorded)."""
+
+    def __init__(self, monkeypatch, rounds: int) -> None:
+        from rowcast.connectors import cdc_source
+
+        self.now, self.flush, self.rounds = 0.0, 100, rounds
+        self.starts: list[float] = []
+        self.waits: list[float] = []
+        monkeypatch.setattr(cdc_source.time, "monotonic", lambda: self.now)
+        monkeypatch.setattr(cdc_source.slot, "current_flush_lsn", lambda conn: self.flush)
+
+    def is_set(self) -> bool:
+        return len(self.starts) >= self.rounds
+
+    def wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+    def round(self, takes_s: float) -> None:
+        """A round starts now, takes ``takes_s``, and a commit comes meanwhile."""
+        self.starts.append(self.now)
+        self.now += takes_s
+        self.flush += 1
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
+
+
 def test_rounds_are_at_least_the_poll_interval_apart(monkeypatch):
     """Changes always waiting (single-row commits at full speed): the source still starts a
     peek round at most every source_poll_interval_s, so commits gather into fewer rounds."""
-    from rowcast.connectors import cdc_source
-
-    clock = [0.0]
-    monkeypatch.setattr(cdc_source.time, "monotonic", lambda: clock[0])
-    flush = [100]
-    monkeypatch.setattr(cdc_source.slot, "current_flush_lsn", lambda conn: flush[0])
-
-    class Stop:
-        waits: list[float] = []
-
-        def is_set(self) -> bool:
-            return len(starts) >= 4
-
-        def wait(self, seconds: float) -> None:
-            self.waits.append(seconds)
-            clock[0] += seconds
-
-    starts: list[float] = []
+    loop = FakeLoop(monkeypatch, rounds=4)
 
     def poll_once() -> int:
-        starts.append(clock[0])
-        clock[0] += 0.001  # a round takes 1 ms
-        flush[0] += 1  # and a commit came meanwhile
+        loop.round(0.001)
         return 1
 
-    source = _loop_only_source(poll_once, source_poll_interval_s=0.005)
-    source.run(Stop())
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    _loop_only_source(poll_once, source_poll_interval_s=0.005).run(loop)
+    gaps = loop.gaps()
     assert gaps and all(g >= 0.005 - 1e-9 for g in gaps), gaps
 
 
@@ -119,33 +130,17 @@ def test_under_a_high_commit_rate_the_rounds_stretch_up_to_the_cap(monkeypatch):
     """Commits at 10,000 rows/s: each round costs the pipeline the same whatever it carries, so
     the gap grows with the rate (base 20 ms at 2,500 rows/s) and stops at the 50 ms cap; at
     1,000 rows/s it stays at the base."""
-    from rowcast.connectors import cdc_source
-
     def gaps_at(rows_per_s: float) -> list[float]:
-        clock = [0.0]
-        monkeypatch.setattr(cdc_source.time, "monotonic", lambda: clock[0])
-        flush = [100]
-        monkeypatch.setattr(cdc_source.slot, "current_flush_lsn", lambda conn: flush[0])
-        starts: list[float] = []
-
-        class Stop:
-            def is_set(self) -> bool:
-                return len(starts) >= 80
-
-            def wait(self, seconds: float) -> None:
-                clock[0] += seconds
+        loop = FakeLoop(monkeypatch, rounds=80)
 
         def poll_once() -> int:
-            rows = round(rows_per_s * (clock[0] - starts[-1])) if starts else 1
-            starts.append(clock[0])
-            clock[0] += 0.001
-            flush[0] += 1
+            rows = round(rows_per_s * (loop.now - loop.starts[-1])) if loop.starts else 1
+            loop.round(0.001)
             return max(rows, 1)
 
-        source = _loop_only_source(poll_once, source_poll_interval_s=0.02,
-                                   source_busy_rows_per_s=2500)
-        source.run(Stop())
-        return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        _loop_only_source(poll_once, source_poll_interval_s=0.02,
+                          source_busy_rows_per_s=2500).run(loop)
+        return loop.gaps()
 
     busy = gaps_at(10_000)
     assert abs(busy[-1] - 0.05) < 1e-6 and max(busy) <= 0.05 + 1e-9, busy[-5:]
@@ -156,29 +151,14 @@ def test_under_a_high_commit_rate_the_rounds_stretch_up_to_the_cap(monkeypatch):
 def test_a_source_behind_peeks_again_at_once(monkeypatch):
     """A bulk load: every peek returns all it may (source_max_changes), so more WAL waits
     already and any gap would only add lag (the 50 ms cap cost a 1M-row COPY 10-15 %)."""
-    from rowcast.connectors import cdc_source
-
-    clock = [0.0]
-    monkeypatch.setattr(cdc_source.time, "monotonic", lambda: clock[0])
-    flush = [100]
-    monkeypatch.setattr(cdc_source.slot, "current_flush_lsn", lambda conn: flush[0])
-    starts: list[float] = []
-
-    class Stop:
-        def is_set(self) -> bool:
-            return len(starts) >= 20
-
-        def wait(self, seconds: float) -> None:
-            clock[0] += seconds
+    loop = FakeLoop(monkeypatch, rounds=20)
 
     def poll_once() -> int:
-        starts.append(clock[0])
-        clock[0] += 0.01  # 5,000 changes in 10 ms
-        flush[0] += 1
+        loop.round(0.01)  # 5,000 changes in 10 ms
         source.behind = True
         return 5000
 
     source = _loop_only_source(poll_once)
-    source.run(Stop())
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    source.run(loop)
+    gaps = loop.gaps()
     assert all(abs(g - 0.01) < 1e-9 for g in gaps), gaps
