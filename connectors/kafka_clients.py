@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -38,9 +38,32 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "max_request_size": 4 * 1024 * 1024,
         "retries": 2**31 - 1,
         "client_id": "rowcast",
+        # rowcast lays its topics out with the admin client only (ensure_topics): a send or a
+        # metadata request must never create one with the broker's defaults (auto-creation
+        # is on for Debezium's topics; kafka-python's default asks for it: the source, seeing
+        # rows before the deployment's topic existed, made it with one partition)
+        "allow_auto_create_topics": False,
     }
     config.update(overrides)
-    return KafkaProducer(**config)
+    return _without_auto_creation(KafkaProducer(**config), config)
+
+
+Client = TypeVar("Client", KafkaProducer, KafkaConsumer)
+
+
+def _without_auto_creation(client: Client, config: dict[str, Any]) -> Client:
+    """kafka-python 3.0.12 builds the metadata its requests come from without the client's
+    ``allow_auto_create_topics`` (``kafka/net/manager.py`` passes only the bootstrap servers,
+    the max age and the DNS mode), so every metadata request asked the broker to create
+    missing topics, with its defaults: the source, seeing a deployment's rows before its topic
+    existed, made the change topic with one partition. The setting is applied to that metadata
+    here, where this version keeps it; a version that honours the option needs nothing."""
+    metadata = getattr(client, "_metadata", None) or getattr(
+        getattr(client, "_client", None), "cluster", None)
+    settings = getattr(metadata, "config", None)
+    if isinstance(settings, dict) and "allow_auto_create_topics" in settings:
+        settings["allow_auto_create_topics"] = config.get("allow_auto_create_topics", True)
+    return client
 
 
 class AckedSends:
@@ -88,11 +111,12 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> KafkaC
         "auto_offset_reset": "earliest",
         "client_id": "rowcast",
         "metadata_max_age_ms": 5000,
+        "allow_auto_create_topics": False,  # as make_producer: topics come from ensure_topics
         "session_timeout_ms": int(settings.kafka_session_timeout_s * 1000),
         "heartbeat_interval_ms": 1000,
     }
     config.update(overrides)
-    return KafkaConsumer(**config)
+    return _without_auto_creation(KafkaConsumer(**config), config)
 
 
 def make_admin(settings: Settings) -> KafkaAdminClient:

@@ -4,6 +4,7 @@ a bad row alone in the dead letters, watermarks after the rows they cover."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import defaultdict
 
@@ -112,3 +113,45 @@ def test_a_bad_row_inside_a_big_transaction_goes_alone_to_the_dead_letters(setti
     mine = [le for le in letters if le.context.get("table") == table]
     assert [(le.context["key"], le.context["column"], le.context["op"]) for le in mine] == \
         [({"id": 1500}, "ts", "u")]
+
+
+def test_per_row_envelopes_land_on_the_partition_a_batch_gives_their_key(settings, pg_conn):
+    """``source_format`` debezium leaves partitioning to the producer: it must hash keys as
+    Kafka's Java client does (murmur2), as change batches, backfills and replays do, or a
+    topic switching format (or a replayed row) would move keys between partitions and lose
+    their order. A guard for a change of client: librdkafka's default hashes with CRC32
+    (its ``murmur2_random`` is the Java one)."""
+    settings = settings.model_copy(update={"source_format": "debezium"})
+    table, topic = _table(settings, pg_conn, "(id int PRIMARY KEY)", PARTITIONS)
+    pg_conn.execute(f"INSERT INTO public.{table} SELECT g FROM generate_series(1, 200) g")
+    _run(settings, pg_conn)
+
+    records = drain(settings, topic, 200)
+    assert len(records) == 200
+    assert len({r.partition for r in records}) == PARTITIONS
+    assert all(r.partition == partition_of(r.key, PARTITIONS) for r in records)
+
+
+def test_a_topic_created_while_the_source_waits_for_it_gets_the_rows(settings, pg_conn):
+    """At a deployment's start the source can see rows before the topic exists (``rowcast
+    deploy`` and the worker create it): it waits for the topic instead of failing, and asking
+    Kafka about it does not create it with the broker's defaults (auto-creation is on here,
+    as for Debezium's topics)."""
+    table = f"batch_{uuid.uuid4().hex[:8]}"
+    pg_conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY)")
+    init_database(pg_conn, settings)
+    watch_table(pg_conn, settings.publication_name, "public", table)
+    topic = settings.source_topic("public", table)
+    pg_conn.execute(f"INSERT INTO public.{table} SELECT g FROM generate_series(1, 40) g")
+    creator = threading.Timer(2.0, ensure_topics, (
+        settings.model_copy(update={"topic_partitions": PARTITIONS}), [topic]))
+    creator.start()
+    try:
+        source = _run(settings, pg_conn)
+    finally:
+        creator.join()
+    assert source.watermarks_sent >= PARTITIONS  # one to each partition: the topic's four
+
+    rows = drain_rows(settings, topic, 40)
+    assert sorted(a["id"] for a in afters(rows)) == list(range(1, 41))
+    assert {row.partition for row in rows} == set(range(PARTITIONS))
