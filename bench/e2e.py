@@ -40,6 +40,7 @@ import orjson
 import psycopg
 
 from bench import baselines, procstat
+from rowcast.connectors.kafka_clients import make_consumer
 from rowcast.connectors.lag import slot_lag
 from rowcast.connectors.registry import create_deployment
 from rowcast.connectors.schema import init_database
@@ -339,6 +340,15 @@ def paused(pipeline: Pipeline) -> Iterator[None]:
             os.killpg(pid, signal.SIGCONT)
 
 
+def change_topic_partitions(settings: Settings) -> int:
+    """How many partitions the bench table's change topic has."""
+    consumer = make_consumer(settings, f"{settings.topic_prefix}-bench-layout")
+    try:
+        return len(consumer.partitions_for_topic(settings.source_topic("public", TABLE)) or ())
+    finally:
+        consumer.close()
+
+
 def service_pids(stack: DevStack) -> dict[str, int]:
     """The dev stack's PostgreSQL postmaster and Kafka broker: their CPU (with the backends,
     which are the postmaster's children) is what rowcast costs the services per row."""
@@ -381,6 +391,14 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str,
             started = time.monotonic()
             wait_for_predictions(conn, 1, 1, 120, pipeline)
             out["first_prediction_after_start_s"] = round(time.monotonic() - started, 2)
+            # the layout every figure below is of: each source round writes a record to every
+            # partition, so a topic created with the broker's defaults (one partition; it
+            # happened until kafka-python's auto-creation was turned off) measures another
+            # pipeline
+            out["change_topic_partitions"] = change_topic_partitions(settings)
+            if out["change_topic_partitions"] != args.partitions:
+                raise SystemExit(f"bench: the change topic has {out['change_topic_partitions']} "
+                                 f"partition(s), not --partitions {args.partitions}")
 
             # a first run warms what a running deployment has warm (the broker's JIT-compiled
             # request paths: its CPU per row halved after one), then the median of three,
