@@ -280,6 +280,7 @@ class CdcSource:
         self._published_topics: set[str] = set()
         self._sent_topics: set[str] = set()  # change topics events went to (so they exist)
         self._existing_topics: set[str] = set()
+        self._topics_made: set[str] = set()  # change topics ensured by this process
         self._tables_read = -TABLES_REFRESH_S
         self._topics_checked = -TOPICS_RECHECK_S
         self.watermarks_sent = 0  # records, for the curious (tests, benchmarks)
@@ -578,9 +579,16 @@ class CdcSource:
             keys = slot.table_key_columns(self.conn, rel.schema, rel.table)
         except SourceError:  # no primary key (or gone): fall back to the replica identity
             keys = tuple(c.name for c in rel.columns if c.is_key)
+        topic = self.settings.source_topic(rel.schema, rel.table)
+        if topic not in self._topics_made:
+            # the first writer of a change topic makes it, with rowcast's layout: a deployment
+            # made with the SQL function has none until a worker restarts for it, and a send
+            # would otherwise wait for it (kafka-python's max_block_ms), then fail
+            ensure_topics(self.settings, [topic])
+            self._topics_made.add(topic)
         self.relations[rel.oid] = RelationInfo(
             relation=rel,
-            topic=self.settings.source_topic(rel.schema, rel.table),
+            topic=topic,
             names=tuple(c.name for c in rel.columns),
             decoders=tuple(pgtypes.decoder_for(c.type_oid) for c in rel.columns),
             key_names=keys,

@@ -4,7 +4,6 @@ a bad row alone in the dead letters, watermarks after the rows they cover."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections import defaultdict
 
@@ -132,24 +131,20 @@ def test_per_row_envelopes_land_on_the_partition_a_batch_gives_their_key(setting
     assert all(r.partition == partition_of(r.key, PARTITIONS) for r in records)
 
 
-def test_a_topic_created_while_the_source_waits_for_it_gets_the_rows(settings, pg_conn):
-    """At a deployment's start the source can see rows before the topic exists (``rowcast
-    deploy`` and the worker create it): it waits for the topic instead of failing, and asking
-    Kafka about it does not create it with the broker's defaults (auto-creation is on here,
-    as for Debezium's topics)."""
+def test_rows_seen_before_their_topic_exists_get_a_topic_of_rowcasts_layout(settings, pg_conn):
+    """A deployment made with the SQL function has no change topic until a worker restarts
+    for it, and the source may see its rows first: the source makes the topic with rowcast's
+    partitions and replication (``ensure_topics``), and asking Kafka about it never makes it
+    with the broker's defaults (one partition here; auto-creation is on, as Debezium needs)."""
+    settings = settings.model_copy(update={"topic_partitions": PARTITIONS,
+                                           "watermark_interval_s": 0.0})
     table = f"batch_{uuid.uuid4().hex[:8]}"
     pg_conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY)")
     init_database(pg_conn, settings)
     watch_table(pg_conn, settings.publication_name, "public", table)
     topic = settings.source_topic("public", table)
     pg_conn.execute(f"INSERT INTO public.{table} SELECT g FROM generate_series(1, 40) g")
-    creator = threading.Timer(2.0, ensure_topics, (
-        settings.model_copy(update={"topic_partitions": PARTITIONS}), [topic]))
-    creator.start()
-    try:
-        source = _run(settings, pg_conn)
-    finally:
-        creator.join()
+    source = _run(settings, pg_conn)
     assert source.watermarks_sent >= PARTITIONS  # one to each partition: the topic's four
 
     rows = drain_rows(settings, topic, 40)
