@@ -40,6 +40,7 @@ from kafka.structs import OffsetAndMetadata
 
 from rowcast.connectors import operations, position_history, versions
 from rowcast.connectors.dead_letters import DeadLetterWriter
+from rowcast.connectors.kafka_clients import ensure_deployment_topics
 from rowcast.connectors.pending_labels import PgPending, has_expired
 from rowcast.connectors.registry import list_deployments
 from rowcast.connectors.versions import Checkpoint, Fenced, Redeployed
@@ -213,6 +214,10 @@ class Learner(ConsumerRebalanceListener):
         if topics != self.subscribed:
             log.info("learning %d deployment(s): %s", len(topics), sorted(self.deployments))
             if topics:
+                # a deployment made with the SQL function has no topics until a worker makes
+                # them: made here too (rowcast's layout, labels on one partition), since a
+                # subscription never creates one (kafka_clients.make_consumer)
+                ensure_deployment_topics(self.settings, sorted(self.deployments))
                 self.consumer.subscribe(topics=list(topics), listener=self)
             else:
                 self.consumer.unsubscribe()
