@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import psycopg
@@ -53,3 +54,22 @@ def test_dev_stack_up_and_down_leaves_no_process(services_dir) -> None:
         stack.down()
     assert not pid_alive(kafka_pid) and not pid_alive(pg_pid)
     assert all(v == "stopped" for v in stack.status().values())
+
+
+def test_the_broker_probe_ends_at_its_timeout_whatever_the_port_does(kafka_server) -> None:
+    """`wait_ready` asks again until the broker answers: each ask must end. kafka-python 3.0.12's
+    blocking calls have no deadline, and a probe during a broker restart blocked forever."""
+    import socket
+    import time
+
+    listening = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    silent = dataclasses.replace(kafka_server, port=listening.getsockname()[1])
+    refused = dataclasses.replace(kafka_server, port=free_port())
+    try:
+        assert kafka_server._accepts_clients(timeout_s=5.0)
+        for probe in (silent, refused):
+            started = time.monotonic()
+            assert not probe._accepts_clients(timeout_s=1.0)
+            assert time.monotonic() - started < 3.0  # its own timeout, not a client's default
+    finally:
+        listening.close()
