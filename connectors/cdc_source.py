@@ -87,7 +87,7 @@ from rowcast.connectors.kafka_clients import AckedSends, ensure_topics, make_adm
 from rowcast.connectors.lag import slot_lag
 from rowcast.connectors.partitioning import partition_of
 from rowcast.connectors.source_position import load_position, save_position
-from rowcast.core import metrics
+from rowcast.core import liveness, metrics
 from rowcast.core.change_batch import BATCH_HEADER, BATCH_KEY, VERSION, ChangeBatch
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.envelope import (
@@ -299,6 +299,7 @@ class CdcSource:
         rate = 0.0  # rows/s published lately (see round_gap)
         published_last = 0
         while not stop.is_set():
+            liveness.beat()
             self._maybe_beat()
             if self.stream is not None:
                 # the walsender pushes what it decodes: wait on its socket, no polling (bounded,

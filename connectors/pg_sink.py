@@ -32,7 +32,7 @@ from prometheus_client import Histogram
 
 from rowcast.connectors import position_history
 from rowcast.connectors.dead_letters import DeadLetterWriter
-from rowcast.core import metrics
+from rowcast.core import liveness, metrics
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import DecodeError
 from rowcast.core.keys import stored_key
@@ -241,6 +241,7 @@ class PredictionSink:
     def run(self, stop: threading.Event) -> None:
         position_history.follow_predictions(self.conn)  # source LSNs compare only within one history
         while not stop.is_set():
+            liveness.beat()
             if time.monotonic() >= self._next_refresh:
                 self.refresh_subscription()
                 self._next_refresh = time.monotonic() + self.settings.deployment_refresh_s

@@ -169,6 +169,12 @@ class Settings(BaseSettings):
         "small, and adds at most about this much to the learning delay.")
     deployment_refresh_s: float = Field(
         2.0, gt=0, description="How often workers re-read rowcast.deployments.")
+    stall_exit_s: float = Field(
+        300.0, ge=0, description="A source, worker, learner or sink whose loop has not come "
+        "round for this long logs where it is stuck, with every thread's stack, and exits with "
+        "code 75 so that it is started again (rowcast.core.liveness): a client call that never "
+        "returns must not leave a process alive and idle. Far above any healthy wait (a send "
+        "to a broker that is down fails after 120 s); 0 turns it off.")
     score_batch_size: int = Field(
         16, ge=1, description="Records a scorer takes per batch (committed together once all "
         "its predictions are acknowledged): a change batch record holds up to "

@@ -44,7 +44,7 @@ from rowcast.connectors.kafka_clients import ensure_deployment_topics
 from rowcast.connectors.pending_labels import PgPending, has_expired
 from rowcast.connectors.registry import list_deployments
 from rowcast.connectors.versions import Checkpoint, Fenced, Redeployed
-from rowcast.core import metrics
+from rowcast.core import liveness, metrics
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import ConfigError, DecodeError, SnapshotError
 from rowcast.core.label_events import BATCH_HEADER, LabelEvent, decode_batch
@@ -355,6 +355,7 @@ class Learner(ConsumerRebalanceListener):
     def run(self, stop: threading.Event) -> None:
         next_refresh = 0.0
         while not stop.is_set():
+            liveness.beat()
             if time.monotonic() >= next_refresh:
                 self.refresh()
                 next_refresh = time.monotonic() + self.settings.deployment_refresh_s

@@ -19,6 +19,7 @@ from rowcast.connectors.pg_sink import PredictionSink
 from rowcast.connectors.postgres import connect
 from rowcast.connectors.schema import init_database
 from rowcast.core import metrics
+from rowcast.core.liveness import Watchdog
 from rowcast.core.settings import Settings
 from rowcast.streams.memory_policy import steady_gc
 
@@ -35,44 +36,46 @@ def stop_on_signals() -> threading.Event:
 
 def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or stop_on_signals()
-    metrics.serve(settings.source_metrics_port, settings, "source")
-    with connect(settings) as conn:
-        init_database(conn, settings)
-        producer = make_producer(settings)
-        stream = None
-        try:
-            if settings.source_protocol == "stream":
-                from rowcast.connectors.replication import ReplicationStream  # psycopg2: ~4 MB
+    with Watchdog("source", settings.stall_exit_s):  # a stuck loop exits
+        metrics.serve(settings.source_metrics_port, settings, "source")
+        with connect(settings) as conn:
+            init_database(conn, settings)
+            producer = make_producer(settings)
+            stream = None
+            try:
+                if settings.source_protocol == "stream":
+                    from rowcast.connectors.replication import ReplicationStream  # psycopg2: ~4 MB
 
-                stream = ReplicationStream(settings.postgres_dsn.get_secret_value(),
-                                           settings.slot_name, settings.publication_name)
-            log.info("CDC source %s slot %r (publication %r)",
-                     "streaming" if stream else "peeking", settings.slot_name,
-                     settings.publication_name)
-            CdcSource(settings, conn, producer, stream=stream).run(stop)
-        finally:
-            if stream is not None:
-                stream.close()
-            producer.close()
+                    stream = ReplicationStream(settings.postgres_dsn.get_secret_value(),
+                                               settings.slot_name, settings.publication_name)
+                log.info("CDC source %s slot %r (publication %r)",
+                         "streaming" if stream else "peeking", settings.slot_name,
+                         settings.publication_name)
+                CdcSource(settings, conn, producer, stream=stream).run(stop)
+            finally:
+                if stream is not None:
+                    stream.close()
+                producer.close()
 
 
 def run_sink(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or stop_on_signals()
-    metrics.serve(settings.sink_metrics_port, settings, "sink")
-    ensure_topics(settings, [settings.dlq_topic])
-    with connect(settings) as conn:
-        init_database(conn, settings)
-        producer = make_producer(settings)
-        consumer = kafka_native.make_consumer(settings, settings.sink_group)  # ~1 µs a record
-        try:
-            sink = PredictionSink(settings, conn, consumer,
-                                  DeadLetterWriter(producer, settings.dlq_topic))
-            log.info("sink writing predictions to rowcast.predictions")
-            steady_gc()  # after setup: what it froze is never scanned again
-            sink.run(stop)
-        finally:
-            consumer.close()
-            producer.close()
+    with Watchdog("sink", settings.stall_exit_s):  # a stuck loop exits
+        metrics.serve(settings.sink_metrics_port, settings, "sink")
+        ensure_topics(settings, [settings.dlq_topic])
+        with connect(settings) as conn:
+            init_database(conn, settings)
+            producer = make_producer(settings)
+            consumer = kafka_native.make_consumer(settings, settings.sink_group)  # ~1 µs a record
+            try:
+                sink = PredictionSink(settings, conn, consumer,
+                                      DeadLetterWriter(producer, settings.dlq_topic))
+                log.info("sink writing predictions to rowcast.predictions")
+                steady_gc()  # after setup: what it froze is never scanned again
+                sink.run(stop)
+            finally:
+                consumer.close()
+                producer.close()
 
 
 def run_learner(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -81,19 +84,20 @@ def run_learner(settings: Settings, stop: threading.Event | None = None) -> None
     from rowcast.streams.learner import Learner
 
     stop = stop or stop_on_signals()
-    allow_custom_modules(settings.allowed_model_modules())
-    metrics.serve(settings.learner_metrics_port, settings, "learner")
-    ensure_topics(settings, [settings.dlq_topic])
-    ensure_topics(settings, [settings.models_topic], compacted=True, partitions=1)
-    key = signing_key(settings)
-    with connect(settings) as conn:
-        init_database(conn, settings)
-        producer = make_producer(settings)
-        consumer = make_consumer(settings, settings.learner_group)
-        steady_gc()
-        try:
-            log.info("learner: one owner per deployment, checkpoints in rowcast.model_versions")
-            Learner(settings, conn, consumer, producer, key).run(stop)
-        finally:
-            consumer.close()
-            producer.close()
+    with Watchdog("learner", settings.stall_exit_s):  # a stuck loop exits
+        allow_custom_modules(settings.allowed_model_modules())
+        metrics.serve(settings.learner_metrics_port, settings, "learner")
+        ensure_topics(settings, [settings.dlq_topic])
+        ensure_topics(settings, [settings.models_topic], compacted=True, partitions=1)
+        key = signing_key(settings)
+        with connect(settings) as conn:
+            init_database(conn, settings)
+            producer = make_producer(settings)
+            consumer = make_consumer(settings, settings.learner_group)
+            steady_gc()
+            try:
+                log.info("learner: one owner per deployment, checkpoints in rowcast.model_versions")
+                Learner(settings, conn, consumer, producer, key).run(stop)
+            finally:
+                consumer.close()
+                producer.close()

@@ -113,7 +113,8 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
 
     from rowcast.connectors.fast_kafka import make_fast_producer
     from rowcast.connectors.kafka_clients import ensure_deployment_topics, ensure_topics
-    from rowcast.core import metrics
+    from rowcast.core import liveness, metrics
+    from rowcast.core.liveness import Watchdog
     from rowcast.models.catalog import allow_custom_modules
     from rowcast.models.serving import ServingSet
     from rowcast.models.snapshot import signing_key
@@ -130,6 +131,9 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
     allow_custom_modules(settings.allowed_model_modules())
     metrics.serve(settings.worker_metrics_port, settings, "worker")
     deployments, as_of_us = wait_for_deployments(settings, threading.Event())
+    # from here the loop must come round: faust's event loop runs the refresh timer below every
+    # deployment_refresh_s, which beats (a blocked loop or a refresh that never returns exits)
+    Watchdog("worker", settings.stall_exit_s).start()
     ensure_deployment_topics(settings, [d.name for d in deployments])
     feed = ModelFeed(settings, signing_key(settings))
     feed.catch_up()  # serve the learner's latest versions from the first row on
@@ -164,6 +168,7 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
 
     @app.timer(interval=settings.deployment_refresh_s)
     async def refresh_deployments() -> None:
+        liveness.beat()
         if os.getppid() != parent:
             log.error("the supervising rowcast worker is gone; stopping")
             signal.raise_signal(signal.SIGTERM)

@@ -90,7 +90,9 @@ def count(conn_dsn: str, query: str) -> int | None:
 @pytest.mark.timeout(1200)
 def test_every_fault_recovers_with_nothing_lost_or_learned_twice(settings, pg_conn, pg_server,
                                                                kafka_server, tmp_path):
-    settings = fast(settings)
+    # a process stuck in a client call exits and is started again (rowcast.core.liveness):
+    # within the recovery window here, not after the 300 s default. Counted in the report.
+    settings = fast(settings).model_copy(update={"stall_exit_s": 60.0})
     table = deployed_xy_table(settings, pg_conn, "faulty", "faulty")
     dsn = pg_server.dsn
     rows_sql = f"SELECT count(*) FROM {table}"
@@ -195,6 +197,9 @@ def test_every_fault_recovers_with_nothing_lost_or_learned_twice(settings, pg_co
           f"{'recovery s':>10}")
     for name, rows_, predicted, dups, lost, took in report:
         print(f"{name:<28} {rows_:>6} {predicted:>11} {dups:>10} {lost:>5} {took:>10}")
+    stalls = {name: (tmp_path / "logs" / f"{name}.log").read_text(errors="replace").count(
+        "its loop has not come round") for name in (*PROCESSES, "learner#2")}
+    print(f"processes that stalled and were restarted: {stalls}")
     print(f"rows {rows}, predictions {state['predicted']}, lost {state['missing']}, topic "
           f"records {len(keys)} ({len(keys) - len(set(keys))} duplicates), learned {samples}, "
           f"label replays skipped {learned['duplicates']}")

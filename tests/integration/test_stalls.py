@@ -1,0 +1,61 @@
+"""A process stuck in a call that never returns exits so that it is started again, and loses
+nothing (rowcast.core.liveness). The stuck call here is the sink's upsert waiting for a lock
+another session holds; in the fault tier it was a client library's call during a broker
+restart. Either way the process was alive, idle and silent before."""
+
+from __future__ import annotations
+
+import psycopg
+
+from rowcast.connectors.kafka_clients import ensure_topics, make_producer
+from rowcast.connectors.schema import init_database
+from rowcast.core.liveness import STALLED_EXIT
+from rowcast.core.prediction import PredictionRecord
+from rowcast.ops.pipeline import Pipeline
+from tests.helpers.waiting import wait_until
+
+
+def record(key: int) -> PredictionRecord:
+    return PredictionRecord("stalled", "linear_regression", 1, "public", "t", {"id": key},
+                            float(key), float(key), 1000 + key, 1_700_000_000_000_000,
+                            1_700_000_000_001_000)
+
+
+def predicted(conn: psycopg.Connection) -> set[int]:
+    return {r[0] for r in conn.execute("SELECT (pk->>'id')::int FROM rowcast.predictions "
+                                       "WHERE deployment = 'stalled'")}
+
+
+def test_a_sink_stuck_in_a_call_exits_with_where_and_its_restart_loses_nothing(
+        settings, pg_conn, pg_server, tmp_path):
+    settings = settings.model_copy(update={"stall_exit_s": 3.0, "deployment_refresh_s": 0.5})
+    init_database(pg_conn, settings)
+    topic = settings.predictions_topic("stalled")
+    ensure_topics(settings, [topic])
+    producer = make_producer(settings)
+
+    def send(key: int) -> None:
+        r = record(key)
+        producer.send(topic, key=r.key_bytes(), value=r.to_json())
+        producer.flush()
+
+    with Pipeline(settings, tmp_path / "logs", names=("sink",)) as pipeline:
+        send(1)
+        wait_until(lambda: predicted(pg_conn) == {1}, timeout_s=60,
+                   message=lambda: pipeline.log_tail("sink"))
+        with psycopg.connect(pg_server.dsn) as holder:  # e.g. a migration holding the table
+            holder.execute("LOCK TABLE rowcast.predictions IN ACCESS EXCLUSIVE MODE")
+            send(2)
+            sink = pipeline.procs["sink"]
+            wait_until(lambda: sink.poll() is not None, timeout_s=60,
+                       message=lambda: pipeline.log_tail("sink"))
+            assert sink.returncode == STALLED_EXIT
+            log = pipeline.log_tail("sink", 400)
+            assert "ERROR rowcast.core.liveness: sink: its loop has not come round for " in log
+            assert "called from upsert (pg_sink.py:" in log  # where: the library call, and ours
+            assert 'File "' in log and "Thread 0x" in log  # every thread's stack, for the issue
+            holder.rollback()  # the lock goes; the service manager starts the sink again
+        assert pipeline.restart_dead() == ["sink"]
+        wait_until(lambda: predicted(pg_conn) == {1, 2}, timeout_s=60,
+                   message=lambda: pipeline.log_tail("sink"))
+    producer.close()
