@@ -9,9 +9,9 @@ restart: alive, lag growing, nothing logged.
 
 Each process's loop calls :func:`beat` once a round (a monotonic clock read and a store).
 :class:`Watchdog` checks from its own thread. When no beat came for ``limit_s`` it logs one
-ERROR line naming the process and where its main thread is, dumps every thread's stack to
-stderr (the process log), and exits with :data:`STALLED_EXIT`. A service manager, or the
-worker's supervisor, then starts it again. Nothing is lost: every process resumes from what it
+ERROR line naming the process and where its loop's thread is, logs every thread's stack, and
+exits with :data:`STALLED_EXIT`. A service manager, or the worker's supervisor, then starts it
+again. Nothing is lost: every process resumes from what it
 made durable (slot position, committed offsets, checkpoints), and what it replays is ignored
 downstream.
 
@@ -33,7 +33,6 @@ False
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import os
 import sys
@@ -71,7 +70,13 @@ def _frame(f: traceback.FrameSummary) -> str:
 
 
 def _dump_all_threads() -> None:
-    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    """Every thread's stack, through logging: faust replaces ``sys.stderr`` with a proxy that
+    has no file descriptor, so ``faulthandler`` cannot write to it."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        stack = "".join(traceback.format_stack(frame))
+        log.error("thread %s (%#x), most recent call last:\n%s", names.get(ident, "?"), ident,
+                  stack.rstrip())
 
 
 class Watchdog:
@@ -98,8 +103,10 @@ class Watchdog:
         log.error("%s: its loop has not come round for %.1f s (stuck in %s); exiting with "
                   "code %d so that it is started again, every thread's stack follows",
                   self.process, stalled, self._where(), STALLED_EXIT)
-        self._dump()
-        self._exit(STALLED_EXIT)
+        try:
+            self._dump()
+        finally:  # whatever the dump met, the process must not stay up stuck
+            self._exit(STALLED_EXIT)
         return False
 
     def _where(self) -> str:

@@ -131,9 +131,10 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
     allow_custom_modules(settings.allowed_model_modules())
     metrics.serve(settings.worker_metrics_port, settings, "worker")
     deployments, as_of_us = wait_for_deployments(settings, threading.Event())
-    # from here the loop must come round: faust's event loop runs the refresh timer below every
-    # deployment_refresh_s, which beats (a blocked loop or a refresh that never returns exits)
-    Watchdog("worker", settings.stall_exit_s).start()
+    # faust's event loop runs the refresh timer below every deployment_refresh_s, and it beats:
+    # a blocked loop, or a refresh that never returns, exits. Watched from the first tick (the
+    # timers start once faust has joined its group, which takes a rebalance).
+    watchdog = Watchdog("worker", settings.stall_exit_s)
     ensure_deployment_topics(settings, [d.name for d in deployments])
     feed = ModelFeed(settings, signing_key(settings))
     feed.catch_up()  # serve the learner's latest versions from the first row on
@@ -169,6 +170,8 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
     @app.timer(interval=settings.deployment_refresh_s)
     async def refresh_deployments() -> None:
         liveness.beat()
+        if watchdog.thread is None:
+            watchdog.start()
         if os.getppid() != parent:
             log.error("the supervising rowcast worker is gone; stopping")
             signal.raise_signal(signal.SIGTERM)

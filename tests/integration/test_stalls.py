@@ -12,6 +12,7 @@ from rowcast.connectors.schema import init_database
 from rowcast.core.liveness import STALLED_EXIT
 from rowcast.core.prediction import PredictionRecord
 from rowcast.ops.pipeline import Pipeline
+from tests.helpers.tables import deployed_xy_table
 from tests.helpers.waiting import wait_until
 
 
@@ -53,9 +54,31 @@ def test_a_sink_stuck_in_a_call_exits_with_where_and_its_restart_loses_nothing(
             log = pipeline.log_tail("sink", 400)
             assert "ERROR rowcast.core.liveness: sink: its loop has not come round for " in log
             assert "called from upsert (pg_sink.py:" in log  # where: the library call, and ours
-            assert 'File "' in log and "Thread 0x" in log  # every thread's stack, for the issue
+            assert "thread MainThread" in log and 'File "' in log  # every stack, for the issue
             holder.rollback()  # the lock goes; the service manager starts the sink again
         assert pipeline.restart_dead() == ["sink"]
         wait_until(lambda: predicted(pg_conn) == {1, 2}, timeout_s=60,
                    message=lambda: pipeline.log_tail("sink"))
     producer.close()
+
+
+def test_a_worker_whose_event_loop_stops_coming_round_is_replaced_by_its_supervisor(
+        settings, pg_conn, pg_server, tmp_path):
+    """The worker beats from faust's refresh timer: a refresh that never returns (here: waiting
+    for a lock on rowcast.deployments) stops the beats, so the faust child exits with 75 and
+    the worker's supervisor starts a fresh one."""
+    settings = settings.model_copy(update={"stall_exit_s": 3.0, "deployment_refresh_s": 0.5})
+    deployed_xy_table(settings, pg_conn, "stalled_worker", "stalled")
+    with Pipeline(settings, tmp_path / "logs", names=("worker",)) as pipeline:
+        wait_until(lambda: "scoring 1 deployment(s)" in pipeline.log_tail("worker"),
+                   timeout_s=60, message=lambda: pipeline.log_tail("worker"))
+        with psycopg.connect(pg_server.dsn) as holder:
+            holder.execute("LOCK TABLE rowcast.deployments IN ACCESS EXCLUSIVE MODE")
+            wait_until(lambda: "restarting the scoring worker" in pipeline.log_tail("worker", 10**6),
+                       timeout_s=60, message=lambda: pipeline.log_tail("worker"))
+            log = pipeline.log_tail("worker", 400)
+            assert "worker: its loop has not come round for " in log  # (faust formats the line)
+            holder.rollback()
+        assert pipeline.procs["worker"].poll() is None  # the supervisor itself stays up
+        wait_until(lambda: pipeline.log_tail("worker", 10**6).count("scoring 1 deployment(s)") >= 2,
+                   timeout_s=60, message=lambda: pipeline.log_tail("worker"))
