@@ -226,6 +226,12 @@ class Settings(BaseSettings):
     learner_batch_size: int = Field(
         2000, ge=1, description="About how many label events a learner polls at once (in "
         "records: a scorer's batch record holds hundreds, so it asks for fewer records).")
+    learner_fetch_wait_ms: int = Field(
+        100, ge=0, description="How long the broker may hold a learner's fetch to gather more "
+        "labels (up to 1 MiB; a bulk load fills that at once): at a trickle each source round "
+        "would otherwise wake the learner and the broker once. Learning is not on the "
+        "prediction's path; it adds at most this much to the learning delay. 0: every fetch "
+        "returns with the first record.")
     label_retention_s: float = Field(
         7 * 86400.0, gt=0, description="How long a scored row's features wait for a label; what "
         "expires unlabelled is counted (rowcast_labels_expired_total).")

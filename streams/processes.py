@@ -34,6 +34,18 @@ def stop_on_signals() -> threading.Event:
 
 
 
+def learner_fetch(wait_ms: int) -> dict[str, int]:
+    """The learner's fetch options: the broker holds a fetch up to ``wait_ms`` to gather up to
+    1 MiB of labels (see ``Settings.learner_fetch_wait_ms``).
+
+    >>> learner_fetch(100)
+    {'fetch_min_bytes': 1048576, 'fetch_max_wait_ms': 100}
+    >>> learner_fetch(0)
+    {}
+    """
+    return {"fetch_min_bytes": 1 << 20, "fetch_max_wait_ms": wait_ms} if wait_ms else {}
+
+
 def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or stop_on_signals()
     with Watchdog("source", settings.stall_exit_s):  # a stuck loop exits
@@ -93,7 +105,8 @@ def run_learner(settings: Settings, stop: threading.Event | None = None) -> None
         with connect(settings) as conn:
             init_database(conn, settings)
             producer = make_producer(settings)
-            consumer = make_consumer(settings, settings.learner_group)
+            consumer = make_consumer(settings, settings.learner_group,
+                                     **learner_fetch(settings.learner_fetch_wait_ms))
             steady_gc()
             try:
                 log.info("learner: one owner per deployment, checkpoints in rowcast.model_versions")
