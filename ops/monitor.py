@@ -22,6 +22,7 @@ topic is reported rather than silently used. It is checked at most every ``LAYOU
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -59,6 +60,33 @@ FROM rowcast.predictions WHERE written_at > now() - make_interval(secs => %s)
 
 
 LAYOUT_EVERY_S = 30.0
+KAFKA_ANSWER_S = 10.0  # longest a sample waits for the broker (see Monitor._kafka_part)
+
+
+class _KafkaClients:
+    """The admin client and the reader one sample asks with (made on first use).
+
+    A sample whose questions outlive ``KAFKA_ANSWER_S`` drops its clients for fresh ones: the
+    thread still waiting on them keeps them until its calls end, and closes them then."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._admin: Any = None
+        self._reader: KafkaConsumer | None = None
+
+    def admin(self) -> Any:
+        self._admin = self._admin or make_admin(self.settings)
+        return self._admin
+
+    def reader(self) -> KafkaConsumer:
+        self._reader = self._reader or make_reader(self.settings)
+        return self._reader
+
+    def close(self) -> None:
+        admin, reader, self._admin, self._reader = self._admin, self._reader, None, None
+        for client in (admin, reader):
+            if client is not None:
+                client.close()
 
 
 @dataclass
@@ -77,19 +105,14 @@ class Monitor:
         self.settings = settings
         self.tracks: dict[tuple[str, str, int], _Track] = {}
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
-        self._admin = None
-        self._reader: KafkaConsumer | None = None
+        self._kafka = _KafkaClients(settings)
+        self._asking: threading.Thread | None = None  # a sample's Kafka questions, unanswered
         self._failed: dict[str, str] = {}  # deployments shown failed -> reason, for the metric
         self._paused: dict[str, str] = {}  # deployments shown paused -> reason, for the metric
         self._layout: tuple[float, list[str] | None] | None = None  # (checked at, problems)
 
     def close(self) -> None:
-        if self._admin is not None:
-            self._admin.close()
-            self._admin = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._kafka.close()
 
     def sample(self, latency_window_s: float = 300.0) -> dict[str, Any]:
         now = time.time()
@@ -106,8 +129,7 @@ class Monitor:
             pauses = versions.paused(conn)
             drifts = {r[0]: {"count": r[1], "last_at": r[2], "last_label": r[3],
                              "last_version": r[4]} for r in conn.execute(DRIFTS_SQL)}
-        stages = [self._stage(st.name, st.group, now, list(st.topics))
-                  for st in self.settings.stages(deployments)]
+        stages, layout = self._kafka_part(deployments, now)
         snapshot = {
             "at": now,
             "slot": None if slot is None else {
@@ -124,7 +146,7 @@ class Monitor:
             "deployments": [_deployment(d, models.get(d.name), failures.get(d.name),
                                         pauses.get(d.name), drifts.get(d.name))
                             for d in deployments],
-            "topic_layout": self._topic_layout(deployments, now),
+            "topic_layout": layout,
         }
         for d in snapshot["deployments"]:  # the dashboard's /metrics says it too
             if d["failed"] is not None:
@@ -140,15 +162,59 @@ class Monitor:
         self.history.append(snapshot)
         return snapshot
 
-    def _stage(self, name: str, group: str, now: float, topics: list[str]) -> dict[str, Any]:
+    def _kafka_part(self, deployments: list[Any], now: float
+                    ) -> tuple[list[dict[str, Any]], list[str] | None]:
+        """Each stage's lag and verdict, and the topic layout, asked of the broker with a
+        deadline: ``KAFKA_ANSWER_S`` for all of it.
+
+        Why: a broker that stops answering (frozen, a hung disk) held one sample for 90 s with
+        kafka-python's request timeouts, and kafka-python 3.0.12's blocking calls can wait with
+        no deadline at all (its issue 3121). That is when operators look: they get UNKNOWN with
+        the reason, and PostgreSQL's side of the sample, at once. While an earlier sample's
+        questions are still unanswered, no new ones are asked (one waiting thread at most)."""
+        wanted = self.settings.stages(deployments)
+        if self._asking is not None and self._asking.is_alive():
+            return self._unanswered(wanted, "still has not answered an earlier sample"), None
+        clients, box = self._kafka, {}
+
+        def ask() -> None:
+            try:
+                box["stages"] = [self._stage(clients, st.name, st.group, now, list(st.topics))
+                                 for st in wanted]
+                box["layout"] = self._topic_layout(clients, deployments, now)
+            except BaseException as exc:  # raised in the caller's thread
+                box["error"] = exc
+            finally:
+                if box.get("late"):  # the sample went on without it: its clients go with it
+                    clients.close()
+
+        asking = threading.Thread(target=ask, name="rowcast-monitor-kafka", daemon=True)
+        asking.start()
+        asking.join(KAFKA_ANSWER_S)
+        if asking.is_alive():
+            box["late"] = True
+            if not asking.is_alive():  # it ended just now, before it could see it was late
+                clients.close()
+            self._asking, self._kafka = asking, _KafkaClients(self.settings)
+            return self._unanswered(wanted, f"did not answer within {KAFKA_ANSWER_S:.0f} s"), None
+        if "error" in box:
+            raise box["error"]
+        return box["stages"], box["layout"]
+
+    @staticmethod
+    def _unanswered(stages: list[Any], why: str) -> list[dict[str, Any]]:
+        return [{"stage": st.name, "group": st.group, "lag": None, "verdict": "UNKNOWN",
+                 "error": f"Kafka {why}", "partitions": []} for st in stages]
+
+    def _stage(self, clients: _KafkaClients, name: str, group: str, now: float,
+               topics: list[str]) -> dict[str, Any]:
         try:
-            admin = self._admin = self._admin or make_admin(self.settings)
+            admin = clients.admin()
             partitions = consumer_lag(admin, group, topics) if topics else []
             members = _members(admin, group)
-            self._reader = self._reader or make_reader(self.settings)
-            ages = oldest_unconsumed_age_s(self._reader, partitions, int(now * 1000))
+            ages = oldest_unconsumed_age_s(clients.reader(), partitions, int(now * 1000))
         except KafkaError as exc:  # the broker cannot tell now (e.g. its coordinator loads)
-            self.close()
+            clients.close()
             return {"stage": name, "group": group, "lag": None, "verdict": "UNKNOWN",
                     "error": str(exc), "partitions": []}
         verdicts = [self._judge(group, p.topic, p.partition, p.committed, p.log_end, now)
@@ -165,18 +231,19 @@ class Monitor:
                 "partitions": [{"topic": p.topic, "partition": p.partition, "log_end": p.log_end,
                                 "committed": p.committed, "lag": p.lag} for p in partitions]}
 
-    def _topic_layout(self, deployments: list[Any], now: float) -> list[str] | None:
+    def _topic_layout(self, clients: _KafkaClients, deployments: list[Any],
+                      now: float) -> list[str] | None:
         """Topics laid out otherwise than rowcast would create them now (None: unknown)."""
         if self._layout is not None and now - self._layout[0] < LAYOUT_EVERY_S:
             return self._layout[1]
         topics = {t for st in self.settings.stages(deployments) for t in st.topics}
         topics |= {self.settings.dlq_topic, self.settings.models_topic}
         try:
-            admin = self._admin = self._admin or make_admin(self.settings)
+            admin = clients.admin()
             problems = layout_problems(topic_layouts(admin, topics),
                                        *expected_layout(self.settings, cluster_defaults(admin)))
         except KafkaError:  # the broker cannot tell now: the next sample asks again
-            self.close()
+            clients.close()
             return None
         self._layout = (now, problems)
         return problems
