@@ -14,6 +14,8 @@ and crashed (kill -9 of the broker; ``pg_ctl stop -m immediate``).
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -21,6 +23,7 @@ import orjson
 import psycopg
 import pytest
 
+from rowcast.ops.devstack.process import read_pid
 from rowcast.ops.pipeline import PROCESSES, Pipeline
 from tests.helpers.cli import rowcast_cli
 from tests.helpers.kafka_reading import drain
@@ -128,10 +131,24 @@ def test_every_fault_recovers_with_nothing_lost_or_learned_twice(settings, pg_co
                     errors="replace").split("immediate shutdown request")[-1]
         return inject
 
+    def freeze(server, seconds: float):
+        """SIGSTOP of the broker for longer than the session timeout (a long GC pause, a VM
+        stalled, a hung disk): connections stay open and nothing answers; then it resumes and
+        every group has to rebalance."""
+        def inject(pipeline: Pipeline) -> None:
+            broker = read_pid(server.pid_file)
+            os.killpg(broker, signal.SIGSTOP)
+            try:
+                threading.Event().wait(seconds)  # the fault's length, not a guess at a condition
+            finally:
+                os.killpg(broker, signal.SIGCONT)
+        return inject
+
     faults = [("kill -9 source", kill("source")), ("kill -9 worker", kill("worker")),
               ("kill -9 sink", kill("sink")), ("kill -9 learner (fail-over)", fail_over),
               ("restart Kafka broker", restart(kafka_server, crash=False)),
               ("kill -9 Kafka broker", restart(kafka_server, crash=True)),
+              ("freeze Kafka broker 20 s", freeze(kafka_server, 20.0)),
               ("restart PostgreSQL", restart(pg_server, crash=False)),
               ("crash PostgreSQL", restart(pg_server, crash=True))]
     report = []
