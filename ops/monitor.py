@@ -44,7 +44,7 @@ from rowcast.connectors.lag import consumer_lag, oldest_unconsumed_age_s, slot_l
 from rowcast.connectors.registry import list_deployments, list_failures
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
-from rowcast.ops.verdict import Sample, Verdict, evaluate, judge, slot_verdict
+from rowcast.ops.verdict import Sample, Verdict, evaluate, judge, slot_verdict, stall_after
 
 # kafka-python warns on every describe of faust's group: faust's assignor data is not the
 # standard consumer protocol. We only count members, so that warning is noise on every sample.
@@ -258,7 +258,7 @@ class Monitor:
         while track.samples and track.samples[0].at_s < now - self.settings.lag_window_s:
             track.samples.popleft()
         return evaluate(list(track.samples), now, track.last_commit_at,
-                        self.settings.lag_stop_after_s)
+                        self.settings.lag_stop_after_s, stall_after(self.settings.lag_window_s))
 
 
 def _deployment(d: Any, model: tuple | None, failure: dict[str, Any] | None = None,

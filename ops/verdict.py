@@ -6,7 +6,10 @@ lag moved over a window, because a lag figure alone cannot tell "busy but keepin
 
 - **OK**: lag was zero at some sample, or it went down.
 - **WARN**: the consumer commits, but lag grew at every step of the window (falling behind).
-- **STALL**: lag > 0 and the committed offset did not move over the whole window.
+- **STALL**: lag > 0 and the committed offset did not move over the whole window, and the
+  window's samples span at least :data:`STALL_AFTER_S` (or half a shorter window): every stage
+  commits at least once a second while it works, so two samples taken between two commits are
+  not a stall.
 - **STOP**: no commit for ``stop_after_s`` (default 60 s) while there is lag: nobody consumes.
 - **ERROR**: the process that owns the group is down (the caller knows; see :func:`judge`).
 
@@ -22,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+
+STALL_AFTER_S = 5.0  # the shortest stand-still called STALL (commits come every 0.5-1 s)
 
 
 class Verdict(IntEnum):
@@ -48,8 +53,9 @@ class Sample:
 
 
 def evaluate(samples: Sequence[Sample], now: float, last_commit_at: float | None,
-             stop_after_s: float = 60.0) -> Verdict:
-    """One partition's verdict from its samples (oldest first) within the window."""
+             stop_after_s: float = 60.0, stall_after_s: float = STALL_AFTER_S) -> Verdict:
+    """One partition's verdict from its samples (oldest first) within the window; a window
+    shorter than ``stall_after_s`` should pass a shorter one (see :func:`stall_after`)."""
     if not samples:
         return Verdict.OK
     lags = [s.lag for s in samples]
@@ -60,10 +66,21 @@ def evaluate(samples: Sequence[Sample], now: float, last_commit_at: float | None
     if len(samples) < 2:
         return Verdict.OK
     if samples[0].committed == samples[-1].committed:
-        return Verdict.STALL
+        stood = samples[-1].at_s - samples[0].at_s
+        return Verdict.STALL if stood >= stall_after_s else Verdict.OK
     if all(later > earlier for earlier, later in zip(lags, lags[1:], strict=False)):
         return Verdict.WARN
     return Verdict.OK
+
+
+def stall_after(window_s: float) -> float:
+    """The stand-still called STALL for a window: :data:`STALL_AFTER_S`, or half the window
+    when that is shorter (the samples of a window span less than the window).
+
+    >>> stall_after(30.0), stall_after(4.0)
+    (5.0, 2.0)
+    """
+    return min(STALL_AFTER_S, window_s / 2)
 
 
 def judge(partition_verdicts: Iterable[Verdict], process_up: bool = True) -> Verdict:

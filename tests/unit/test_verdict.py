@@ -20,6 +20,11 @@ def samples(*points: tuple[float, int, int]) -> list[Sample]:
     (((0, 10, 20), (5, 15, 30), (10, 20, 45)), 10, Verdict.WARN),
     # lag and no movement of the committed offset over the window
     (((0, 10, 20), (5, 10, 20), (10, 10, 25)), 8, Verdict.STALL),
+    # two samples a second apart between two commits (a learner checkpoints every second, faust
+    # and the sink commit every 0.5 s): not stuck, only between commits
+    (((8, 10, 20), (9, 10, 22)), 8, Verdict.OK),
+    # ...and the same standing still for STALL_AFTER_S is stuck
+    (((4, 10, 20), (9, 10, 22)), 8, Verdict.STALL),
     # no commit for longer than the stop threshold while there is lag
     (((0, 10, 20), (5, 10, 20), (10, 10, 20)), -100, Verdict.STOP),
     # never committed and lag: nobody consumes
