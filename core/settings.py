@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -354,3 +354,27 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             env[f"ROWCAST_{name.upper()}"] = str(value)
         return env
+
+
+def invalid_settings_line(exc: ValidationError) -> str:
+    """One line naming every setting that did not validate, as the variable an operator sets.
+
+    pydantic's own message is a multi-line report (and, raised from a command, a boxed
+    traceback): an operator who typed ``ROWCAST_PROCESS_NICE=abc`` wants the variable, what is
+    wrong and what was given. A secret's given value is never repeated.
+
+    >>> try:
+    ...     Settings(process_nice=20, _env_file=None)
+    ... except ValidationError as exc:
+    ...     print(invalid_settings_line(exc))
+    setting ROWCAST_PROCESS_NICE: Input should be less than or equal to 19 (got 20)
+    """
+    parts = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"ROWCAST_{field.upper()}" if field else "settings"
+        info = Settings.model_fields.get(field)
+        secret = info is not None and "SecretStr" in str(info.annotation)
+        given = "" if secret or "input" not in error else f" (got {error['input']!r})"
+        parts.append(f"setting {name}: {error['msg']}{given}")
+    return "; ".join(parts)

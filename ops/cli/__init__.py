@@ -14,10 +14,11 @@ import sys
 
 import psycopg
 import typer
+from pydantic import ValidationError
 
 from rowcast.core.dsn import redact
 from rowcast.core.errors import RowcastError
-from rowcast.core.settings import Settings
+from rowcast.core.settings import Settings, invalid_settings_line
 from rowcast.ops.cli import (  # noqa: F401
     deployments,
     dev,
@@ -67,10 +68,12 @@ def main() -> None:
     from kafka.errors import KafkaError
 
     deterministic(sys.argv)
-    yield_cores(sys.argv)
-
     try:
+        yield_cores(sys.argv)
         app()
+    except ValidationError as exc:  # a malformed ROWCAST_* value: name it, no traceback
+        typer.echo(f"rowcast: {invalid_settings_line(exc)}", err=True)
+        raise SystemExit(2) from None
     except RowcastError as exc:
         typer.echo(f"rowcast: {exc}", err=True)
         raise SystemExit(2) from None
