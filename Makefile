@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all test-debezium debezium-deps bench bench-cdc bench-learner bench-worker bench-publish bench-sink bench-history setup system-deps lint lock clean
+.PHONY: demo test test-all test-debezium debezium-deps bench bench-cdc bench-learner bench-worker bench-publish bench-sink bench-history bench-rates setup system-deps lint lock clean
 
 demo: setup
 	$(BIN)/rowcast demo
@@ -45,6 +45,11 @@ bench-publish: setup
 
 bench-sink: setup
 	$(BIN)/python -m bench.sink $(BENCH_ARGS)
+
+# the pipeline's CPU at steady single-row rates, and the writer's rate with rowcast on shared
+# cores vs on a core of its own (JSON, ~5 minutes)
+bench-rates: setup
+	$(BIN)/python -m bench.rates $(BENCH_ARGS)
 
 # checkpoint and `rowcast status` times with 100 vs 1,000,000 model versions of history
 bench-history: setup

@@ -43,6 +43,16 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every descendant (the postmaster's backends, the worker's faust child)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo += _children(current)
+    return out
+
+
 def read_tree(pid: int) -> ProcStat | None:
     """A process with its descendants (``rowcast worker`` is a supervisor and a faust child):
     CPU summed, peak RSS of the largest one (each is its own process, with its own memory)."""

@@ -1,0 +1,45 @@
+"""The placement helpers of ``bench.rates``: a process tree is found whole and pinned whole
+(a missed backend or faust child would run on the writer's cores and blur the comparison)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench import procstat
+from bench.rates import main, pin
+
+
+def allowed_cpus(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("Cpus_allowed_list"))
+
+
+def test_a_process_tree_is_found_and_pinned_with_its_grandchildren() -> None:
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, sys, time; "
+                               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                               "print('up', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "up"
+        tree = procstat.process_tree(parent.pid)
+        assert tree[0] == parent.pid and len(tree) == 2
+        pin(tree, {0})
+        assert [allowed_cpus(pid) for pid in tree] == ["0", "0"]
+        every = set(range(os.cpu_count() or 1))
+        pin(tree, every)
+        assert all(allowed_cpus(pid) != "0" or every == {0} for pid in tree)
+    finally:
+        for pid in reversed(procstat.process_tree(parent.pid)):
+            os.kill(pid, 9)
+        parent.wait()
+
+
+def test_an_unknown_placement_is_refused_before_any_service_starts() -> None:
+    with pytest.raises(SystemExit, match="unknown placement 'spread'"):
+        main(["--placements", "shared,spread"])
