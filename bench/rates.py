@@ -12,7 +12,8 @@ figures of ``make bench`` (µs per row over a 200k-row COPY) cannot show it. Mea
    ``--seconds`` (after a warm-up), CPU milliseconds per second of each rowcast process, of
    PostgreSQL (every backend: the writer's, the walsender, rowcast's own) and of the Kafka
    broker, their total, the total per row, and the change topic's records per second (so
-   per-round cost = total / rounds);
+   per-round cost = total / rounds) and the transactions rowcast made PostgreSQL commit per
+   second (the sink's upserts, the source's positions, the learner's checkpoints);
 2. ``writer``: for each ``--placements``, ``--pairs`` single-row INSERT runs of
    ``--insert-rows`` at full speed, each right after one with rowcast's processes stopped
    (SIGSTOP, as in ``make bench``); the ratio of the medians. ``shared``: everything on every
@@ -128,21 +129,32 @@ def topic_end(settings: Settings) -> int:
         consumer.close()
 
 
+def committed(conn: psycopg.Connection) -> int:
+    """Transactions committed in the database so far (the statistics counters: each backend
+    reports at most every second, so over a window of many seconds the error is small)."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT xact_commit FROM pg_stat_database "
+                        "WHERE datname = current_database()").fetchone()[0]
+
+
 def at_rate(settings: Settings, pipeline: Pipeline, services: dict[str, int], dsn: str,
             rate: float, seconds: float) -> dict:
     groups = {name: proc.pid for name, proc in pipeline.procs.items()} | services
     with psycopg.connect(dsn, autocommit=True) as conn, Writer(dsn, rate):
         time.sleep(WARM_S)  # a fixed warm-up of a paced load, not a wait for a condition
         before = {name: cpu_s(procstat.process_tree(pid)) for name, pid in groups.items()}
+        commits = committed(conn)
         first, records, started = max_id(conn), topic_end(settings), time.monotonic()
         time.sleep(seconds)  # the measured window itself
         after = {name: cpu_s(procstat.process_tree(pid)) for name, pid in groups.items()}
         last, elapsed = max_id(conn), time.monotonic() - started
         records = topic_end(settings) - records
+        commits = committed(conn) - commits - (last - first)  # less the writer's own
     rows_per_s = (last - first) / elapsed
     ms = {name: round(1000 * (after[name] - before[name]) / elapsed, 1) for name in groups}
     total = sum(ms.values())
     return {"rows_per_s": round(rows_per_s), "change_records_per_s": round(records / elapsed),
+            "rowcast_transactions_per_s": round(commits / elapsed),
             "cpu_ms_per_s": ms, "total_cpu_ms_per_s": round(total, 1),
             "total_cpu_us_per_row": round(1000 * total / rows_per_s, 1) if rows_per_s else None}
 

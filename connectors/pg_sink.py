@@ -271,9 +271,15 @@ class PredictionSink:
 
     def _take(self) -> list[Message]:
         """What has arrived, up to a batch, without waiting for more; when nothing has, the
-        first record to come (within the poll timeout) and what arrived with it. (librdkafka's
-        ``consume(n, timeout)`` waits for n records or the timeout: every batch below n then
-        paid the whole timeout in latency.)"""
+        first record to come (within the poll timeout) and what comes within
+        ``sink_linger_ms`` of it. (librdkafka's ``consume(n, timeout)`` waits for n records or
+        the timeout, so a longer timeout there would be paid by every batch below n.)
+
+        Why linger: the worker's producer (librdkafka) sends a ProduceRequest per partition
+        (librdkafka issue 1700), so one source round's predictions reach the sink as two to
+        four fetches a fraction of a millisecond apart. Taken at once, each was a transaction
+        of its own: at 300 rows/s, 2 ms cut the transactions rowcast makes PostgreSQL commit
+        from 305 to 249 a second (``make bench-rates``)."""
         n = self.settings.sink_batch_size
         got = self.consumer.consume(n, 0)
         if got:
@@ -281,7 +287,9 @@ class PredictionSink:
         first = self.consumer.poll(self.settings.sink_poll_timeout_ms / 1000)
         if first is None:
             return []
-        return [first, *self.consumer.consume(n - 1, 0)] if n > 1 else [first]
+        if n == 1:
+            return [first]
+        return [first, *self.consumer.consume(n - 1, self.settings.sink_linger_ms / 1000)]
 
     def _rejoin(self) -> None:
         """Leave and join the group again when commits were refused for too long.

@@ -195,6 +195,11 @@ class Settings(BaseSettings):
         "committed only once every chunk of it is acknowledged.")
     sink_batch_size: int = Field(2000, ge=1, description="Predictions upserted per transaction.")
     sink_poll_timeout_ms: int = Field(50, ge=1)
+    sink_linger_ms: float = Field(
+        2.0, ge=0, description="Once a prediction arrives at an idle sink, how long it waits for "
+        "more before writing them in one transaction. The worker's producer (librdkafka) sends "
+        "one request per partition, so a round's predictions arrive as several fetches within "
+        "about a millisecond; without it each became a transaction of its own. 0: write at once.")
     sink_commit_interval_s: float = Field(
         0.5, ge=0, description="Shortest time between two commits of the sink's Kafka offsets "
         "(what is in Postgres; by a batch, an idle poll, a rebalance and at stop). A kill "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -166,4 +168,40 @@ def test_a_prediction_postgres_cannot_store_is_dead_lettered_alone(settings, pg_
     assert (letter["stage"], letter["reason"]) == ("sink", "unstorable_prediction")
     assert "index row size" in letter["error"] and letter["origin"]["topic"] == topic
     assert orjson.loads(letter["value"]["data"])["key"] == huge.key
+    producer.close()
+
+
+def test_predictions_arriving_within_the_linger_are_one_transaction(settings, pg_conn):
+    """The worker's producer sends a request per partition, so a round's predictions reach the
+    sink as several fetches: those within ``sink_linger_ms`` of the first are written with it."""
+    settings = settings.model_copy(update={"sink_linger_ms": 500.0, "topic_partitions": 4})
+    init_database(pg_conn, settings)
+    pg_conn.execute("DELETE FROM rowcast.predictions WHERE deployment = 'dep'")
+    topic = settings.predictions_topic("dep")
+    ensure_topics(settings, [topic, settings.dlq_topic])
+    producer = make_producer(settings)
+    consumer = kafka_native.make_consumer(settings, f"{settings.topic_prefix}-sink")
+    sink = PredictionSink(settings, pg_conn, consumer,
+                          DeadLetterWriter(producer, settings.dlq_topic))
+    assert sink.refresh_subscription()
+    wait_until(lambda: sink.poll_once() == 0 and len(consumer.assignment()) == 4, timeout_s=30)
+
+    def the_rest() -> None:  # one request each, the first well before them
+        for partition in (1, 2, 3):
+            time.sleep(0.02)  # apart, as separate fetches are; not a wait for a condition
+            r = record(partition, 1.0, 2000 + partition)
+            producer.send(topic, key=r.key_bytes(), value=r.to_json(), partition=partition)
+            producer.flush()
+
+    first = record(10, 1.0, 2000)
+    producer.send(topic, key=first.key_bytes(), value=first.to_json(), partition=0)
+    producer.flush()
+    later = threading.Thread(target=the_rest)
+    later.start()
+    written: list[int] = []
+    wait_until(lambda: written.append(sink.poll_once()) or written[-1] > 0, timeout_s=20)
+    later.join()
+    assert written[-1] == 4, f"the first poll that wrote wrote {written[-1]} of 4"
+    assert len(rows(pg_conn)) == 4
+    consumer.close()
     producer.close()
