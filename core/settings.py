@@ -163,6 +163,13 @@ class Settings(BaseSettings):
         "partitions. Debezium-format consumers of the change topics see these records: key "
         '{"__rowcast":"watermark"}, null value (a tombstone of that key), header '
         "rowcast.watermark = the LSN as text; rowcast's workers skip them, others should too.")
+    source_position_every_s: float = Field(
+        1.0, ge=0, description="Shortest time between two saves of the source's remembered "
+        "position (rowcast.source_positions), and always at stop. It only drops what a slot "
+        "hands out again after a server crash (the server saves a slot's position at "
+        "checkpoints; a killed source finds the slot where it confirmed it), so a crash replays "
+        "at most this much more, which the sink's upsert and the learner's each-row-once rule "
+        "drop. Every round cost PostgreSQL a transaction: 0 saves after every round.")
     watermark_interval_s: float = Field(
         0.05, gt=0, description="The source writes watermarks at most this often (after "
         "acknowledged batches, and once caught up): it bounds their cost when transactions are "

@@ -45,7 +45,8 @@ def _loop_only_source(poll_once, **settings: float) -> CdcSource:
                                      "source_poll_interval_max_s": 0.05, **settings})()
     source.poll_once = poll_once
     source.behind = False
-    source._maybe_beat = source._maybe_idle_watermark = source._save_position = lambda: None
+    source._maybe_beat = source._maybe_idle_watermark = lambda: None
+    source._save_position = lambda now=False: None
     return source
 
 
