@@ -24,12 +24,14 @@ The loop, and why it cannot lose a row:
    key, to ``<prefix>.<schema>.<table>``;
 3. send the open batches, ``flush`` the producer and check every send was acknowledged;
 4. only then confirm the last commit's end LSN to the slot (a standby status message, or
-   ``pg_replication_slot_advance``), and remember that LSN.
+   ``pg_replication_slot_advance``), and remember that LSN (in ``rowcast.source_positions``,
+   at most every ``source_position_every_s`` and at stop).
 
 A crash before 4 replays the batch (at-least-once; the sink's upsert is idempotent). The slot's
-position is persisted by the server only at checkpoints, so after a server crash it may hand out
-transactions again: those whose commit record starts before the remembered end LSN of the
-last published commit are dropped here. That LSN is
+position is persisted by the server only at checkpoints, so after a server crash or restart it
+may hand out transactions again: those whose commit record starts before the remembered end LSN
+of the last published commit are dropped here (what was published after the last save, at most
+``source_position_every_s`` of it, is published again). That LSN is
 stored with the cluster's system identifier and forgotten, loudly, when it belongs to another
 history (the database restored into another cluster: see :mod:`rowcast.connectors.position_history`).
 
