@@ -53,7 +53,7 @@ def test_a_sink_stuck_in_a_call_exits_with_where_and_its_restart_loses_nothing(
             assert sink.returncode == STALLED_EXIT
             log = pipeline.log_tail("sink", 400)
             assert "ERROR rowcast.core.liveness: sink: its loop has not come round for " in log
-            assert "called from upsert (pg_sink.py:" in log  # where: the library call, and ours
+            assert "called from _stage_and_run (pg_sink.py:" in log  # where: the library call, and ours
             assert "thread MainThread" in log and 'File "' in log  # every stack, for the issue
             holder.rollback()  # the lock goes; the service manager starts the sink again
         assert pipeline.restart_dead() == ["sink"]
