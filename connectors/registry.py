@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS rowcast.deployment_failures (
 """
 
 _COLUMNS = ("name, schema_name, table_name, target, features, model, key_columns, target_kind, "
-            "version, labels, (extract(epoch FROM created_at) * 1000000)::bigint")
+            "version, labels, (extract(epoch FROM created_at) * 1000000)::bigint, "
+            "(extract(epoch FROM updated_at) * 1000000)::bigint")
 
 
 def ensure_schema(conn: psycopg.Connection, publication: str,
@@ -121,7 +122,7 @@ def _deployment(r: tuple) -> Deployment:
     labels = LabelSource(r[9]["schema"], r[9]["table"], r[9]["key"], r[9]["column"]) \
         if r[9] else None
     return Deployment(r[0], r[1], r[2], r[3], tuple(Feature(n, k) for n, k in r[4]), r[5],
-                      tuple(r[6]), r[7], r[8], labels, r[10])
+                      tuple(r[6]), r[7], r[8], labels, r[10], r[11])
 
 
 def record_failures(conn: psycopg.Connection, failed: Mapping[str, tuple[str, str, str]],
@@ -162,6 +163,39 @@ def record_snapshot_refusal(conn: psycopg.Connection, name: str, generation: str
 def clear_snapshot_refusal(conn: psycopg.Connection, name: str) -> None:
     conn.execute("DELETE FROM rowcast.deployment_failures WHERE name = %s AND reason = %s",
                  (name, SNAPSHOT_REFUSED))
+
+
+MISSING_COLUMNS_SQL = """
+SELECT d.name, c.col, c.sch, c.tab
+  FROM rowcast.deployments d
+  LEFT JOIN rowcast.models m ON m.name = d.model
+ CROSS JOIN LATERAL (
+       SELECT f.value->>0, d.schema_name, d.table_name, f.ord
+         FROM jsonb_array_elements(d.features) WITH ORDINALITY AS f(value, ord)
+       UNION ALL  -- the target, where labels come from the row (an anomaly model has none)
+       SELECT d.target, d.schema_name, d.table_name, 0
+        WHERE d.labels IS NULL AND m.task IS DISTINCT FROM 'anomaly'
+       UNION ALL
+       SELECT d.labels->>k.name, d.labels->>'schema', d.labels->>'table', k.ord
+         FROM (VALUES ('key', -2), ('column', -1)) AS k(name, ord)
+        WHERE d.labels IS NOT NULL) AS c(col, sch, tab, ord)
+ WHERE to_regclass(format('%I.%I', c.sch, c.tab)) IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = to_regclass(format('%I.%I', c.sch, c.tab))
+                      AND a.attname = c.col AND a.attnum > 0 AND NOT a.attisdropped)
+ ORDER BY d.name, c.ord
+"""
+
+
+def missing_columns(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Per deployment, the columns it names that its table (or labels table) no longer has:
+    renamed or dropped since it was deployed. Its rows then go to the dead-letter topic as
+    ``missing_column`` (:class:`rowcast.models.features.MissingColumn`); ``rowcast status``
+    says so before any row arrives. A table that is gone altogether is not reported here."""
+    out: dict[str, list[str]] = {}
+    for name, column, schema, table in conn.execute(MISSING_COLUMNS_SQL):
+        out.setdefault(name, []).append(f"{column!r} of {schema}.{table}")
+    return out
 
 
 def list_failures(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:

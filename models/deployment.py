@@ -58,6 +58,9 @@ class Deployment:
     version: int = field(default=1, compare=False)
     labels: LabelSource | None = None
     created_us: int = field(default=0, compare=False)
+    # when this definition (this version) was made, µs since epoch on the server's clock; None
+    # when unknown (a definition built in code): see :meth:`rows_have_columns_at`
+    defined_us: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -81,6 +84,21 @@ class Deployment:
     @property
     def qualified_table(self) -> str:
         return f"{self.schema}.{self.table}"
+
+    def rows_have_columns_at(self, commit_us: int | None) -> bool:
+        """Whether a row committed at ``commit_us`` must have every column this definition
+        names. ``rowcast.deploy`` checked they existed when it was made, so a row committed
+        since that lacks one (absent, not NULL) comes from a table whose column was renamed or
+        dropped, and scoring it without the column would be a silent error. An older row may
+        lack a column added since (it reads as NULL); so may any row when the time is unknown.
+
+        >>> d = Deployment("spend", "public", "c", "y", (Feature("x", "number"),),
+        ...                "linear_regression", ("id",), defined_us=1_000)
+        >>> d.rows_have_columns_at(1_000), d.rows_have_columns_at(999), d.rows_have_columns_at(None)
+        (True, False, False)
+        """
+        return self.defined_us is not None and commit_us is not None \
+            and commit_us >= self.defined_us
 
     @property
     def generation(self) -> str:

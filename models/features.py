@@ -34,6 +34,7 @@ from rowcast.core.errors import RowcastError
 from rowcast.models.deployment import Feature, FeatureKind
 
 TIMESTAMP_PARTS = ("hour", "dow", "month")
+MISSING_COLUMN = "missing_column"  # dead-letter reason: see MissingColumn
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -41,11 +42,29 @@ _MICROSECOND = timedelta(microseconds=1)
 class FeatureError(RowcastError):
     """A column value that cannot become a feature of the deployment's declared kind."""
 
+    reason = "bad_feature"  # the dead letter's reason when a feature (not a label) raises it
+
     def __init__(self, column: str, value: Any, why: str) -> None:
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"column {column!r} value {shown}: {why}")
+        self.column = column
+
+
+class MissingColumn(FeatureError):
+    """A column the deployment names that the row does not have at all: absent, not NULL (see
+    :meth:`rowcast.models.deployment.Deployment.rows_have_columns_at`).
+
+    >>> str(MissingColumn("income"))
+    "column 'income' is not in the row: renamed or dropped since the deployment was defined"
+    """
+
+    reason = MISSING_COLUMN
+
+    def __init__(self, column: str) -> None:
+        RowcastError.__init__(self, f"column {column!r} is not in the row: renamed or dropped "
+                                    "since the deployment was defined")
         self.column = column
 
 
@@ -142,13 +161,25 @@ def expand(column: str, kind: FeatureKind, value: Any) -> dict[str, float | str]
     return {column: CONVERTERS[kind](column, value)}
 
 
-def build_features(row: Mapping[str, Any], features: Sequence[Feature]) -> dict[str, float | str]:
-    """The feature dict for one row; NULL or missing columns are left out."""
+def build_features(row: Mapping[str, Any], features: Sequence[Feature],
+                   require_columns: bool = False) -> dict[str, float | str]:
+    """The feature dict for one row; NULL columns are left out, and so are columns the row
+    does not have, unless ``require_columns``: then such a column raises :class:`MissingColumn`.
+
+    >>> build_features({"age": None}, (Feature("age", "number"),), require_columns=True)
+    {}
+    >>> build_features({"years": 3}, (Feature("age", "number"),), require_columns=True)
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    rowcast.models.features.MissingColumn: column 'age' is not in the row: renamed or dropped ...
+    """
     out: dict[str, float | str] = {}
     for feature in features:
         name, kind = feature.name, feature.kind
         value = row.get(name)
         if value is None:
+            if require_columns and name not in row:
+                raise MissingColumn(name)
             continue
         if kind == "number" and type(value) is float and value - value == 0.0:
             out[name] = value  # finite already: what _number returns, without the call

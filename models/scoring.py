@@ -33,7 +33,7 @@ from river import base
 from rowcast.models.batch_scoring import linear_plan
 from rowcast.models.catalog import ModelSpec, get_model
 from rowcast.models.deployment import Deployment
-from rowcast.models.features import FeatureError, build_features, convert
+from rowcast.models.features import FeatureError, MissingColumn, build_features, convert
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +67,23 @@ class OnlineModel:
         spec = get_model(deployment.model)
         return cls(deployment, spec, spec.build(categories=has_categories(deployment)))
 
-    def features(self, row: Mapping[str, Any]) -> dict[str, float | str]:
-        return build_features(row, self.deployment.features)
+    def features(self, row: Mapping[str, Any], commit_us: int | None = None
+                 ) -> dict[str, float | str]:
+        """The row's features; a row committed at ``commit_us`` without one of the columns
+        raises :class:`MissingColumn` when the definition says it must have them all."""
+        return build_features(row, self.deployment.features,
+                              self.deployment.rows_have_columns_at(commit_us))
 
-    def label(self, row: Mapping[str, Any]) -> Any:
-        """The row's target as the model's task wants it, or None when not yet known."""
+    def label(self, row: Mapping[str, Any], commit_us: int | None = None) -> Any:
+        """The row's target as the model's task wants it, or None when not yet known (NULL);
+        :class:`MissingColumn` as :meth:`features` says."""
         value = row.get(self.deployment.target)
-        return None if value is None else self.label_value(value)
+        if value is None:
+            if self.deployment.target not in row \
+                    and self.deployment.rows_have_columns_at(commit_us):
+                raise MissingColumn(self.deployment.target)
+            return None
+        return self.label_value(value)
 
     def label_value(self, value: Any) -> Any:
         """A label value (from the row, an update or a labels table) as the task wants it."""

@@ -30,7 +30,7 @@ from rowcast.core.errors import ConfigError
 from rowcast.core.label_events import LabelEvent, Served
 from rowcast.core.prediction import PredictionRecord, PredictionTombstone
 from rowcast.models.deployment import Deployment
-from rowcast.models.features import FeatureError
+from rowcast.models.features import FeatureError, MissingColumn
 from rowcast.models.scoring import OnlineModel, Score
 
 SCORED_OPS = frozenset({"c", "r"})
@@ -212,7 +212,8 @@ class ServingSet:
             built: list[tuple[ChangeEvent, dict[str, float | str] | Exception]] = []
             for event in scoring:
                 try:
-                    built.append((event, model.features(event.after)))  # type: ignore[arg-type]
+                    built.append((event, model.features(event.after,  # type: ignore[arg-type]
+                                                         event.source.commit_us)))
                 except Exception as exc:  # FeatureError: bad_feature; else score_failed
                     built.append((event, exc))
             xs = [x for _, x in built if not isinstance(x, Exception)]
@@ -242,19 +243,19 @@ class ServingSet:
         assert row is not None
         done = scored.get(id(event)) if scored is not None else None
         try:
-            x = model.features(row) if done is None else done[0]
+            x = model.features(row, event.source.commit_us) if done is None else done[0]
             if isinstance(x, Exception):
                 raise x
-        except FeatureError as exc:
-            result.rejected.append(Rejected(d.name, event, "bad_feature", str(exc)))
+        except FeatureError as exc:  # bad_feature, or missing_column
+            result.rejected.append(Rejected(d.name, event, exc.reason, str(exc)))
             return
         y = None
         # with a labels table, labels come from it alone (the row's own column is ignored)
         if model.spec.task != "anomaly" and d.labels is None:
             try:
-                y = model.label(row)
+                y = model.label(row, event.source.commit_us)
             except FeatureError as exc:  # the row is still scored; its label is set aside
-                result.rejected.append(Rejected(d.name, event, "bad_label", str(exc)))
+                result.rejected.append(Rejected(d.name, event, _label_reason(exc), str(exc)))
         scored_as = model.score(x) if done is None else done[1]
         if isinstance(scored_as, Exception):
             raise scored_as  # _guarded rejects the row for this deployment (score_failed)
@@ -296,8 +297,14 @@ class ServingSet:
         row = event.after
         assert row is not None
         value = row.get(d.target)
-        if value is None or value == UNAVAILABLE or model.spec.task == "anomaly" \
-                or d.labels is not None:
+        if model.spec.task == "anomaly" or d.labels is not None:
+            return
+        if value is None:
+            if d.target not in row and d.rows_have_columns_at(event.source.commit_us):
+                exc = MissingColumn(d.target)
+                result.rejected.append(Rejected(d.name, event, exc.reason, str(exc)))
+            return
+        if value == UNAVAILABLE:
             return
         if event.before is not None and event.before.get(d.target) == value:
             return  # the label did not change (REPLICA IDENTITY FULL tells us)
@@ -310,6 +317,10 @@ class ServingSet:
         row = event.after
         value, ref = row.get(d.labels.column), row.get(d.labels.key)
         if value is None or ref is None or value == UNAVAILABLE:
+            absent = [c for c in (d.labels.key, d.labels.column) if c not in row]
+            if absent and d.rows_have_columns_at(event.source.commit_us):
+                exc = MissingColumn(absent[0])
+                result.rejected.append(Rejected(d.name, event, exc.reason, str(exc)))
             return
         if event.op == "u" and event.before is not None \
                 and event.before.get(d.labels.column) == value:
@@ -336,7 +347,7 @@ def _append_label(model: OnlineModel, event: ChangeEvent, value: Any, key: dict[
     try:
         y = model.label_value(value)
     except FeatureError as exc:
-        result.rejected.append(Rejected(d.name, event, "bad_label", str(exc)))
+        result.rejected.append(Rejected(d.name, event, _label_reason(exc), str(exc)))
         return
     result.labels.append(LabelEvent("label", d.name, d.generation, key, event.stream_id,
                                     event.order, event.source.commit_us, y=y))
@@ -345,3 +356,9 @@ def _append_label(model: OnlineModel, event: ChangeEvent, value: Any, key: dict[
 def _served(version: int, scored: Score) -> Served:
     proba = tuple(scored.proba.items()) if scored.proba else None
     return Served(version, scored.prediction, proba)
+
+
+def _label_reason(exc: FeatureError) -> str:
+    """A label's dead-letter reason: ``missing_column`` when the row has no target column,
+    else ``bad_label`` (the value cannot be the task's label)."""
+    return exc.reason if isinstance(exc, MissingColumn) else "bad_label"

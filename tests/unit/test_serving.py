@@ -214,3 +214,64 @@ def test_snapshot_events_for_one_deployment_are_scored_by_it_only() -> None:
         ("other", 1), ("other", 2), ("spend", 2)]
     assert sorted((e.deployment, e.key["id"]) for e in out.labels) == [
         ("other", 1), ("other", 2), ("spend", 2)]
+
+
+# a column renamed or dropped after the deployment was defined: the rows committed since lack it
+DEFINED_US = 1_000
+FULL_ROW = {"id": 1, "age": 30, "income": 1000.0, "city": "Lyon", "amount": 5.0}
+
+
+def defined(target: str = "amount", labels: LabelSource | None = None) -> Deployment:
+    return Deployment("spend", "public", "customers", target, FEATURES, "linear_regression",
+                      ("id",), labels=labels, defined_us=DEFINED_US)
+
+
+def committed(after: dict, commit_us: int, op: str = "c", table: str = "customers",
+              key: dict | None = None) -> ChangeEvent:
+    src = SourceInfo("rowcast", "app", "public", table, lsn=5000, tx_id=9, commit_us=commit_us)
+    return ChangeEvent(op, None, after, src, key or {"id": after.get("id")}, origin=f"{table}:0",
+                       order=(5000, 5000, 1))
+
+
+def test_a_row_without_a_feature_column_is_dead_lettered_not_scored_without_it() -> None:
+    serving = ServingSet.fresh([defined()])
+    renamed = {k: v for k, v in FULL_ROW.items() if k != "income"} | {"salary": 1000.0}
+    out = serving.handle([committed(renamed, DEFINED_US + 1),
+                          committed({**FULL_ROW, "id": 2, "income": None}, DEFINED_US + 2)])
+    # NULL is "unknown" and scored; a column the row does not have at all is not
+    assert [p.key for p in out.predictions] == [{"id": 2}]
+    [letter] = out.rejected
+    assert letter.reason == "missing_column" and letter.deployment == "spend"
+    assert "'income'" in letter.message and "renamed or dropped" in letter.message
+
+
+def test_a_row_committed_before_its_deployment_was_defined_may_lack_a_column() -> None:
+    # the column was added (and the model deployed on it) after this row was written: for
+    # such a row it reads as NULL
+    serving = ServingSet.fresh([defined()])
+    older = {k: v for k, v in FULL_ROW.items() if k != "city"}
+    out = serving.handle([committed(older, DEFINED_US - 1)])
+    assert [p.key for p in out.predictions] == [{"id": 1}] and out.rejected == []
+
+
+def test_a_row_without_the_target_column_is_scored_and_its_label_dead_lettered() -> None:
+    serving = ServingSet.fresh([defined()])
+    no_target = {k: v for k, v in FULL_ROW.items() if k != "amount"}
+    out = serving.handle([committed(no_target, DEFINED_US + 1),
+                          committed(no_target | {"id": 2}, DEFINED_US + 1, op="u")])
+    assert [p.key for p in out.predictions] == [{"id": 1}]
+    assert [(r.reason, r.event.op) for r in out.rejected] == [("missing_column", "c"),
+                                                             ("missing_column", "u")]
+    assert all("'amount'" in r.message for r in out.rejected)
+    # the scored row still waits for a label, as one whose target is NULL does
+    assert [e.kind for e in out.labels] == ["scored"]
+
+
+def test_a_labels_table_row_without_its_label_column_is_dead_lettered() -> None:
+    d = defined(labels=LabelSource("public", "outcomes", "customer_id", "amount"))
+    serving = ServingSet.fresh([d])
+    outcome = committed({"oid": 50, "customer_id": 2, "paid": 4.5}, DEFINED_US + 1,
+                        table="outcomes", key={"oid": 50})
+    out = serving.handle([outcome])
+    assert out.labels == [] and [r.reason for r in out.rejected] == ["missing_column"]
+    assert "'amount'" in out.rejected[0].message
