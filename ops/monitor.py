@@ -41,9 +41,10 @@ from rowcast.connectors.kafka_clients import (
     topic_layouts,
 )
 from rowcast.connectors.lag import consumer_lag, oldest_unconsumed_age_s, slot_lag
-from rowcast.connectors.registry import list_deployments, list_failures
+from rowcast.connectors.registry import list_deployments, list_failures, missing_columns
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
+from rowcast.models.features import MISSING_COLUMN
 from rowcast.ops.verdict import Sample, Verdict, evaluate, judge, slot_verdict, stall_after
 
 # kafka-python warns on every describe of faust's group: faust's assignor data is not the
@@ -126,6 +127,7 @@ class Monitor:
             models = {r[0]: r[1:] for r in conn.execute(
                 "SELECT deployment, version, samples, metrics FROM rowcast.model_metrics")}
             failures = list_failures(conn)
+            missing = missing_columns(conn)
             pauses = versions.paused(conn)
             drifts = {r[0]: {"count": r[1], "last_at": r[2], "last_label": r[3],
                              "last_version": r[4]} for r in conn.execute(DRIFTS_SQL)}
@@ -143,7 +145,8 @@ class Monitor:
             "latency_ms": dict(zip(("p50", "p95", "p99"),
                                    [round(c, 1) for c in cuts] if cuts else [None] * 3,
                                    strict=True)),
-            "deployments": [_deployment(d, models.get(d.name), failures.get(d.name),
+            "deployments": [_deployment(d, models.get(d.name),
+                                        failures.get(d.name) or _missing(d, missing, now),
                                         pauses.get(d.name), drifts.get(d.name))
                             for d in deployments],
             "topic_layout": layout,
@@ -259,6 +262,18 @@ class Monitor:
             track.samples.popleft()
         return evaluate(list(track.samples), now, track.last_commit_at,
                         self.settings.lag_stop_after_s, stall_after(self.settings.lag_window_s))
+
+
+def _missing(d: Any, missing: dict[str, list[str]], now: float) -> dict[str, Any] | None:
+    """A deployment whose table lost a column it names, as a failure of its generation."""
+    if d.name not in missing:
+        return None
+    gone = ", ".join(missing[d.name])
+    return {"generation": d.generation, "reason": MISSING_COLUMN, "since": now,
+            "error": f"column {gone} is not there any more (renamed or dropped): its rows go to "
+                     f"the dead-letter topic as {MISSING_COLUMN}; deploy again with the table's "
+                     f"columns (or rename it back), then `rowcast backfill {d.name}` scores the "
+                     "rows it missed"}
 
 
 def _deployment(d: Any, model: tuple | None, failure: dict[str, Any] | None = None,

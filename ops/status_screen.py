@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rowcast.models.features import MISSING_COLUMN
+
 
 def _num(value: object, unit: str = "") -> str:
     return "–" if value is None else f"{value}{unit}"
@@ -54,6 +56,8 @@ def render(s: dict[str, Any]) -> str:
         lines.append("")
     lines += [f"ERROR {d['name']}: {d['failed']['error']}" if d["failed"]["reason"]
               == "snapshot_refused" else
+              f"FAILED {d['name']}: {d['failed']['error']}" if d["failed"]["reason"]
+              == MISSING_COLUMN else
               f"FAILED {d['name']}: {d['failed']['error']} — its rows go to the dead-letter "
               f"topic as {d['failed']['reason']}; fix the model and deploy again"
               for d in failed]
