@@ -72,10 +72,21 @@ def table_key_columns(conn: psycopg.Connection, schema: str, table: str) -> tupl
 
 
 def ensure_publication(conn: psycopg.Connection, publication: str) -> None:
-    """Create the (initially empty) publication if it is missing; idempotent."""
-    found = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
-    if found.fetchone() is None:
-        conn.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(publication)))
+    """Create the (initially empty) publication if it is missing; idempotent.
+
+    It publishes a partitioned table's changes as the table's own (``publish_via_partition_root``,
+    PostgreSQL 13+), set on a publication made before too: a deployment names the table, and
+    without it every change came as one of the partition's, on a topic no worker reads, so a
+    partitioned table's rows were never scored. Partitions created later are covered alike."""
+    name = sql.Identifier(publication)
+    found = conn.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = %s",
+                         (publication,)).fetchone()
+    if found is None:
+        conn.execute(sql.SQL("CREATE PUBLICATION {} WITH (publish_via_partition_root = true)")
+                     .format(name))
+    elif not found[0]:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)")
+                     .format(name))
 
 
 def published_tables(conn: psycopg.Connection, publication: str) -> set[tuple[str, str]]:
