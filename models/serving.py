@@ -250,8 +250,9 @@ class ServingSet:
             result.rejected.append(Rejected(d.name, event, exc.reason, str(exc)))
             return
         y = None
-        # with a labels table, labels come from it alone (the row's own column is ignored)
-        if model.spec.task != "anomaly" and d.labels is None:
+        # with a labels table, labels come from it alone (the row's own column is ignored); a
+        # snapshot read's label is not learned (below), so it is not read either
+        if model.spec.task != "anomaly" and d.labels is None and event.op != "r":
             try:
                 y = model.label(row, event.source.commit_us)
             except FeatureError as exc:  # the row is still scored; its label is set aside

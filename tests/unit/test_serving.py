@@ -275,3 +275,13 @@ def test_a_labels_table_row_without_its_label_column_is_dead_lettered() -> None:
     out = serving.handle([outcome])
     assert out.labels == [] and [r.reason for r in out.rejected] == ["missing_column"]
     assert "'amount'" in out.rejected[0].message
+
+
+def test_a_snapshot_reads_label_is_not_read_so_a_bad_or_missing_one_is_no_dead_letter() -> None:
+    # a snapshot read (deploy, backfill) is scored, never learned from: its label is not used
+    serving = ServingSet.fresh([defined()])
+    bad = committed({**FULL_ROW, "amount": "lots"}, DEFINED_US + 1, op="r")
+    gone = committed({k: v for k, v in FULL_ROW.items() if k != "amount"} | {"id": 2},
+                     DEFINED_US + 1, op="r")
+    out = serving.handle([bad, gone])
+    assert [p.key for p in out.predictions] == [{"id": 1}, {"id": 2}] and out.rejected == []
