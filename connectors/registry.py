@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS rowcast.deployments (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE rowcast.deployments ADD COLUMN IF NOT EXISTS labels jsonb;
+-- written by rowcast.deploy (p_backfill), served by the source: rows without a prediction to
+-- emit for a deployment made with one SQL call, which cannot reach Kafka itself
+CREATE TABLE IF NOT EXISTS rowcast.backfill_requests (
+    deployment   text PRIMARY KEY,
+    requested_at timestamptz NOT NULL DEFAULT now()
+);
 -- written by workers: a deployment (of one generation) they cannot serve, read by status
 CREATE TABLE IF NOT EXISTS rowcast.deployment_failures (
     name        text PRIMARY KEY,
@@ -89,13 +95,15 @@ def remove_deployment(conn: psycopg.Connection, name: str) -> None:
 def create_deployment(conn: psycopg.Connection, name: str, table: str, target: str,
                       features: Sequence[str] | None, model: str,
                       labels_table: str | None = None, labels_key: str | None = None,
-                      labels_column: str | None = None) -> Deployment:
-    """Validate against the live table and store (or replace) a deployment, via ``rowcast.deploy``."""
+                      labels_column: str | None = None, backfill: bool = False) -> Deployment:
+    """Validate against the live table and store (or replace) a deployment, via ``rowcast.deploy``.
+    ``backfill``: ask the source to emit the rows without a prediction (a caller that emits them
+    itself, as ``rowcast deploy`` does, leaves it False)."""
     try:
         row = conn.execute(
-            f"SELECT {_COLUMNS} FROM rowcast.deploy(%s, %s, %s, %s, %s, %s, %s, %s)",
+            f"SELECT {_COLUMNS} FROM rowcast.deploy(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (name, table, target, list(features) if features is not None else None, model,
-             labels_table, labels_key, labels_column),
+             labels_table, labels_key, labels_column, backfill),
         ).fetchone()
     except psycopg.DatabaseError as exc:
         if exc.sqlstate == DEPLOY_REFUSED:

@@ -22,7 +22,7 @@ from kafka import KafkaProducer
 from psycopg import sql
 
 from rowcast.connectors import pgtypes, slot
-from rowcast.connectors.kafka_clients import AckedSends
+from rowcast.connectors.kafka_clients import AckedSends, ensure_topics
 from rowcast.connectors.registry import list_deployments
 from rowcast.core.envelope import SourceInfo, build_value, encode_key
 from rowcast.core.errors import ConfigError
@@ -127,3 +127,28 @@ def backfill_deployment(conn: psycopg.Connection, producer: KafkaProducer, setti
     d = found[0]
     return d, emit_snapshot(conn, producer, settings, d.schema, d.table, for_deployment=d.name,
                             missing_only=missing_only, except_keys=except_keys)
+
+
+def serve_backfill_requests(conn: psycopg.Connection, producer: KafkaProducer,
+                            settings: Settings) -> dict[str, int]:
+    """Emit the rows without a prediction of each deployment a ``rowcast.deploy`` call asked
+    for (``p_backfill``, its default: a SQL function cannot reach Kafka), as ``rowcast deploy``
+    does itself; how many rows for each. A request is forgotten only once Kafka acknowledged
+    its rows, so a source killed midway emits them again after its restart (a row scored twice
+    is one upsert); a request for a deployment removed since is dropped. ``conn`` autocommits."""
+    done: dict[str, int] = {}
+    pending = conn.execute("SELECT deployment, requested_at FROM rowcast.backfill_requests "
+                           "ORDER BY requested_at").fetchall()
+    if not pending:
+        return done
+    deployments = {d.name: d for d in list_deployments(conn)}
+    for name, requested_at in pending:
+        d = deployments.get(name)
+        if d is not None:
+            ensure_topics(settings, [settings.source_topic(d.schema, d.table)])
+            done[name] = emit_snapshot(conn, producer, settings, d.schema, d.table,
+                                       for_deployment=d.name, missing_only=True)
+        # a request made again meanwhile (a redeploy) is served on the next look
+        conn.execute("DELETE FROM rowcast.backfill_requests WHERE deployment = %s "
+                     "AND requested_at = %s", (name, requested_at))
+    return done

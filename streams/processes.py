@@ -11,6 +11,8 @@ import logging
 import signal
 import threading
 
+import psycopg
+
 from rowcast.connectors import kafka_native
 from rowcast.connectors.cdc_source import CdcSource
 from rowcast.connectors.dead_letters import DeadLetterWriter
@@ -46,12 +48,46 @@ def learner_fetch(wait_ms: int) -> dict[str, int]:
     return {"fetch_min_bytes": 1 << 20, "fetch_max_wait_ms": wait_ms} if wait_ms else {}
 
 
+def serve_backfills(settings: Settings, stop: threading.Event) -> None:
+    """The source's second duty, on a thread of its own: every ``deployment_refresh_s``, emit
+    the existing rows of deployments made with ``rowcast.deploy`` (see
+    :func:`rowcast.connectors.snapshot.serve_backfill_requests`). Its own connection and
+    producer (made only when a request waits), so the stream's round never waits for a table
+    read; an error is logged and the request tried again on the next look."""
+    from rowcast.connectors.snapshot import serve_backfill_requests
+
+    conn: psycopg.Connection | None = None
+    try:
+        while not stop.wait(settings.deployment_refresh_s):
+            try:
+                if conn is None or conn.closed:
+                    conn = connect(settings)
+                if conn.execute("SELECT 1 FROM rowcast.backfill_requests LIMIT 1").fetchone():
+                    producer = make_producer(settings)
+                    try:
+                        for name, count in serve_backfill_requests(conn, producer,
+                                                                   settings).items():
+                            log.info("emitted %d existing rows without a prediction for %s "
+                                     "(deployed with rowcast.deploy)", count, name)
+                    finally:
+                        producer.close()
+            except Exception as exc:  # the database or Kafka away: the stream copes; try again
+                log.warning("backfill requests: %s", exc)
+                if conn is not None:
+                    conn.close()
+    finally:
+        if conn is not None:
+            conn.close()
+
+
 def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or stop_on_signals()
     with Watchdog("source", settings.stall_exit_s):  # a stuck loop exits
         metrics.serve(settings.source_metrics_port, settings, "source")
         with connect(settings) as conn:
             init_database(conn, settings)
+            threading.Thread(target=serve_backfills, args=(settings, stop), daemon=True,
+                             name="backfills").start()
             producer = make_producer(settings)
             stream = None
             try:

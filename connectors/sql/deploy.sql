@@ -116,11 +116,15 @@ END
 $fn$;
 
 DROP FUNCTION IF EXISTS rowcast.deploy(text, text, text, text[], text);
+DROP FUNCTION IF EXISTS rowcast.deploy(text, text, text, text[], text, text, text, text);
+-- p_backfill: the rows already in the table are scored too (those without a prediction), as
+-- `rowcast deploy` does; a function cannot reach Kafka, so it leaves a request in
+-- rowcast.backfill_requests that the running source serves
 CREATE OR REPLACE FUNCTION rowcast.deploy(
     p_name text, p_table text, p_target text,
     p_features text[] DEFAULT NULL, p_model text DEFAULT 'linear_regression',
     p_labels_table text DEFAULT NULL, p_labels_key text DEFAULT NULL,
-    p_labels_column text DEFAULT NULL)
+    p_labels_column text DEFAULT NULL, p_backfill boolean DEFAULT true)
 RETURNS rowcast.deployments
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -326,6 +330,10 @@ BEGIN
     RETURNING * INTO v_row;
     -- features kept for labels not yet seen were built for the old definition
     DELETE FROM rowcast.pending_labels WHERE deployment = p_name;
+    IF p_backfill THEN
+        INSERT INTO rowcast.backfill_requests (deployment) VALUES (p_name)
+        ON CONFLICT (deployment) DO UPDATE SET requested_at = now();
+    END IF;
 
     SELECT value INTO v_pub FROM rowcast.config WHERE key = 'publication';
     IF v_pub IS NOT NULL AND NOT EXISTS (

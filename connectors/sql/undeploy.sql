@@ -14,6 +14,7 @@ BEGIN
     END IF;
     EXECUTE format('DROP VIEW IF EXISTS rowcast.%I', p_name || '_scored');
     DELETE FROM rowcast.pending_labels WHERE deployment = p_name;
+    DELETE FROM rowcast.backfill_requests WHERE deployment = p_name;
     DELETE FROM rowcast.model_versions WHERE deployment = p_name;
     DELETE FROM rowcast.model_control WHERE deployment = p_name;
     -- its challengers and operations settings go; its model events stay (history)

@@ -41,7 +41,8 @@ def test_a_renamed_feature_column_dead_letters_its_rows_until_the_fix_then_backf
                     '"Total" float8)')
     init_database(pg_conn, settings)
     pg_conn.execute("DELETE FROM rowcast.deployments")
-    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'Total', ARRAY['Qty', 'Price'])", (name, table))
+    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'Total', ARRAY['Qty', 'Price'], "
+                    "p_backfill => false)", (name, table))
     assert failed(settings) is None
 
     with Pipeline(settings, tmp_path / "logs", ("source", "worker", "sink")) as pipeline:
@@ -89,7 +90,8 @@ def test_a_renamed_target_column_dead_letters_labels_and_rows_are_still_scored(
     pg_conn.execute(f'CREATE TABLE {table} ("Id" int PRIMARY KEY, x float8, y float8)')
     init_database(pg_conn, settings)
     pg_conn.execute("DELETE FROM rowcast.deployments")
-    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'y', ARRAY['x'])", (name, table))
+    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'y', ARRAY['x'], p_backfill => false)",
+                    (name, table))
 
     with Pipeline(settings, tmp_path / "logs", ("source", "worker", "sink")) as pipeline:
         pg_conn.execute(f"ALTER TABLE {table} RENAME COLUMN y TO outcome")
