@@ -206,6 +206,20 @@ def missing_columns(conn: psycopg.Connection) -> dict[str, list[str]]:
     return out
 
 
+def missing_tables(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Per deployment, its table or labels table when it no longer exists under the name the
+    deployment gives (dropped, or renamed: the publication follows a renamed table, so its rows
+    come on a topic of the new name that no worker reads for this deployment)."""
+    out: dict[str, list[str]] = {}
+    for name, schema, table in conn.execute(
+            "SELECT d.name, t.sch, t.tab FROM rowcast.deployments d CROSS JOIN LATERAL ("
+            "SELECT d.schema_name, d.table_name UNION ALL SELECT d.labels->>'schema', "
+            "d.labels->>'table' WHERE d.labels IS NOT NULL) AS t(sch, tab) "
+            "WHERE to_regclass(format('%I.%I', t.sch, t.tab)) IS NULL ORDER BY d.name"):
+        out.setdefault(name, []).append(f"{schema}.{table}")
+    return out
+
+
 def list_failures(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
     """Failures workers recorded, by deployment name (empty before ``rowcast init`` made the
     table). Callers compare ``generation`` with the deployment's: a redeploy starts afresh."""

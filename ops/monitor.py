@@ -41,11 +41,18 @@ from rowcast.connectors.kafka_clients import (
     topic_layouts,
 )
 from rowcast.connectors.lag import consumer_lag, oldest_unconsumed_age_s, slot_lag
-from rowcast.connectors.registry import list_deployments, list_failures, missing_columns
+from rowcast.connectors.registry import (
+    list_deployments,
+    list_failures,
+    missing_columns,
+    missing_tables,
+)
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
 from rowcast.models.features import MISSING_COLUMN
 from rowcast.ops.verdict import Sample, Verdict, evaluate, judge, slot_verdict, stall_after
+
+MISSING_TABLE = "missing_table"  # a failure status shows: the deployment's table is gone
 
 # kafka-python warns on every describe of faust's group: faust's assignor data is not the
 # standard consumer protocol. We only count members, so that warning is noise on every sample.
@@ -128,6 +135,7 @@ class Monitor:
                 "SELECT deployment, version, samples, metrics FROM rowcast.model_metrics")}
             failures = list_failures(conn)
             missing = missing_columns(conn)
+            gone = missing_tables(conn)
             pauses = versions.paused(conn)
             drifts = {r[0]: {"count": r[1], "last_at": r[2], "last_label": r[3],
                              "last_version": r[4]} for r in conn.execute(DRIFTS_SQL)}
@@ -146,7 +154,7 @@ class Monitor:
                                    [round(c, 1) for c in cuts] if cuts else [None] * 3,
                                    strict=True)),
             "deployments": [_deployment(d, models.get(d.name),
-                                        failures.get(d.name) or _missing(d, missing, now),
+                                        failures.get(d.name) or _missing(d, missing, gone, now),
                                         pauses.get(d.name), drifts.get(d.name))
                             for d in deployments],
             "topic_layout": layout,
@@ -264,8 +272,15 @@ class Monitor:
                         self.settings.lag_stop_after_s, stall_after(self.settings.lag_window_s))
 
 
-def _missing(d: Any, missing: dict[str, list[str]], now: float) -> dict[str, Any] | None:
-    """A deployment whose table lost a column it names, as a failure of its generation."""
+def _missing(d: Any, missing: dict[str, list[str]], tables: dict[str, list[str]], now: float
+             ) -> dict[str, Any] | None:
+    """A deployment whose table is gone, or lost a column it names, as a failure of its
+    generation (``rowcast status``, the dashboard, ``rowcast_deployment_failed``)."""
+    if d.name in tables:
+        return {"generation": d.generation, "reason": MISSING_TABLE, "since": now,
+                "error": f"table {', '.join(tables[d.name])} is not there any more (renamed or "
+                         "dropped): no row of it is scored; deploy again on the table's new "
+                         f"name, or `rowcast undeploy {d.name}`"}
     if d.name not in missing:
         return None
     gone = ", ".join(missing[d.name])

@@ -57,7 +57,7 @@ def render(s: dict[str, Any]) -> str:
     lines += [f"ERROR {d['name']}: {d['failed']['error']}" if d["failed"]["reason"]
               == "snapshot_refused" else
               f"FAILED {d['name']}: {d['failed']['error']}" if d["failed"]["reason"]
-              == MISSING_COLUMN else
+              in (MISSING_COLUMN, "missing_table") else
               f"FAILED {d['name']}: {d['failed']['error']} — its rows go to the dead-letter "
               f"topic as {d['failed']['reason']}; fix the model and deploy again"
               for d in failed]

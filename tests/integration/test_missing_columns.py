@@ -103,3 +103,24 @@ def test_a_renamed_target_column_dead_letters_labels_and_rows_are_still_scored(
         assert [le["reason"] for le in letters] == ["missing_column"] * 2
         assert all("'y'" in le["error"] for le in letters)
         assert f"'y' of public.{name}" in failed(settings)["error"]
+
+
+@pytest.mark.timeout(120)
+def test_a_renamed_or_dropped_table_is_shown_failed_with_what_to_do(settings, pg_conn):
+    name = f"gone_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f'CREATE TABLE public."{name}" ("Id" int PRIMARY KEY, x float8, y float8)')
+    init_database(pg_conn, settings)
+    pg_conn.execute("DELETE FROM rowcast.deployments")
+    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'y', ARRAY['x'], p_backfill => false)",
+                    (name, f'public."{name}"'))
+    assert failed(settings) is None
+    # the publication follows the renamed table: its rows now come under a name no worker reads
+    pg_conn.execute(f'ALTER TABLE public."{name}" RENAME TO "{name}_v2"')
+    problem = failed(settings)
+    assert problem is not None and problem["reason"] == "missing_table"
+    assert f"table public.{name} is not there any more" in problem["error"]
+    assert f"rowcast undeploy {name}" in problem["error"]
+    pg_conn.execute(f'ALTER TABLE public."{name}_v2" RENAME TO "{name}"')
+    assert failed(settings) is None
+    pg_conn.execute(f'DROP TABLE public."{name}" CASCADE')
+    assert failed(settings)["reason"] == "missing_table"
