@@ -88,7 +88,9 @@ from rowcast.connectors.dead_letters import announce
 from rowcast.connectors.kafka_clients import AckedSends, ensure_topics, make_admin
 from rowcast.connectors.lag import slot_lag
 from rowcast.connectors.partitioning import partition_of
+from rowcast.connectors.postgres import connect
 from rowcast.connectors.source_position import load_position, save_position
+from rowcast.connectors.truncations import forget_truncated
 from rowcast.core import liveness, metrics
 from rowcast.core.change_batch import BATCH_HEADER, BATCH_KEY, VERSION, ChangeBatch
 from rowcast.core.dead_letter import DeadLetter
@@ -577,7 +579,24 @@ class CdcSource:
             return message.end_lsn
         elif isinstance(message, pgoutput.Relation):
             self._remember(message)
+        elif isinstance(message, pgoutput.Truncate) and self._txn is not None \
+                and not self._txn.skip:
+            self._truncated(message, change.lsn)
         return None
+
+    def _truncated(self, message: pgoutput.Truncate, lsn: int) -> None:
+        """The tables' rows are gone: so are their predictions (:mod:`rowcast.connectors.
+        truncations`). On a connection of its own, committed at once: a peek holds this one's
+        transaction open, and a prediction must not be stored in between."""
+        tables = [(info.relation.schema, info.relation.table)
+                  for info in (self.relations.get(oid) for oid in message.relation_oids)
+                  if info is not None]
+        if not tables:
+            return
+        with connect(self.settings) as conn:
+            deleted = forget_truncated(conn, tables, lsn)
+        log.info("TRUNCATE of %s at %s: %d prediction(s) deleted",
+                 ", ".join(f"{s}.{t}" for s, t in tables), format_lsn(lsn), deleted)
 
     def _remember(self, rel: pgoutput.Relation) -> None:
         """Relation messages come again at each peek and after DDL: always overwrite.

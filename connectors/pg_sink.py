@@ -78,13 +78,19 @@ CREATE TEMP TABLE IF NOT EXISTS rowcast_sink_batch (
 """
 _COPY = "COPY rowcast_sink_batch FROM STDIN"
 _EPOCH = "timestamptz '1970-01-01 00:00:00+00'"
+# a prediction of a row changed before its table's last TRUNCATE is of a row that is gone
+# (rowcast.connectors.truncations)
+_NOT_TRUNCATED = """
+WHERE NOT EXISTS (SELECT 1 FROM rowcast.truncations t
+                   WHERE t.schema_name = b.source_schema AND t.table_name = b.source_table
+                     AND pg_lsn '0/0' + b.source_lsn < t.lsn)"""
 _UPSERT = f"""
 INSERT INTO rowcast.predictions ({", ".join(COLUMNS)}, written_at)
 SELECT DISTINCT ON (deployment, source_schema, source_table, pk)
        deployment, source_schema, source_table, pk, prediction, score, model, model_version,
        pg_lsn '0/0' + source_lsn, {_EPOCH} + commit_us * interval '1 microsecond',
        {_EPOCH} + scored_us * interval '1 microsecond', clock_timestamp()
-FROM rowcast_sink_batch
+FROM rowcast_sink_batch b{_NOT_TRUNCATED}
 ORDER BY deployment, source_schema, source_table, pk, source_lsn DESC, model_version DESC
 ON CONFLICT (deployment, source_schema, source_table, pk) DO UPDATE SET
     prediction = EXCLUDED.prediction, score = EXCLUDED.score, model = EXCLUDED.model,
@@ -102,7 +108,7 @@ INSERT INTO rowcast.predictions ({", ".join(COLUMNS)}, written_at)
 SELECT deployment, source_schema, source_table, pk, prediction, score, model, model_version,
        pg_lsn '0/0' + source_lsn, {_EPOCH} + commit_us * interval '1 microsecond',
        {_EPOCH} + scored_us * interval '1 microsecond', clock_timestamp()
-FROM rowcast_sink_batch
+FROM rowcast_sink_batch b{_NOT_TRUNCATED}
 """
 UPSERT_AFTER_CONFLICT_S = 10.0  # after a batch met stored rows, upsert directly this long
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import psycopg
 
-from rowcast.connectors import heartbeat, pg_sink, registry, slot, source_position
+from rowcast.connectors import heartbeat, pg_sink, registry, slot, source_position, truncations
 from rowcast.core.settings import Settings
 
 INIT_LOCK = 0x726F77636173  # "rowcas": one advisory lock key for schema setup
@@ -25,6 +25,7 @@ def init_database(conn: psycopg.Connection, settings: Settings, replace_modules:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (INIT_LOCK,))
         pg_sink.ensure_schema(conn)
+        truncations.ensure_schema(conn)
         source_position.ensure_schema(conn)
         heartbeat.ensure_schema(conn)
         registry.ensure_schema(conn, settings.publication_name,

@@ -59,6 +59,11 @@ def test_rows_of_every_partition_are_scored_and_learned(settings, pg_conn, tmp_p
         # labels of rows 2, 3 (by an update) and 4 (a snapshot read is scored, not learned)
         wait_until(lambda: learned(pg_conn, name) == 3, timeout_s=90,
                    message=lambda: f"{learned(pg_conn, name)}\n{pipeline.log_tail('learner')}")
+        # a TRUNCATE of the table empties every partition: their predictions go
+        pg_conn.execute(f"TRUNCATE {root}")
+        pg_conn.execute(f"INSERT INTO {root} VALUES (5, '2026-05-01', 1, NULL)")
+        wait_until(lambda: scored(pg_conn, name) == {5}, timeout_s=90,
+                   message=lambda: f"{scored(pg_conn, name)}\n{pipeline.log_tail('source')}")
 
     pg_conn.execute("SELECT rowcast.undeploy(%s)", (name,))
     assert (schema, "Clicks") not in published_tables(pg_conn, settings.publication_name)
