@@ -190,14 +190,17 @@ SELECT d.name, c.col, c.sch, c.tab
  WHERE to_regclass(format('%I.%I', c.sch, c.tab)) IS NOT NULL
    AND NOT EXISTS (SELECT 1 FROM pg_attribute a
                     WHERE a.attrelid = to_regclass(format('%I.%I', c.sch, c.tab))
-                      AND a.attname = c.col AND a.attnum > 0 AND NOT a.attisdropped)
+                      AND a.attname = c.col AND a.attnum > 0 AND NOT a.attisdropped
+                      -- logical replication does not send a generated column: as if absent
+                      AND a.attgenerated = '')
  ORDER BY d.name, c.ord
 """
 
 
 def missing_columns(conn: psycopg.Connection) -> dict[str, list[str]]:
     """Per deployment, the columns it names that its table (or labels table) no longer has:
-    renamed or dropped since it was deployed. Its rows then go to the dead-letter topic as
+    renamed or dropped since it was deployed (or generated columns, which logical replication
+    does not send; ``rowcast.deploy`` refuses them since). Its rows then go to the dead-letter topic as
     ``missing_column`` (:class:`rowcast.models.features.MissingColumn`); ``rowcast status``
     says so before any row arrives. A table that is gone altogether is not reported here."""
     out: dict[str, list[str]] = {}

@@ -56,15 +56,16 @@ class MissingColumn(FeatureError):
     """A column the deployment names that the row does not have at all: absent, not NULL (see
     :meth:`rowcast.models.deployment.Deployment.rows_have_columns_at`).
 
-    >>> str(MissingColumn("income"))
-    "column 'income' is not in the row: renamed or dropped since the deployment was defined"
+    >>> str(MissingColumn("income"))  # doctest: +ELLIPSIS
+    "column 'income' is not in the row: renamed or dropped since the deployment was defined..."
     """
 
     reason = MISSING_COLUMN
 
     def __init__(self, column: str) -> None:
         RowcastError.__init__(self, f"column {column!r} is not in the row: renamed or dropped "
-                                    "since the deployment was defined")
+                                    "since the deployment was defined (or a generated column, "
+                                    "which logical replication does not send)")
         self.column = column
 
 

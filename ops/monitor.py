@@ -285,7 +285,8 @@ def _missing(d: Any, missing: dict[str, list[str]], tables: dict[str, list[str]]
         return None
     gone = ", ".join(missing[d.name])
     return {"generation": d.generation, "reason": MISSING_COLUMN, "since": now,
-            "error": f"column {gone} is not there any more (renamed or dropped): its rows go to "
+            "error": f"column {gone} is not there any more (renamed or dropped; or generated, "
+                     "which logical replication does not send): its rows go to "
                      f"the dead-letter topic as {MISSING_COLUMN}; deploy again with the table's "
                      f"columns (or rename it back), then `rowcast backfill {d.name}` scores the "
                      "rows it missed"}

@@ -209,6 +209,8 @@ BEGIN
     END IF;
     SELECT array_agg(a.attname::text ORDER BY a.attnum),
            array_agg(CASE
+               -- logical replication does not send generated columns: no row would have it
+               WHEN a.attgenerated <> '' THEN 'generated'
                WHEN t.typtype = 'e' THEN 'category'
                WHEN t.typname IN ('int2', 'int4', 'int8', 'float4', 'float8', 'numeric') THEN 'number'
                WHEN t.typname = 'bool' THEN 'boolean'
@@ -224,6 +226,11 @@ BEGIN
             array_to_string(v_names, ', '));
     END IF;
     v_target_kind := v_kinds[array_position(v_names, p_target)];
+    IF v_target_kind = 'generated' THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            'target %L is a generated column, which PostgreSQL''s logical replication does not '
+            'send: no change would carry it; use a stored column', p_target);
+    END IF;
     IF NOT (v_target_kind = ANY (CASE v_task
             WHEN 'regression' THEN ARRAY['number']
             WHEN 'binary' THEN ARRAY['boolean', 'number']
@@ -240,7 +247,8 @@ BEGIN
     END IF;
     v_features := coalesce(p_features, ARRAY(
         SELECT n FROM unnest(v_names, v_kinds) AS u(n, k)
-         WHERE k <> 'unusable' AND n <> p_target AND NOT n = ANY (v_keys)));
+         WHERE k NOT IN ('unusable', 'generated') AND n <> p_target
+           AND NOT n = ANY (v_keys)));
     IF cardinality(v_features) = 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001',
             MESSAGE = format('deployment %L needs at least one feature column', p_name);
@@ -256,6 +264,11 @@ BEGIN
                 'feature column %L is not in %I.%I', v_col, v_schema, v_table);
         END IF;
         v_kind := v_kinds[array_position(v_names, v_col)];
+        IF v_kind = 'generated' THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'feature column %L is a generated column, which PostgreSQL''s logical '
+                'replication does not send: use the columns it is computed from', v_col);
+        END IF;
         IF v_kind = 'unusable' THEN
             RAISE EXCEPTION USING ERRCODE = 'RC001',
                 MESSAGE = format('feature column %L has a type rowcast cannot use yet', v_col);

@@ -171,3 +171,27 @@ def test_model_versions_of_an_unknown_name_says_there_is_no_such_deployment(sett
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "rowcast: no deployment named 'nosuch' (rowcast deployments lists them)"]
+
+
+def test_a_generated_column_is_refused_as_feature_or_target_and_left_out_by_default(
+        settings, pg_conn):
+    # PostgreSQL's logical replication does not send generated columns: a deployment on one
+    # would get rows without it, every one of them a dead letter (missing_column)
+    init_database(pg_conn, settings)
+    table = f"gen_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, a float8, "
+                    "b float8 GENERATED ALWAYS AS (a * 2) STORED, y float8, "
+                    "z float8 GENERATED ALWAYS AS (a + 1) STORED)")
+    for target, features in (("y", ["a", "b"]), ("z", ["a"])):
+        with pytest.raises(psycopg.Error) as refused:
+            pg_conn.execute("SELECT rowcast.deploy('gen', %s, %s, %s)",
+                            (f"public.{table}", target, features))
+        assert refused.value.sqlstate == "RC001"
+        message = refused.value.diag.message_primary
+        assert "generated column" in message and "logical replication" in message, message
+    # all usable columns (no list given): the generated ones are not among them
+    pg_conn.execute("SELECT rowcast.deploy('gen', %s, 'y', p_backfill => false)",
+                    (f"public.{table}",))
+    features = pg_conn.execute("SELECT features FROM rowcast.deployments WHERE name = 'gen'"
+                               ).fetchone()[0]
+    assert [f[0] for f in features] == ["a"]

@@ -124,3 +124,20 @@ def test_a_renamed_or_dropped_table_is_shown_failed_with_what_to_do(settings, pg
     assert failed(settings) is None
     pg_conn.execute(f'DROP TABLE public."{name}" CASCADE')
     assert failed(settings)["reason"] == "missing_table"
+
+
+def test_a_deployment_made_before_generated_columns_were_refused_shows_them_missing(
+        settings, pg_conn):
+    from rowcast.connectors.registry import missing_columns
+
+    init_database(pg_conn, settings)
+    pg_conn.execute("DELETE FROM rowcast.deployments")
+    table = f"gen_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, a float8, "
+                    "b float8 GENERATED ALWAYS AS (a * 2) STORED, y float8)")
+    # as rowcast.deploy stored it before it refused generated columns
+    pg_conn.execute("INSERT INTO rowcast.deployments (name, schema_name, table_name, target, "
+                    "target_kind, features, model, key_columns) VALUES ('old_gen', 'public', "
+                    "%s, 'y', 'number', '[[\"a\", \"number\"], [\"b\", \"number\"]]', "
+                    "'linear_regression', '[\"id\"]')", (table,))
+    assert missing_columns(pg_conn) == {"old_gen": [f"'b' of public.{table}"]}
