@@ -46,9 +46,23 @@ BEGIN
     END IF;
     SELECT c.oid INTO table_oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE n.nspname = schema_name AND c.relname = table_name AND c.relkind IN ('r', 'p');
+    IF table_oid IS NULL AND EXISTS (
+            SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = schema_name AND c.relname = table_name) THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            '%s %I.%I is not a table (a view, materialized view or foreign table): only a '
+            'table''s changes are streamed; deploy on the table it reads', p_what, schema_name,
+            table_name);
+    END IF;
     IF table_oid IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001',
             MESSAGE = format('%s %I.%I does not exist', p_what, schema_name, table_name);
+    END IF;
+    IF (SELECT relpersistence FROM pg_class WHERE oid = table_oid) <> 'p' THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            '%s %I.%I is unlogged (or temporary): PostgreSQL writes no WAL for it, so none of '
+            'its changes can reach rowcast; ALTER TABLE %I.%I SET LOGGED', p_what, schema_name,
+            table_name, schema_name, table_name);
     END IF;
 END
 $fn$;

@@ -17,6 +17,12 @@ def mixed_case_table(settings, pg_conn) -> str:
     init_database(pg_conn, settings)
     name = f"Some-Table_{uuid.uuid4().hex[:4]}"
     pg_conn.execute(f'CREATE TABLE public."{name}" (id int PRIMARY KEY, x float8, y float8)')
+    # tables PostgreSQL cannot stream, and relations that are not tables
+    pg_conn.execute(f'CREATE UNLOGGED TABLE public."{name}_unlogged" (id int PRIMARY KEY, '
+                    "x float8, y float8)")
+    pg_conn.execute(f'CREATE VIEW public."{name}_view" AS SELECT * FROM public."{name}"')
+    pg_conn.execute(f'CREATE MATERIALIZED VIEW public."{name}_matview" AS '
+                    f'SELECT * FROM public."{name}"')
     return name
 
 
@@ -29,6 +35,9 @@ def mixed_case_table(settings, pg_conn) -> str:
     (("--table", '"{t}"', "--target", "nope"), "target column"),
     (("--table", '"{t}"', "--target", "y", "--features", "x,nope"), "feature column"),
     (("--table", '"{t}"', "--target", "y", "--model", "no_such_model"), "unknown model"),
+    (("--table", '"{t}_unlogged"', "--target", "y"), "SET LOGGED"),
+    (("--table", '"{t}_view"', "--target", "y"), "is not a table"),
+    (("--table", '"{t}_matview"', "--target", "y"), "is not a table"),
 ])
 def test_each_refusal_is_one_line(settings, mixed_case_table, args, says):
     args = tuple(a.format(t=mixed_case_table) for a in args)
