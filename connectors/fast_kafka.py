@@ -53,7 +53,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     linger to batch, no topic auto-creation. ``overrides`` use librdkafka's names."""
     config: dict[str, Any] = {
         **client_config(settings),
-        "client.id": "rowcast",
+        "client.id": settings.kafka_client_id,
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 2,

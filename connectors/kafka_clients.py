@@ -37,7 +37,7 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "batch_size": 256 * 1024,
         "max_request_size": 4 * 1024 * 1024,
         "retries": 2**31 - 1,
-        "client_id": "rowcast",
+        "client_id": settings.kafka_client_id,
         # rowcast lays its topics out with the admin client only (ensure_topics): a send or a
         # metadata request must never create one with the broker's defaults (auto-creation
         # is on for Debezium's topics; kafka-python's default asks for it: the source, seeing
@@ -109,7 +109,7 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> KafkaC
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "client_id": "rowcast",
+        "client_id": settings.kafka_client_id,
         "metadata_max_age_ms": 5000,
         "allow_auto_create_topics": False,  # as make_producer: topics come from ensure_topics
         "session_timeout_ms": int(settings.kafka_session_timeout_s * 1000),
@@ -121,7 +121,7 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> KafkaC
 
 def make_admin(settings: Settings) -> KafkaAdminClient:
     """An admin client over every bootstrap host (it follows the controller and leaders itself)."""
-    return KafkaAdminClient(**settings.kafka_client_config(), client_id="rowcast-admin")
+    return KafkaAdminClient(**settings.kafka_client_config(), client_id=f"{settings.kafka_client_id}-admin")
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "client.id": "rowcast",
+        "client.id": settings.kafka_client_id,
         "metadata.max.age.ms": 5000,
         "session.timeout.ms": int(settings.kafka_session_timeout_s * 1000),
         "heartbeat.interval.ms": 1000,

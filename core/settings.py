@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         f"127.0.0.1:{DEV_KAFKA_PORT}", description="Kafka bootstrap servers, comma separated."
     )
+    kafka_client_id: str = Field(
+        "rowcast", min_length=1, description="client.id of rowcast's Kafka clients; each "
+        "long-running process adds its role (rowcast-source, -worker, -learner, -sink), so the "
+        "broker's request metrics, quotas and group listings tell them apart.")
     kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_*.")
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
@@ -357,6 +361,14 @@ class Settings(BaseSettings):
             "reconnect_backoff_max_ms": self.kafka_reconnect_backoff_max_ms,
         }
         return {k: v for k, v in cfg.items() if v is not None}
+
+    def for_role(self, role: str) -> Settings:
+        """These settings for one long-running process: its Kafka clients say which it is.
+
+        >>> Settings(_env_file=None).for_role("sink").kafka_client_id
+        'rowcast-sink'
+        """
+        return self.model_copy(update={"kafka_client_id": f"{self.kafka_client_id}-{role}"})
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``ROWCAST_*`` variables, to hand to child processes."""

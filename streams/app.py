@@ -26,6 +26,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.scorer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=_credentials(settings),
+        broker_client_id=settings.kafka_client_id,
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.topic_partitions,

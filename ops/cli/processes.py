@@ -16,7 +16,7 @@ def source(log_level: str = "INFO") -> None:
     from rowcast.streams.processes import run_source
 
     setup_logging(log_level)
-    run_source(Settings())
+    run_source(Settings().for_role("source"))
 
 
 @app.command()
@@ -28,7 +28,7 @@ def worker(
     from rowcast.streams.worker import run_child, run_worker
 
     setup_logging(log_level)
-    (run_child if child else run_worker)(Settings(), loglevel=log_level.lower())
+    (run_child if child else run_worker)(Settings().for_role("worker"), loglevel=log_level.lower())
 
 
 @app.command()
@@ -37,7 +37,7 @@ def sink(log_level: str = "INFO") -> None:
     from rowcast.streams.processes import run_sink
 
     setup_logging(log_level)
-    run_sink(Settings())
+    run_sink(Settings().for_role("sink"))
 
 
 @app.command()
@@ -46,4 +46,4 @@ def learner(log_level: str = "INFO") -> None:
     from rowcast.streams.processes import run_learner
 
     setup_logging(log_level)
-    run_learner(Settings())
+    run_learner(Settings().for_role("learner"))
