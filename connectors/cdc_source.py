@@ -90,7 +90,7 @@ from rowcast.connectors.lag import slot_lag
 from rowcast.connectors.partitioning import partition_of
 from rowcast.connectors.postgres import connect
 from rowcast.connectors.source_position import load_position, save_position
-from rowcast.connectors.truncations import forget_truncated
+from rowcast.connectors.truncations import record_truncation
 from rowcast.core import liveness, metrics
 from rowcast.core.change_batch import BATCH_HEADER, BATCH_KEY, VERSION, ChangeBatch
 from rowcast.core.dead_letter import DeadLetter
@@ -586,17 +586,17 @@ class CdcSource:
 
     def _truncated(self, message: pgoutput.Truncate, lsn: int) -> None:
         """The tables' rows are gone: so are their predictions (:mod:`rowcast.connectors.
-        truncations`). On a connection of its own, committed at once: a peek holds this one's
-        transaction open, and a prediction must not be stored in between."""
+        truncations`; the source's background thread deletes those stored). On a connection
+        of its own, committed at once: a peek holds this one's transaction open."""
         tables = [(info.relation.schema, info.relation.table)
                   for info in (self.relations.get(oid) for oid in message.relation_oids)
                   if info is not None]
         if not tables:
             return
         with connect(self.settings) as conn:
-            deleted = forget_truncated(conn, tables, lsn)
-        log.info("TRUNCATE of %s at %s: %d prediction(s) deleted",
-                 ", ".join(f"{s}.{t}" for s, t in tables), format_lsn(lsn), deleted)
+            record_truncation(conn, tables, lsn)
+        log.info("TRUNCATE of %s at %s: their predictions go",
+                 ", ".join(f"{s}.{t}" for s, t in tables), format_lsn(lsn))
 
     def _remember(self, rel: pgoutput.Relation) -> None:
         """Relation messages come again at each peek and after DDL: always overwrite.

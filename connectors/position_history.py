@@ -128,6 +128,9 @@ def follow_predictions(conn: psycopg.Connection) -> int:
         if reason is not None:
             rebased = conn.execute("UPDATE rowcast.predictions SET source_lsn = '0/0' "
                                    "WHERE source_lsn <> '0/0'").rowcount
+            # TRUNCATE positions are of that history too: kept, they would refuse every new
+            # prediction of a truncated table (rowcast.connectors.truncations)
+            conn.execute("DELETE FROM rowcast.truncations")
             announce("sink", "rowcast.predictions", stored_id, server_id, reason,
                      f"the source LSN of its {rebased} rows was set to 0/0, so every new "
                      "prediction replaces them")

@@ -48,13 +48,19 @@ def learner_fetch(wait_ms: int) -> dict[str, int]:
     return {"fetch_min_bytes": 1 << 20, "fetch_max_wait_ms": wait_ms} if wait_ms else {}
 
 
-def serve_backfills(settings: Settings, stop: threading.Event) -> None:
-    """The source's second duty, on a thread of its own: every ``deployment_refresh_s``, emit
-    the existing rows of deployments made with ``rowcast.deploy`` (see
-    :func:`rowcast.connectors.snapshot.serve_backfill_requests`). Its own connection and
-    producer (made only when a request waits), so the stream's round never waits for a table
-    read; an error is logged and the request tried again on the next look."""
+def source_housekeeping(settings: Settings, stop: threading.Event) -> None:
+    """The source's other duties, on a thread of its own, every ``deployment_refresh_s``:
+
+    - emit the existing rows of deployments made with ``rowcast.deploy``
+      (:func:`rowcast.connectors.snapshot.serve_backfill_requests`);
+    - delete the stored predictions of truncated rows (:func:`rowcast.connectors.truncations.
+      clear_truncated`).
+
+    Its own connection (and a producer made only when a request waits), so the stream's round
+    never waits for a table read or a large DELETE; an error is logged and the work tried again
+    on the next look."""
     from rowcast.connectors.snapshot import serve_backfill_requests
+    from rowcast.connectors.truncations import clear_truncated
 
     conn: psycopg.Connection | None = None
     try:
@@ -71,8 +77,11 @@ def serve_backfills(settings: Settings, stop: threading.Event) -> None:
                                      "(deployed with rowcast.deploy)", count, name)
                     finally:
                         producer.close()
+                if conn.execute("SELECT 1 FROM rowcast.truncations WHERE NOT cleared LIMIT 1"
+                                ).fetchone():
+                    log.info("deleted %d prediction(s) of truncated rows", clear_truncated(conn))
             except Exception as exc:  # the database or Kafka away: the stream copes; try again
-                log.warning("backfill requests: %s", exc)
+                log.warning("source housekeeping: %s", exc)
                 if conn is not None:
                     conn.close()
     finally:
@@ -86,8 +95,8 @@ def run_source(settings: Settings, stop: threading.Event | None = None) -> None:
         metrics.serve(settings.source_metrics_port, settings, "source")
         with connect(settings) as conn:
             init_database(conn, settings)
-            threading.Thread(target=serve_backfills, args=(settings, stop), daemon=True,
-                             name="backfills").start()
+            threading.Thread(target=source_housekeeping, args=(settings, stop), daemon=True,
+                             name="housekeeping").start()
             producer = make_producer(settings)
             stream = None
             try:

@@ -22,6 +22,7 @@ from rowcast.connectors.cdc_source import CdcSource
 from rowcast.connectors.kafka_clients import make_producer
 from rowcast.connectors.pg_sink import PredictionSink, upsert
 from rowcast.connectors.schema import init_database
+from rowcast.connectors.truncations import record_truncation
 from rowcast.core.lsn import format_lsn
 from rowcast.core.prediction import PredictionRecord
 from rowcast.ops.pipeline import Pipeline
@@ -126,6 +127,9 @@ def test_sink_stores_new_predictions_after_a_restore_into_another_cluster(settin
     # the identifier of the cluster they were written in
     old_lsn = wal_now(pg_conn) + AHEAD
     upsert(pg_conn, [prediction(deployment, k, old_lsn, 5, 1.0) for k in (1, 2)])
+    # and a TRUNCATE of the old cluster, as far ahead: kept, it would refuse this table's rows
+    truncated = ("public", "t")
+    record_truncation(pg_conn, [truncated], old_lsn + 1)
     if pg_conn.execute("SELECT to_regclass('rowcast.position_histories')").fetchone()[0]:
         pg_conn.execute("UPDATE rowcast.position_histories SET system_identifier = %s "
                         "WHERE owner = 'predictions'", (OTHER_ID,))
@@ -135,6 +139,8 @@ def test_sink_stores_new_predictions_after_a_restore_into_another_cluster(settin
     # this cluster scores the rows again: lower LSNs, a model version restarted at 1
     upsert(pg_conn, [prediction(deployment, 1, wal_now(pg_conn), 1, 2.0)])
     assert stored_prediction(pg_conn, deployment, 1) == 2.0  # not kept as "older"
+    assert pg_conn.execute("SELECT count(*) FROM rowcast.truncations WHERE schema_name = %s "
+                           "AND table_name = %s", truncated).fetchone()[0] == 0
     assert stored_prediction(pg_conn, deployment, 2) == 1.0
     errors = rowcast_errors(caplog)
     assert any(OTHER_ID in m and server_id(pg_conn) in m for m in errors), errors

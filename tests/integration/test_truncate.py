@@ -62,3 +62,28 @@ def test_truncated_rows_lose_their_predictions_and_later_rows_keep_theirs(settin
 
 def conn_rows(conn, name: str) -> set[int]:
     return {r[0] for r in conn.execute(f'SELECT id FROM public."{name}"')}
+
+
+def test_stored_predictions_of_a_large_truncated_table_are_deleted_in_slices(settings, pg_conn):
+    from rowcast.connectors.pg_sink import upsert
+    from rowcast.connectors.truncations import clear_truncated, record_truncation
+    from rowcast.core.prediction import PredictionRecord
+
+    init_database(pg_conn, settings)
+    name = f"slices_{uuid.uuid4().hex[:6]}"
+    pg_conn.execute("DELETE FROM rowcast.deployments")
+    pg_conn.execute(f"CREATE TABLE public.{name} (id int PRIMARY KEY, x float8, y float8)")
+    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'y', ARRAY['x'], p_backfill => false)",
+                    (name, f"public.{name}"))
+    now = 1_700_000_000_000_000
+    upsert(pg_conn, [PredictionRecord(name, "linear_regression", 1, "public", name, {"id": i},
+                                      1.0, 1.0, 100 + i, now, now) for i in range(25)])
+    record_truncation(pg_conn, [("public", name)], 120)  # after rows 0-19, before 20-24
+    # from now on, a prediction of a row changed before the TRUNCATE is not stored
+    upsert(pg_conn, [PredictionRecord(name, "linear_regression", 1, "public", name, {"id": 99},
+                                      1.0, 1.0, 119, now, now)])
+    assert clear_truncated(pg_conn, slice_rows=7) == 20
+    assert set(scored(pg_conn, name)) == set(range(20, 25))
+    assert pg_conn.execute("SELECT cleared FROM rowcast.truncations WHERE table_name = %s",
+                           (name,)).fetchone()[0] is True
+    assert clear_truncated(pg_conn) == 0  # nothing left to do
