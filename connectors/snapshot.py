@@ -12,6 +12,7 @@ so adding a model to a table does not make the others score and learn old rows a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,11 +26,13 @@ from rowcast.connectors import pgtypes, slot
 from rowcast.connectors.kafka_clients import AckedSends, ensure_topics
 from rowcast.connectors.registry import list_deployments
 from rowcast.core.envelope import SourceInfo, build_value, encode_key
-from rowcast.core.errors import ConfigError
+from rowcast.core.errors import ConfigError, SourceError
 from rowcast.core.settings import Settings
 from rowcast.models.deployment import Deployment
 
 DEPLOYMENT_HEADER = "rowcast.deployment"
+
+log = logging.getLogger(__name__)
 
 
 def _columns(conn: psycopg.Connection, schema: str, table: str) -> list[tuple[str, int]]:
@@ -145,9 +148,18 @@ def serve_backfill_requests(conn: psycopg.Connection, producer: KafkaProducer,
     for name, requested_at in pending:
         d = deployments.get(name)
         if d is not None:
-            ensure_topics(settings, [settings.source_topic(d.schema, d.table)])
-            done[name] = emit_snapshot(conn, producer, settings, d.schema, d.table,
-                                       for_deployment=d.name, missing_only=True)
+            try:
+                slot.table_key_columns(conn, d.schema, d.table)  # still there, with its key
+            except SourceError as exc:  # renamed or dropped since: status says so; not retried
+                log.warning("no backfill for %s: %s", name, exc)
+            else:
+                try:
+                    ensure_topics(settings, [settings.source_topic(d.schema, d.table)])
+                    done[name] = emit_snapshot(conn, producer, settings, d.schema, d.table,
+                                               for_deployment=d.name, missing_only=True)
+                except Exception as exc:  # Kafka or the database: this one again next time
+                    log.warning("backfill of %s: %s (tried again)", name, exc)
+                    continue
         # a request made again meanwhile (a redeploy) is served on the next look
         conn.execute("DELETE FROM rowcast.backfill_requests WHERE deployment = %s "
                      "AND requested_at = %s", (name, requested_at))

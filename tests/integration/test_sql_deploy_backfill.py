@@ -52,3 +52,28 @@ def test_a_sql_deploy_scores_the_rows_already_in_the_table(settings, pg_conn, tm
         assert requests(pg_conn) == []
         wait_until(lambda: scored(pg_conn, "by_cli") == set(range(1, 32)), timeout_s=120,
                    message=lambda: f"{len(scored(pg_conn, 'by_cli'))} scored")
+
+
+def test_a_request_whose_table_is_gone_does_not_hold_back_the_others(settings, pg_conn):
+    from rowcast.connectors.kafka_clients import make_producer
+    from rowcast.connectors.snapshot import serve_backfill_requests
+
+    suffix = uuid.uuid4().hex[:6]
+    init_database(pg_conn, settings)
+    pg_conn.execute("DELETE FROM rowcast.deployments")
+    pg_conn.execute("DELETE FROM rowcast.backfill_requests")
+    for name in ("a", "b"):
+        pg_conn.execute(f"CREATE TABLE public.{name}_{suffix} (id int PRIMARY KEY, x float8, "
+                        "y float8)")
+        pg_conn.execute(f"INSERT INTO public.{name}_{suffix} VALUES (1, 1, 1), (2, 2, 2)")
+        pg_conn.execute(f"SELECT rowcast.deploy('{name}_{suffix}', 'public.{name}_{suffix}', "
+                        "'y', ARRAY['x'])")
+    # a's table is renamed before its rows were emitted: its request is older than b's
+    pg_conn.execute(f"ALTER TABLE public.a_{suffix} RENAME TO gone_{suffix}")
+    producer = make_producer(settings)
+    try:
+        done = serve_backfill_requests(pg_conn, producer, settings)
+    finally:
+        producer.close()
+    assert done == {f"b_{suffix}": 2}
+    assert requests(pg_conn) == []  # a's is dropped: status shows its table missing
