@@ -154,7 +154,8 @@ class Monitor:
                                    [round(c, 1) for c in cuts] if cuts else [None] * 3,
                                    strict=True)),
             "deployments": [_deployment(d, models.get(d.name),
-                                        failures.get(d.name) or _missing(d, missing, gone, now),
+                                        _current(d, failures.get(d.name))
+                                        or _missing(d, missing, gone, now),
                                         pauses.get(d.name), drifts.get(d.name))
                             for d in deployments],
             "topic_layout": layout,
@@ -270,6 +271,11 @@ class Monitor:
             track.samples.popleft()
         return evaluate(list(track.samples), now, track.last_commit_at,
                         self.settings.lag_stop_after_s, stall_after(self.settings.lag_window_s))
+
+
+def _current(d: Any, failure: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A failure a worker recorded, if it is of the deployment's current generation."""
+    return failure if failure is not None and failure["generation"] == d.generation else None
 
 
 def _missing(d: Any, missing: dict[str, list[str]], tables: dict[str, list[str]], now: float

@@ -54,3 +54,16 @@ def test_the_docstring_example_holds() -> None:
 def test_slot_verdict_by_age() -> None:
     assert [slot_verdict(age, 30, 60) for age in (0, 29.9, 30, 59, 60)] == [
         Verdict.OK, Verdict.OK, Verdict.WARN, Verdict.WARN, Verdict.STOP]
+
+
+def test_a_failure_of_an_older_generation_does_not_hide_a_missing_column() -> None:
+    from rowcast.models.deployment import Deployment, Feature
+    from rowcast.ops.monitor import _current, _missing
+
+    d = Deployment("spend", "public", "c", "y", (Feature("x", "number"),), "linear_regression",
+                   ("id",), version=3, created_us=5)
+    stale = {"generation": "5.2", "reason": "snapshot_refused", "error": "old", "since": 1.0}
+    failure = _current(d, stale) or _missing(d, {"spend": ["'x' of public.c"]}, {}, 2.0)
+    assert failure is not None and failure["reason"] == "missing_column"
+    assert failure["generation"] == d.generation == "5.3"
+    assert _current(d, {**stale, "generation": "5.3"})["reason"] == "snapshot_refused"
