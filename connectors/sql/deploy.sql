@@ -58,6 +58,13 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'RC001',
             MESSAGE = format('%s %I.%I does not exist', p_what, schema_name, table_name);
     END IF;
+    IF (SELECT relispartition FROM pg_class WHERE oid = table_oid) THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            '%s %I.%I is a partition of %s: deploy on that table (rowcast''s publication sends '
+            'a partition''s changes as its partitioned table''s)', p_what, schema_name,
+            table_name, (SELECT inhparent::regclass::text FROM pg_inherits
+                          WHERE inhrelid = table_oid LIMIT 1));
+    END IF;
     IF (SELECT relpersistence FROM pg_class WHERE oid = table_oid) <> 'p' THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
             '%s %I.%I is unlogged (or temporary): PostgreSQL writes no WAL for it, so none of '

@@ -23,6 +23,10 @@ def mixed_case_table(settings, pg_conn) -> str:
     pg_conn.execute(f'CREATE VIEW public."{name}_view" AS SELECT * FROM public."{name}"')
     pg_conn.execute(f'CREATE MATERIALIZED VIEW public."{name}_matview" AS '
                     f'SELECT * FROM public."{name}"')
+    pg_conn.execute(f'CREATE TABLE public."{name}_parts" (id int PRIMARY KEY, x float8, '
+                    "y float8) PARTITION BY RANGE (id)")
+    pg_conn.execute(f'CREATE TABLE public."{name}_p1" PARTITION OF public."{name}_parts" '
+                    "FOR VALUES FROM (0) TO (100)")
     return name
 
 
@@ -38,6 +42,7 @@ def mixed_case_table(settings, pg_conn) -> str:
     (("--table", '"{t}_unlogged"', "--target", "y"), "SET LOGGED"),
     (("--table", '"{t}_view"', "--target", "y"), "is not a table"),
     (("--table", '"{t}_matview"', "--target", "y"), "is not a table"),
+    (("--table", '"{t}_p1"', "--target", "y"), "is a partition of"),
 ])
 def test_each_refusal_is_one_line(settings, mixed_case_table, args, says):
     args = tuple(a.format(t=mixed_case_table) for a in args)
