@@ -332,6 +332,13 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
                 'labels key column %L is not in %I.%I', p_labels_key, v_lschema, v_ltable);
         END IF;
+        IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = v_loid AND attgenerated <> ''
+                      AND attname IN (p_labels_key, v_lcolumn) AND NOT attisdropped) THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'the labels key or labels column of %I.%I is a generated column, which '
+                'PostgreSQL''s logical replication does not send: use a stored column',
+                v_lschema, v_ltable);
+        END IF;
         IF v_ltype <> v_ktype THEN
             RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
                 'labels key %I.%I.%I is %s but the primary key %I of %I.%I is %s: they must match',

@@ -209,3 +209,12 @@ def test_a_generated_column_is_refused_as_feature_or_target_and_left_out_by_defa
     features = pg_conn.execute("SELECT features FROM rowcast.deployments WHERE name = 'gen'"
                                ).fetchone()[0]
     assert [f[0] for f in features] == ["a"]
+    # nor may a labels table give its labels, or the key they are for, by a generated column
+    pg_conn.execute(f"CREATE TABLE public.{table}_labels (lid int PRIMARY KEY, ref int, "
+                    "raw float8, y float8 GENERATED ALWAYS AS (raw / 100) STORED)")
+    with pytest.raises(psycopg.Error) as refused:
+        pg_conn.execute("SELECT rowcast.deploy('gen_l', %s, 'y', ARRAY['a'], "
+                        "p_labels_table => %s, p_labels_key => 'ref')",
+                        (f"public.{table}", f"public.{table}_labels"))
+    assert refused.value.sqlstate == "RC001"
+    assert "generated column" in refused.value.diag.message_primary
