@@ -42,3 +42,14 @@ def watch(settings, pg_conn, ddl: str) -> tuple[str, str]:
     topic = settings.source_topic("public", table)
     ensure_topics(settings.model_copy(update={"topic_partitions": 1}), [topic])
     return table, topic
+
+
+def sql_deployed(settings, conn: psycopg.Connection, name: str, table: str,
+                 features: Iterable[str] = ("x",), target: str = "y") -> None:
+    """rowcast's schema made, earlier tests' deployments gone, and ``name`` deployed on the
+    existing ``table`` (as written in SQL, quotes and all) with one ``rowcast.deploy`` call,
+    without emitting its existing rows: only what the test then writes is scored."""
+    init_database(conn, settings)
+    conn.execute("DELETE FROM rowcast.deployments")
+    conn.execute("SELECT rowcast.deploy(%s, %s, %s, %s, p_backfill => false)",
+                 (name, table, target, list(features)))

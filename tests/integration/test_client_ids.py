@@ -9,8 +9,8 @@ import pytest
 from kafka.errors import KafkaError
 
 from rowcast.connectors.kafka_clients import make_admin
-from rowcast.connectors.schema import init_database
 from rowcast.ops.pipeline import Pipeline
+from tests.helpers.tables import sql_deployed
 from tests.helpers.waiting import wait_until
 
 
@@ -30,10 +30,7 @@ def test_the_broker_sees_each_process_by_its_role(settings, pg_conn, tmp_path):
     settings = settings.model_copy(update={"kafka_client_id": "shop-rowcast"})
     table = f"public.ids_{uuid.uuid4().hex[:6]}"
     pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
-    init_database(pg_conn, settings)
-    pg_conn.execute("DELETE FROM rowcast.deployments")
-    pg_conn.execute("SELECT rowcast.deploy('ids', %s, 'y', ARRAY['x'], p_backfill => false)",
-                    (table,))
+    sql_deployed(settings, pg_conn, "ids", table)
     expected = {settings.scorer_group: "shop-rowcast-worker",
                 settings.learner_group: "shop-rowcast-learner",
                 settings.sink_group: "shop-rowcast-sink"}

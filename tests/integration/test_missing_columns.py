@@ -15,6 +15,7 @@ from rowcast.ops.pipeline import Pipeline
 from rowcast.ops.status_screen import render
 from tests.helpers.cli import rowcast_cli
 from tests.helpers.kafka_reading import drain
+from tests.helpers.tables import sql_deployed
 from tests.helpers.waiting import wait_until
 
 
@@ -39,10 +40,7 @@ def test_a_renamed_feature_column_dead_letters_its_rows_until_the_fix_then_backf
     pg_conn.execute(f'CREATE SCHEMA "{schema}"')
     pg_conn.execute(f'CREATE TABLE {table} ("Id" int PRIMARY KEY, "Qty" float8, "Price" float8, '
                     '"Total" float8)')
-    init_database(pg_conn, settings)
-    pg_conn.execute("DELETE FROM rowcast.deployments")
-    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'Total', ARRAY['Qty', 'Price'], "
-                    "p_backfill => false)", (name, table))
+    sql_deployed(settings, pg_conn, name, table, ["Qty", "Price"], "Total")
     assert failed(settings) is None
 
     with Pipeline(settings, tmp_path / "logs", ("source", "worker", "sink")) as pipeline:
@@ -88,10 +86,7 @@ def test_a_renamed_target_column_dead_letters_labels_and_rows_are_still_scored(
     name = f"tgt_{uuid.uuid4().hex[:6]}"
     table = f"public.{name}"
     pg_conn.execute(f'CREATE TABLE {table} ("Id" int PRIMARY KEY, x float8, y float8)')
-    init_database(pg_conn, settings)
-    pg_conn.execute("DELETE FROM rowcast.deployments")
-    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'y', ARRAY['x'], p_backfill => false)",
-                    (name, table))
+    sql_deployed(settings, pg_conn, name, table)
 
     with Pipeline(settings, tmp_path / "logs", ("source", "worker", "sink")) as pipeline:
         pg_conn.execute(f"ALTER TABLE {table} RENAME COLUMN y TO outcome")
@@ -109,10 +104,7 @@ def test_a_renamed_target_column_dead_letters_labels_and_rows_are_still_scored(
 def test_a_renamed_or_dropped_table_is_shown_failed_with_what_to_do(settings, pg_conn):
     name = f"gone_{uuid.uuid4().hex[:6]}"
     pg_conn.execute(f'CREATE TABLE public."{name}" ("Id" int PRIMARY KEY, x float8, y float8)')
-    init_database(pg_conn, settings)
-    pg_conn.execute("DELETE FROM rowcast.deployments")
-    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'y', ARRAY['x'], p_backfill => false)",
-                    (name, f'public."{name}"'))
+    sql_deployed(settings, pg_conn, name, f'public."{name}"')
     assert failed(settings) is None
     # the publication follows the renamed table: its rows now come under a name no worker reads
     pg_conn.execute(f'ALTER TABLE public."{name}" RENAME TO "{name}_v2"')

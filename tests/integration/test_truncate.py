@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from rowcast.connectors.schema import init_database
 from rowcast.ops.pipeline import Pipeline
 from tests.helpers.kafka_reading import drain
+from tests.helpers.tables import sql_deployed
 from tests.helpers.waiting import wait_until
 
 
@@ -27,10 +27,7 @@ def test_truncated_rows_lose_their_predictions_and_later_rows_keep_theirs(settin
     name = f"trunc_{uuid.uuid4().hex[:6]}"
     table = f'public."{name}"'
     pg_conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, x float8, y float8)")
-    init_database(pg_conn, settings)
-    pg_conn.execute("DELETE FROM rowcast.deployments")
-    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'y', ARRAY['x'], p_backfill => false)",
-                    (name, table))
+    sql_deployed(settings, pg_conn, name, table)
     topic = settings.predictions_topic(name)
 
     # the sink is not running: the predictions of rows 1-3 wait on the topic
@@ -69,12 +66,9 @@ def test_stored_predictions_of_a_large_truncated_table_are_deleted_in_slices(set
     from rowcast.connectors.truncations import clear_truncated, record_truncation
     from rowcast.core.prediction import PredictionRecord
 
-    init_database(pg_conn, settings)
     name = f"slices_{uuid.uuid4().hex[:6]}"
-    pg_conn.execute("DELETE FROM rowcast.deployments")
     pg_conn.execute(f"CREATE TABLE public.{name} (id int PRIMARY KEY, x float8, y float8)")
-    pg_conn.execute("SELECT rowcast.deploy(%s, %s, 'y', ARRAY['x'], p_backfill => false)",
-                    (name, f"public.{name}"))
+    sql_deployed(settings, pg_conn, name, f"public.{name}")
     now = 1_700_000_000_000_000
     upsert(pg_conn, [PredictionRecord(name, "linear_regression", 1, "public", name, {"id": i},
                                       1.0, 1.0, 100 + i, now, now) for i in range(25)])
