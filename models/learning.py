@@ -64,7 +64,7 @@ from rowcast.models.deployment import Deployment
 from rowcast.models.operations import Challenger, ModelEvent, ModelOperations, row_loss
 from rowcast.models.ordering import CommitOrderMerge
 from rowcast.models.progressive import OnlineMetrics
-from rowcast.models.scoring import OnlineModel, Score, has_categories
+from rowcast.models.scoring import OnlineModel, has_categories
 
 _NEW_ROW_KINDS = frozenset({"labelled", "scored"})  # events an inserted row causes
 COUNTERS = ("learned", "joined", "pending_added", "unmatched", "duplicates", "stale", "expired",
@@ -359,7 +359,7 @@ class DeploymentLearner:
             scored = self.model.score(x)
             self.progressive.update(y, scored)  # test, then train
             if served is not None:
-                self.served.update(y, Score(served.prediction, None, served.proba_dict()))
+                self.served.observe(y, served.prediction, served.proba_dict())
             ops = self.operations
             if ops.detector is not None or ops.challengers:
                 self._operate(x, y, row_loss(task, y, scored))
@@ -375,6 +375,8 @@ class DeploymentLearner:
             self.model_events.append(event)
             if ops.reaction == "retrain":
                 self._retrain(ops)
+        if not ops.challengers:
+            return
         key = self._current.key_bytes() if self._current is not None else None
         for challenger in ops.challengers.values():
             challenger.observe(dict(x), y, loss, key)

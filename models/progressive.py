@@ -42,15 +42,24 @@ class OnlineMetrics:
 
     def update(self, y_true: Any, scored: Score) -> None:
         """Count one labelled row; like river, a model with no answer yet is not scored."""
+        self.observe(y_true, scored.prediction, scored.proba)
+
+    def observe(self, y_true: Any, prediction: Any, proba: dict[Any, float] | None) -> None:
+        """:meth:`update` from the parts of a score (the learner's served scores have no
+        :class:`Score`: making one per label was a visible part of its cost)."""
         routes = self.__dict__.get("_routes")
         if routes is None:  # which metrics take the label, which the probabilities: once
-            routes = self._routes = [(m.update, getattr(m, "requires_labels", True))
-                                     for m in self.metrics.values()]
-        prediction, proba = scored.prediction, scored.proba
-        for update, by_label in routes:
-            y_pred = prediction if by_label else proba
-            if y_pred is not None and y_pred != {}:
-                update(y_true=y_true, y_pred=y_pred)
+            by_label = [m.update for m in self.metrics.values()
+                        if getattr(m, "requires_labels", True)]
+            by_proba = [m.update for m in self.metrics.values()
+                        if not getattr(m, "requires_labels", True)]
+            routes = self._routes = (by_label, by_proba)
+        if prediction is not None:
+            for update in routes[0]:
+                update(y_true, prediction)
+        if proba:  # None, or {} before a classifier saw any class
+            for update in routes[1]:
+                update(y_true, proba)
         self.n += 1
 
     def __getstate__(self) -> dict[str, Any]:
