@@ -39,3 +39,51 @@ def test_metrics_equal_progressive_val_score(dataset, model_name, limit) -> None
         reference = evaluate.progressive_val_score(rows, spec.build(), make()).get()
         assert metrics.values()[name] == reference, name
     assert metrics.n == len(rows)
+
+
+def _numbers(metric) -> list:
+    from rowcast.models.progressive import _state
+    return _state(metric)
+
+
+def test_regression_metrics_follow_rivers_own_updates_bit_for_bit() -> None:
+    """The learner's regression metrics are updated by one fused call (issue 15); after any
+    stream, a snapshot and its restore included, every number they hold is river's."""
+    import pickle
+    import random
+
+    from river import metrics as river_metrics
+
+    rng = random.Random(3)
+    ours = OnlineMetrics("regression")
+    theirs = [river_metrics.MAE(), river_metrics.RMSE(), river_metrics.R2()]
+    for i in range(5000):
+        y_true = rng.choice([rng.gauss(0, 1), rng.randint(-10**6, 10**6), rng.uniform(-1e150, 1e150),
+                             rng.uniform(-1e-300, 1e-300), 0.0])
+        y_pred = rng.choice([rng.gauss(0, 1), float(rng.randint(-9, 9)), y_true, -0.0])
+        ours.observe(y_true, y_pred, None)
+        for m in theirs:
+            m.update(y_true, y_pred)
+        if i == 2500:  # a checkpoint: the restored metrics go on the same way
+            ours = pickle.loads(pickle.dumps(ours))
+    assert len(ours._routes[0]) == 1  # the fused update was the one used
+    assert [_numbers(m) for m in ours.metrics.values()] == [_numbers(m) for m in theirs]
+    assert ours.n == 5000
+
+
+def test_regression_metrics_overflow_as_rivers_do() -> None:
+    """A squared error beyond float range raises as river's own update does, after the same
+    metrics were updated (the learner then keeps no checkpoint of the half-updated state)."""
+    from river import metrics as river_metrics
+
+    ours = OnlineMetrics("regression")
+    theirs = [river_metrics.MAE(), river_metrics.RMSE(), river_metrics.R2()]
+    ours.observe(1.0, 2.0, None)
+    for m in theirs:
+        m.update(1.0, 2.0)
+    with pytest.raises(OverflowError):
+        ours.observe(1e300, -1e300, None)
+    with pytest.raises(OverflowError):
+        for m in theirs:
+            m.update(1e300, -1e300)
+    assert [_numbers(m) for m in ours.metrics.values()] == [_numbers(m) for m in theirs]
