@@ -24,10 +24,12 @@ from murmurhash2 import murmurhash2
 
 _SEED = 0x9747B28C  # the seed Kafka's clients use
 
+# Kafka's murmur2 of ``data`` (unsigned 32-bit, as ``kafka.partitioner.default.murmur2``);
+# ``bytes`` only (a ``memoryview`` or ``bytearray`` raises TypeError): keys are orjson's bytes
 murmur2 = partial(murmurhash2, seed=_SEED)
-"""Kafka's murmur2 of ``data`` (unsigned 32-bit, as ``kafka.partitioner.default.murmur2``)."""
 
 
 def partition_of(key: bytes, partitions: int) -> int:
-    """The partition of ``key`` among ``partitions`` numbered 0..n-1 (positive hash mod n)."""
+    """The partition of ``key`` (``bytes``) among ``partitions`` numbered 0..n-1 (positive
+    hash mod n)."""
     return (murmurhash2(key, _SEED) & 0x7FFFFFFF) % partitions

@@ -87,7 +87,14 @@ def preprocessing_stage(scale: bool = True,
                         scaler: Callable[[], base.Transformer] | None = None,
                         ) -> base.Transformer:
     """Numbers (optionally scaled by a fresh ``scaler()``, river's ``StandardScaler`` unless
-    given) beside one-hot encoded strings."""
+    given) beside one-hot encoded strings. Numbers are the ``float`` values of the dict
+    (:data:`NUMBER_TYPES`), as :func:`rowcast.models.features.build_features` makes them: a
+    caller feeding such a model by hand passes ``{"age": 30.0}``; an ``int`` is not selected.
+
+    >>> stage = preprocessing_stage(scale=False)
+    >>> stage.transform_one({"age": 30.0, "city": "Lyon", "n": 3})
+    {'city_Lyon': 1, 'age': 30.0}
+    """
     numeric: base.Transformer = compose.SelectType(*NUMBER_TYPES)
     if scale:
         numeric = numeric | (scaler or preprocessing.StandardScaler)()
@@ -114,7 +121,7 @@ def without_categories(estimator: base.Estimator) -> base.Estimator:
     """``estimator`` without the type selection and one-hot branch of a leading
     :func:`preprocessing_stage` that has a scaler, for rows that are numbers only.
 
-    Why: with numbers only, the union of ``SelectType(Number) | scaler`` and ``SelectType(str)
+    Why: with numbers only, the union of ``SelectType(float) | scaler`` and ``SelectType(str)
     | OneHotEncoder`` gives exactly the scaler's dict, in the same order, so every model
     learns and answers bit for bit the same (``tests/unit/test_lean_pipeline.py``); but river
     ran ``predict_one`` + ``learn_one`` of ``linear_regression`` in 12.7 µs per row through it

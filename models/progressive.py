@@ -69,6 +69,12 @@ class OnlineMetrics:
         state.pop("_routes", None)
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Routes are rebuilt for the restored metrics, whatever a snapshot holds."""
+        state = dict(state)
+        state.pop("_routes", None)
+        self.__dict__.update(state)
+
     def values(self) -> dict[str, float]:
         return {name: float(metric.get()) for name, metric in self.metrics.items()}
 
@@ -98,7 +104,6 @@ def _fused_regression(found: dict[str, metrics.base.Metric]) -> Callable[[Any, A
     """
     if [type(m) for m in found.values()] != [metrics.MAE, metrics.RMSE, metrics.R2]:
         return None
-    fused = _fuse(*found.values())
     try:
         ours = (metrics.MAE(), metrics.RMSE(), metrics.R2())
         theirs = (metrics.MAE(), metrics.RMSE(), metrics.R2())
@@ -109,9 +114,9 @@ def _fused_regression(found: dict[str, metrics.base.Metric]) -> Callable[[Any, A
                 m.update(y_true, y_pred)
             if [_state(m) for m in ours] != [_state(m) for m in theirs]:
                 return None
-    except Exception:  # e.g. an attribute renamed by a river release
+        return _fuse(*found.values())
+    except Exception:  # e.g. an attribute renamed by a river release: river's own updates
         return None
-    return fused
 
 
 def _fuse(mae: metrics.MAE, rmse: metrics.RMSE, r2: metrics.R2) -> Callable[[Any, Any], None]:

@@ -89,3 +89,49 @@ def test_regression_metrics_overflow_as_rivers_do() -> None:
         for m in theirs:
             m.update(1e300, -1e300)
     assert [_numbers(m) for m in ours.metrics.values()] == [_numbers(m) for m in theirs]
+
+
+def test_a_river_release_renaming_what_the_fused_update_reads_falls_back(monkeypatch) -> None:
+    """The fused update reads river's private attributes; a release that renames one must
+    leave river's own updates in use, not fail every label."""
+    from river import metrics as river_metrics
+    from river import stats
+
+    def init(self):
+        self._yv = stats.Var()
+        self._residual_sum_of_squares = 0
+
+    def update(self, y_true, y_pred, w=1.0):
+        self._yv.update(y_true, w=w)
+        self._residual_sum_of_squares += (y_true - y_pred) * (y_true - y_pred) * w
+
+    def get(self):
+        n = self._yv.mean.n
+        return 1 - self._residual_sum_of_squares / ((n - 1) * self._yv.get()) if n > 1 else 0.0
+
+    monkeypatch.setattr(river_metrics.R2, "__init__", init)
+    monkeypatch.setattr(river_metrics.R2, "update", update)
+    monkeypatch.setattr(river_metrics.R2, "get", get)
+    ours = OnlineMetrics("regression")
+    theirs = [river_metrics.MAE(), river_metrics.RMSE(), river_metrics.R2()]
+    for y_true, y_pred in ((3.0, 1.0), (5.0, 4.0), (-2.0, 0.5)):
+        ours.observe(y_true, y_pred, None)
+        for m in theirs:
+            m.update(y_true, y_pred)
+    assert len(ours._routes[0]) == 3  # river's own three updates
+    assert list(ours.values().values()) == [float(m.get()) for m in theirs]
+
+
+def test_a_snapshot_holding_routes_gets_them_rebuilt() -> None:
+    import pickle
+
+    metrics = OnlineMetrics("regression")
+    metrics.observe(3.0, 1.0, None)
+    state = dict(metrics.__dict__)  # as if a snapshot had kept an old shape of routes
+    state["_routes"] = [(print, True)]
+    restored = OnlineMetrics.__new__(OnlineMetrics)
+    restored.__setstate__(state)
+    restored.observe(5.0, 4.0, None)
+    metrics.observe(5.0, 4.0, None)
+    assert restored.values() == metrics.values()
+    assert pickle.loads(pickle.dumps(restored)).values() == metrics.values()
