@@ -182,3 +182,41 @@ def test_a_replayed_event_waits_for_its_watermark_not_for_later_events():
     merge.watermark("t:0", 25)
     merge.watermark("t:1", 25)
     assert [e.key["id"] for e in merge.release(now=0.0)] == [2]
+
+
+def test_a_checkpoint_written_before_the_batch_encoding_still_resumes():
+    """Checkpoints kept the buffered events as one JSON document each before issue 15's
+    batch encoding; a learner restored from one resumes the merge as the writer left it."""
+    streams, items = interleaved(120, 3, seed=11)
+    cut = len(items) // 2
+    first = CommitOrderMerge(streams)
+    before = drive(first, items[:cut])
+    assert len(first) > 0  # something is buffered at the cut
+    old = {"watermarks": dict(first.watermarks), "expected": sorted(first.expected),
+           "forced": first.forced,
+           "buffered": [h[3].to_json().decode() for h in sorted(first._heap)]}
+    after = drive(CommitOrderMerge.from_dict(old), items[cut:])
+    whole = drive(CommitOrderMerge(streams), items)
+    assert [e.key["id"] for e in before + after] == [e.key["id"] for e in whole]
+    assert "buffered" not in first.to_dict() and "buffered_batch" in first.to_dict()
+
+
+def test_the_checkpointed_buffer_keeps_every_field_of_its_events():
+    from rowcast.core.label_events import Served
+
+    merge = CommitOrderMerge(["t:0", "t:1", "t:2"])  # t:2 silent: everything waits
+    events = [
+        LabelEvent("labelled", "d", "g", {"id": 1, "k": "ü"}, "t:0", (5, 6, 1), 7, {"x": 1.5,
+                   "c": "Lyon"}, 2.5, Served(3, 2.0, None)),
+        LabelEvent("scored", "d", "g", {"id": 2}, "t:0", (5, 7, 2), 8, {"x": -0.0}, None,
+                   Served(3, True, ((False, 0.25), (True, 0.75))), was={"id": 9}),
+        LabelEvent("label", "d", "g", {"id": 3}, "t:1", (6, 9, 1), 9, None, "gold"),
+        LabelEvent("deleted", "d", "g", {"id": 4}, "t:1", (6, 10, 2), 10),
+    ]
+    for e in events:
+        merge.add(e, now=0.0)
+    assert merge.release(now=0.0) == []  # nothing passed every stream's watermark
+    resumed = CommitOrderMerge.from_dict(merge.to_dict())
+    for stream in ("t:0", "t:1", "t:2"):
+        resumed.watermark(stream, 99)
+    assert resumed.release(now=0.0) == events
