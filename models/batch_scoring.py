@@ -32,27 +32,21 @@ into arrays costs the same Python work per value as the plain loop, which is exa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from river import compose, linear_model, optim, preprocessing
 
-from rowcast.models.catalog import selects_numbers
-
 _FALLBACK = None  # a row raw_many cannot replicate exactly: the caller asks river
 
 
-def _strings(types: tuple[type, ...]) -> bool:
-    return types == (str,)
-
-
-def _is_part(step: Any, selects: Callable[[tuple[type, ...]], bool], last: type) -> Any:
-    """The transformer after a ``SelectType`` whose types ``selects`` accepts, in a two-step
-    pipeline of that shape."""
+def _is_part(step: Any, types: tuple[type, ...], last: type) -> Any:
+    """The transformer after ``SelectType(types)`` in a two-step pipeline of that shape."""
     if type(step) is not compose.Pipeline or len(step.steps) != 2:
         return None
     select, transformer = step.steps.values()
-    if type(select) is not compose.SelectType or not selects(tuple(select.types)) \
+    if type(select) is not compose.SelectType or tuple(select.types) != types \
             or type(transformer) is not last:
         return None
     return transformer
@@ -151,8 +145,8 @@ def linear_plan(estimator: Any) -> LinearPlan | None:
         scaler, encoder, categories_first = first, None, False
     elif type(first) is compose.TransformerUnion and len(first.transformers) == 2:
         order = list(reversed(first.transformers.values()))  # as TransformerUnion.transform_one
-        scalers = [_is_part(t, selects_numbers, preprocessing.StandardScaler) for t in order]
-        encoders = [_is_part(t, _strings, preprocessing.OneHotEncoder) for t in order]
+        scalers = [_is_part(t, (numbers.Number,), preprocessing.StandardScaler) for t in order]
+        encoders = [_is_part(t, (str,), preprocessing.OneHotEncoder) for t in order]
         if sorted(i for i, s in enumerate(scalers) if s is not None) \
                 + sorted(i for i, e in enumerate(encoders) if e is not None) not in ([0, 1], [1, 0]):
             return None

@@ -63,39 +63,12 @@ linear_model, neighbors, preprocessing, tree = (
 Task = Literal["regression", "binary", "multiclass", "anomaly"]
 
 
-# What the numeric branch selects. The feature values rowcast makes are floats (numbers, booleans,
-# timestamps) or strings (categories, rowcast.models.features), and ``isinstance`` against a
-# concrete type is a fast check where ``numbers.Number`` (river's examples) goes through
-# ``ABCMeta.__instancecheck__``: four features, six selections per label in the learner,
-# ~2.3 µs of ``linear_regression``'s 25 µs per label (bench.learner). Both select the same keys
-# of such a dict, so models learn and answer bit for bit the same. One type: river's
-# ``SelectType.__repr__`` sorts its types, and two types cannot be sorted.
-NUMBER_TYPES: tuple[type, ...] = (float,)
-
-
-def selects_numbers(types: tuple[type, ...]) -> bool:
-    """Whether a ``SelectType``'s types are the numeric branch of :func:`preprocessing_stage`,
-    as built now or before (``numbers.Number``, in snapshots of older deployments).
-
-    >>> selects_numbers((float,)), selects_numbers((numbers.Number,)), selects_numbers((str,))
-    (True, True, False)
-    """
-    return tuple(types) in (NUMBER_TYPES, (numbers.Number,))
-
-
 def preprocessing_stage(scale: bool = True,
                         scaler: Callable[[], base.Transformer] | None = None,
                         ) -> base.Transformer:
     """Numbers (optionally scaled by a fresh ``scaler()``, river's ``StandardScaler`` unless
-    given) beside one-hot encoded strings. Numbers are the ``float`` values of the dict
-    (:data:`NUMBER_TYPES`), as :func:`rowcast.models.features.build_features` makes them: a
-    caller feeding such a model by hand passes ``{"age": 30.0}``; an ``int`` is not selected.
-
-    >>> stage = preprocessing_stage(scale=False)
-    >>> stage.transform_one({"age": 30.0, "city": "Lyon", "n": 3})
-    {'city_Lyon': 1, 'age': 30.0}
-    """
-    numeric: base.Transformer = compose.SelectType(*NUMBER_TYPES)
+    given) beside one-hot encoded strings."""
+    numeric: base.Transformer = compose.SelectType(numbers.Number)
     if scale:
         numeric = numeric | (scaler or preprocessing.StandardScaler)()
     return numeric + (compose.SelectType(str) | preprocessing.OneHotEncoder())
@@ -121,7 +94,7 @@ def without_categories(estimator: base.Estimator) -> base.Estimator:
     """``estimator`` without the type selection and one-hot branch of a leading
     :func:`preprocessing_stage` that has a scaler, for rows that are numbers only.
 
-    Why: with numbers only, the union of ``SelectType(float) | scaler`` and ``SelectType(str)
+    Why: with numbers only, the union of ``SelectType(Number) | scaler`` and ``SelectType(str)
     | OneHotEncoder`` gives exactly the scaler's dict, in the same order, so every model
     learns and answers bit for bit the same (``tests/unit/test_lean_pipeline.py``); but river
     ran ``predict_one`` + ``learn_one`` of ``linear_regression`` in 12.7 µs per row through it
@@ -146,7 +119,7 @@ def without_categories(estimator: base.Estimator) -> base.Estimator:
         select, step = part.steps.values()
         if type(select) is not compose.SelectType:
             return estimator
-        if selects_numbers(select.types):
+        if tuple(select.types) == (numbers.Number,):
             scaler = step
         elif tuple(select.types) != (str,) or type(step) is not preprocessing.OneHotEncoder:
             return estimator

@@ -23,9 +23,7 @@ CASES = [
 @pytest.mark.parametrize(("dataset", "model_name", "limit"), CASES,
                          ids=[c[0].__name__ for c in CASES])
 def test_metrics_equal_progressive_val_score(dataset, model_name, limit) -> None:
-    # as rowcast feeds models: numbers as floats (rowcast.models.features.build_features)
-    rows = [({k: float(v) if isinstance(v, int) else v for k, v in x.items()}, y)
-            for x, y in itertools.islice(dataset(), limit)]
+    rows = list(itertools.islice(dataset(), limit))
     spec = get_model(model_name)
     names = sorted({k for x, _ in rows for k in x})
     deployment = Deployment("d", "public", "t", "y", tuple(Feature(n, "number") for n in names),
