@@ -323,8 +323,6 @@ class DeploymentLearner:
             self.state.counters["duplicates"] += 1
         else:
             self.state.counters["corrections"] += 1
-            if e.kind == "label":
-                self.state.counters["unmatched"] += 1
         return True
 
     def _learn(self, key: bytes, x: dict[str, float | str], y: Any, served: Served | None,

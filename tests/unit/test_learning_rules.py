@@ -52,6 +52,9 @@ def test_a_different_label_for_a_learned_row_is_a_correction_counted_not_learned
     assert learner.apply([ev("label", 1, 5.0)]) == 0
     assert seen == [(1.0, 2.0)]
     assert learner.state.counters["corrections"] == 1
+    # one outcome per event: a correction is not also a label waiting for its features
+    # (``unmatched``, which dashboards read as labels held until their row comes)
+    assert learner.state.counters["unmatched"] == 0
 
 
 def test_a_primary_key_change_of_a_learned_row_is_not_learned_again() -> None:
