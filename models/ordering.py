@@ -24,7 +24,7 @@ worker owns it for a while, does not hold learning back forever; counted as ``fo
 The buffer and the watermarks are part of the learner's checkpoint, so a restart resumes the
 merge exactly.
 
->>> from rowcast.core.label_events import LabelEvent, decode_batch, encode_batch
+>>> from rowcast.core.label_events import LabelEvent
 >>> def ev(stream, commit, key):
 ...     return LabelEvent("labelled", "d", "g", {"id": key}, stream, (commit, commit, 1), 0,
 ...                       {"x": 1.0}, 1.0)
