@@ -53,6 +53,7 @@ from typing import Any, Literal
 import orjson
 
 from rowcast.core.errors import DecodeError
+from rowcast.core.keys import key_id
 
 Kind = Literal["labelled", "scored", "label", "watermark", "deleted"]
 KINDS = frozenset({"labelled", "scored", "label", "watermark", "deleted"})
@@ -105,7 +106,7 @@ class LabelEvent:
     was: dict[str, Any] | None = None  # the previous primary key, after a key change
 
     def key_bytes(self) -> bytes:
-        return orjson.dumps(self.key, option=orjson.OPT_SORT_KEYS)
+        return key_id(self.key)
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_doc())

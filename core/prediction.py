@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from rowcast.core.errors import DecodeError
+from rowcast.core.keys import key_id
 
 VERSION = 1
 
@@ -55,7 +56,7 @@ class PredictionRecord:
         })
 
     def key_bytes(self) -> bytes:
-        return orjson.dumps(self.key, option=orjson.OPT_SORT_KEYS)
+        return key_id(self.key)
 
 
     @classmethod
@@ -91,4 +92,4 @@ class PredictionTombstone:
     key: dict[str, Any]
 
     def key_bytes(self) -> bytes:
-        return orjson.dumps(self.key, option=orjson.OPT_SORT_KEYS)
+        return key_id(self.key)

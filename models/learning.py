@@ -58,6 +58,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from rowcast.core.keys import key_id
 from rowcast.core.label_events import LabelEvent, Served
 from rowcast.models import health
 from rowcast.models.deployment import Deployment
@@ -257,7 +258,7 @@ class DeploymentLearner:
                 counters["stale"] += 1
                 continue
             seen = high_water.get(e.stream)
-            key = _key_bytes(e.key)
+            key = key_id(e.key)
             if seen is None or e.order > seen:
                 high_water[e.stream] = e.order
                 if e.was is None and e.kind in _NEW_ROW_KINDS and not e.stream.endswith(":r"):
@@ -269,7 +270,7 @@ class DeploymentLearner:
             fresh.append((e, key))
             keys.append(key)
             if e.was is not None:
-                keys.append(_key_bytes(e.was))
+                keys.append(key_id(e.was))
         pending.assume_absent(new_labelled, ("features", "held", "learned"))
         pending.assume_absent(new_scored, ("features", "learned"))
         pending.prefetch(keys)
@@ -312,7 +313,7 @@ class DeploymentLearner:
         done = self.pending.learned(key)
         if done is None and e.was is not None:
             # a primary-key change: the row under its new key is the row learned under the old
-            done = self.pending.learned(_key_bytes(e.was))
+            done = self.pending.learned(key_id(e.was))
             if done is not None:
                 self.pending.mark_learned(key, {"y": done["y"], "at_us": e.at_us})
         if done is None:
@@ -471,10 +472,6 @@ def _percentile(counts: Mapping[int, int], q: float) -> int:
         if seen > rank:
             return value
     raise ValueError("no values")
-
-
-def _key_bytes(key: dict[str, Any]) -> bytes:
-    return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
 
 
 def _entry(e: LabelEvent) -> dict[str, Any]:
