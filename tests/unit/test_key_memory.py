@@ -1,10 +1,11 @@
 """What a learned row costs the learner in memory until its checkpoint: its key's own bytes.
 
 orjson (3.12 and later) hands back ``dumps`` output in a buffer of at least 4 KiB whatever the
-length (``sys.getsizeof`` shows only the length; its issue #483, and Home Assistant trims what
-it caches for the same reason). The learner keeps every key it saw since its last checkpoint
-(the pending maps' cache), so at ~6,000 labels per checkpoint a 4 KiB key was ~25 MB, and
-~30 MB more when it caught up with a backlog: the 226-273 MB peaks of issue 15's 1M runs.
+length (``sys.getsizeof`` shows only the length; Home Assistant trims the orjson output it
+caches for the same reason, home-assistant/core#181240). The learner keeps every key it saw
+since its last checkpoint (the pending maps' cache, 5,000 labels and more), so its RSS rose by
+~45 MB when labels began and ~30 MB more when it caught up with a backlog: the 226-273 MB
+peaks of issue 15's runs (~166 MB after the copy).
 """
 
 from __future__ import annotations
