@@ -35,6 +35,11 @@ from rowcast.models.catalog import ModelSpec, get_model
 from rowcast.models.deployment import Deployment
 from rowcast.models.features import FeatureError, MissingColumn, build_features, convert
 
+# the largest regression label learned: river's metrics square the error (MSE, RMSE, R2's
+# variance), and a float squared beyond ~1.3e154 raises OverflowError mid-update, which pauses
+# the deployment until a rollback (rowcast.streams.learner); the margin covers the prediction
+LABEL_LIMIT = 1e150
+
 
 @dataclass(frozen=True, slots=True)
 class Score:
@@ -89,7 +94,11 @@ class OnlineModel:
         """A label value (from the row, an update or a labels table) as the task wants it."""
         target = self.deployment.target
         if self.spec.task == "regression":
-            return convert(target, "number", value)
+            y = convert(target, "number", value)
+            if not -LABEL_LIMIT <= y <= LABEL_LIMIT:
+                raise FeatureError(target, value, f"a regression label beyond ±{LABEL_LIMIT:g} "
+                                   "cannot be learned: its squared error overflows a float")
+            return y
         if self.spec.task == "binary":
             if isinstance(value, bool):
                 return value

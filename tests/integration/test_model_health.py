@@ -140,3 +140,31 @@ def test_a_model_broken_before_its_first_version_rolls_back_to_the_fresh_model(s
         # and a version that never existed is still a one-line error
         missing = rowcast_cli(settings, "model", "rollback", "overflow0", "999")
         assert missing.returncode != 0 and "999" in missing.stderr
+
+
+@pytest.mark.timeout(300)
+def test_a_label_too_large_to_learn_is_a_dead_letter_and_learning_goes_on(settings, pg_conn,
+                                                                          tmp_path):
+    """A label of 1e300 (a valid double) is refused by the scorer as ``bad_label``: river's
+    squared error of it overflows, which paused learning of the deployment until a rollback
+    (found by hand). The row is still scored and the labels after it are learned."""
+    settings = fast(settings)
+    table = deployed_xy_table(settings, pg_conn, "hugelabel", "hugelabel")
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        insert_xy(pg_conn, table, range(20))
+        pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, 1.0, 1e300)")
+        insert_xy(pg_conn, table, range(20, 40))
+        wait_until(lambda: learned(pg_conn, "hugelabel") >= 40, timeout_s=90,
+                   message=lambda: pipeline.log_tail("learner"))
+        letters = [DeadLetter.decode(r.value) for r in drain(settings, settings.dlq_topic, 1)]
+        assert [(d.stage, d.reason, orjson.loads(d.key)) for d in letters] == [
+            ("score", "bad_label", {"id": 1000})]
+        assert "cannot be learned" in letters[0].error
+        scored = pg_conn.execute("SELECT score FROM rowcast.predictions WHERE deployment = "
+                                 "'hugelabel' AND pk = '{\"id\": 1000}'").fetchone()
+        assert scored is not None and math.isfinite(scored[0])
+        assert counters(pg_conn, "hugelabel")["non_finite"] == 0
+        done = rowcast_cli(settings, "status", "--json", "--samples", "1")
+        status = next(d for d in orjson.loads(done.stdout)["deployments"]
+                      if d["name"] == "hugelabel")
+        assert status.get("paused") is None
