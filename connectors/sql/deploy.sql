@@ -137,6 +137,23 @@ END
 $fn$;
 
 DROP FUNCTION IF EXISTS rowcast.deploy(text, text, text, text[], text);
+-- each column of a table with the feature kind rowcast reads it as (``unusable`` where none;
+-- ``generated`` for a generated column, which logical replication does not send), in order
+CREATE OR REPLACE FUNCTION rowcast._column_kinds(p_oid oid, OUT names text[], OUT kinds text[])
+LANGUAGE sql STABLE AS $fn$
+    SELECT array_agg(a.attname::text ORDER BY a.attnum),
+           array_agg(CASE
+               WHEN a.attgenerated <> '' THEN 'generated'
+               WHEN t.typtype = 'e' THEN 'category'
+               WHEN t.typname IN ('int2', 'int4', 'int8', 'float4', 'float8', 'numeric') THEN 'number'
+               WHEN t.typname = 'bool' THEN 'boolean'
+               WHEN t.typname IN ('text', 'varchar', 'bpchar') THEN 'category'
+               WHEN t.typname IN ('timestamp', 'timestamptz') THEN 'timestamp'
+               ELSE 'unusable' END ORDER BY a.attnum)
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = p_oid AND a.attnum > 0 AND NOT a.attisdropped
+$fn$;
+
 DROP FUNCTION IF EXISTS rowcast.deploy(text, text, text, text[], text, text, text, text);
 -- p_backfill: the rows already in the table are scored too (those without a prediction), as
 -- `rowcast deploy` does; a function cannot reach Kafka, so it leaves a request in
@@ -228,25 +245,28 @@ BEGIN
             'table without one makes the application''s own UPDATEs and DELETEs fail',
             v_schema, v_table);
     END IF;
-    SELECT array_agg(a.attname::text ORDER BY a.attnum),
-           array_agg(CASE
-               -- logical replication does not send generated columns: no row would have it
-               WHEN a.attgenerated <> '' THEN 'generated'
-               WHEN t.typtype = 'e' THEN 'category'
-               WHEN t.typname IN ('int2', 'int4', 'int8', 'float4', 'float8', 'numeric') THEN 'number'
-               WHEN t.typname = 'bool' THEN 'boolean'
-               WHEN t.typname IN ('text', 'varchar', 'bpchar') THEN 'category'
-               WHEN t.typname IN ('timestamp', 'timestamptz') THEN 'timestamp'
-               ELSE 'unusable' END ORDER BY a.attnum)
-      INTO v_names, v_kinds
-      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-     WHERE a.attrelid = v_oid AND a.attnum > 0 AND NOT a.attisdropped;
-    IF NOT p_target = ANY (v_names) THEN
+    SELECT k.names, k.kinds INTO v_names, v_kinds FROM rowcast._column_kinds(v_oid) k;
+    IF p_target = ANY (v_names) THEN
+        v_target_kind := v_kinds[array_position(v_names, p_target)];
+    ELSIF p_labels_table IS NOT NULL THEN
+        -- labels come from the labels table alone: the target is its column there (by
+        -- default), which the scored table need not have
+        SELECT r.schema_name, r.table_name, r.table_oid INTO v_lschema, v_ltable, v_loid
+          FROM rowcast._resolve_table(p_labels_table, 'labels table') r;
+        SELECT k.kinds[array_position(k.names, v_lcolumn)] INTO v_target_kind
+          FROM rowcast._column_kinds(v_loid) k;
+        IF v_target_kind IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+                'labels column %L is not in %I.%I (--labels-column names it; default: the '
+                'target), nor is the target in %I.%I', v_lcolumn, v_lschema, v_ltable,
+                v_schema, v_table);
+        END IF;
+    ELSE
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
-            'target column %L is not in %I.%I; columns: %s', p_target, v_schema, v_table,
+            'target column %L is not in %I.%I; columns: %s (labels kept in another table: '
+            'name it with --labels-table, p_labels_table)', p_target, v_schema, v_table,
             array_to_string(v_names, ', '));
     END IF;
-    v_target_kind := v_kinds[array_position(v_names, p_target)];
     IF v_target_kind = 'generated' THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
             'target %L is a generated column, which PostgreSQL''s logical replication does not '

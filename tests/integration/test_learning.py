@@ -123,6 +123,56 @@ def test_labels_from_a_later_update_and_from_a_labels_table(settings, pg_conn, t
 
 
 @pytest.mark.timeout(300)
+def test_a_labels_table_deployment_needs_no_target_column_in_the_scored_table(
+        settings, pg_conn, tmp_path):
+    """Outcomes often live only in their own table (a ``"Fraud Reports"`` table beside
+    ``"Payments"``): the target names the labels table's column, and its kind comes from
+    there. ``rowcast.deploy`` refused it ("target column ... is not in" the scored table)
+    although every other part already read labels from the labels table alone."""
+    settings = fast(settings)
+    suffix = uuid.uuid4().hex[:6]
+    payments, reports = f"Pay ments_{suffix}", f"Fraud Reports_{suffix}"
+    pg_conn.execute(sql.SQL('CREATE TABLE {} ("Id" int PRIMARY KEY, "Amount" float8, '
+                            '"Shop" text)').format(sql.Identifier(payments)))
+    pg_conn.execute(sql.SQL('CREATE TABLE {} (rid serial PRIMARY KEY, "Payment" int, '
+                            '"Is Fraud" bool)').format(sql.Identifier(reports)))
+    quoted = sql.Identifier(payments).as_string(pg_conn)
+    labels = sql.Identifier(reports).as_string(pg_conn)
+    # without a labels table the target must still be a column of the scored table
+    missing = deploy_cli(settings, "fraud", "--table", quoted, "--target", "Is Fraud")
+    assert missing.returncode != 0 and "is not in" in missing.stderr \
+        and "--labels-table" in missing.stderr
+    # a labels column the task cannot learn is refused, naming the labels table's column
+    wrong = deploy_cli(settings, "fraud", "--table", quoted, "--target", "Is Fraud",
+                       "--model", "linear_regression", "--labels-table", labels,
+                       "--labels-key", "Payment")
+    assert wrong.returncode != 0 and "boolean" in wrong.stderr
+    pg_conn.execute("SELECT rowcast.deploy('fraud', %s, 'Is Fraud', ARRAY['Amount', 'Shop'], "
+                    "'logistic_regression', %s, 'Payment')", (quoted, labels))
+    kind = pg_conn.execute("SELECT target_kind FROM rowcast.deployments WHERE name = 'fraud'"
+                           ).fetchone()[0]
+    assert kind == "boolean"
+
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        with pg_conn.transaction():
+            pg_conn.cursor().executemany(
+                sql.SQL('INSERT INTO {} VALUES (%s, %s, %s)').format(sql.Identifier(payments)),
+                [(i, 10.0 * i, ["a", "b"][i % 2]) for i in range(1, 21)])
+        wait_until(lambda: pg_conn.execute(
+            "SELECT count(*) FROM rowcast.fraud_scored WHERE rowcast_prediction IS NOT NULL"
+        ).fetchone()[0] == 20, timeout_s=90, message=lambda: pipeline.log_tail("worker"))
+        with pg_conn.transaction():
+            pg_conn.cursor().executemany(
+                sql.SQL('INSERT INTO {} ("Payment", "Is Fraud") VALUES (%s, %s)').format(
+                    sql.Identifier(reports)), [(i, i % 3 == 0) for i in range(1, 21)])
+        wait_until(lambda: learned(pg_conn, "fraud") >= 20, timeout_s=90,
+                   message=lambda: f"{latest_version(pg_conn, 'fraud')}\n"
+                   f"{pipeline.log_tail('learner')}")
+    assert learned(pg_conn, "fraud") == 20 and counters(pg_conn, "fraud")["joined"] == 20
+    assert drain(settings, settings.dlq_topic, 0, timeout_s=2) == []
+
+
+@pytest.mark.timeout(300)
 def test_learner_killed_at_any_moment_learns_each_label_exactly_once(settings, pg_conn, tmp_path):
     settings = fast(settings)
     table = deployed_xy_table(settings, pg_conn, "killed", "kills")
