@@ -45,12 +45,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
 from rowcast.core.label_events import LabelEvent, decode_batch, encode_batch
 
 _MAX = 2**63  # above any LSN or order in a transaction
+# a buffered event: (order, seq, arrived, event, late)
+_Held = tuple[tuple[int, int, int], int, float, LabelEvent, bool]
 
 
 def _unordered(e: LabelEvent) -> bool:
@@ -71,9 +74,15 @@ class CommitOrderMerge:
         self.forced = 0  # released before every watermark passed them (bounds hit)
         # off (no watermarks will come, e.g. topics written by Debezium): arrival order
         self.ordered = True
-        # (order, seq, arrived, event): plain tuples, compared in C (a dataclass's __lt__ was a
-        # visible share of the learner's per-label overhead); seq keeps arrival order on ties
-        self._heap: list[tuple[tuple[int, int, int], int, float, LabelEvent, bool]] = []
+        # (order, seq, arrived, event, late): plain tuples, compared in C (a dataclass's __lt__
+        # was a visible share of the learner's per-label overhead); seq keeps arrival order on
+        # ties. A stream's events come in position order, so each stream is a FIFO already in
+        # order and release is a k-way merge of their heads: the work per release follows what
+        # it releases, not what stays (one heap of everything cost a heapify per release and
+        # O(log n) comparisons per event: 12 µs per event with 13,000 buffered)
+        self._queues: dict[str, deque[_Held]] = {}
+        self._late: list[_Held] = []  # a heap: replays, older than their stream's latest
+        self._count = 0  # events in the queues and in _late
         self._seq = itertools.count()
         self._top = 0  # at least the highest commit LSN buffered (exact after a bulk release)
         self._ready: list[LabelEvent] = []  # unordered events, released on the next call
@@ -90,23 +99,29 @@ class CommitOrderMerge:
     def add_many(self, events: Iterable[LabelEvent], now: float | None = None) -> None:
         """Buffer label events (not watermarks) as they arrived, with one clock reading."""
         arrived = time.monotonic() if now is None else now
-        held, ready, seq, last = self._heap, self._ready, self._seq, self._last
-        top = self._top
+        queues, ready, seq, last = self._queues, self._ready, self._seq, self._last
+        top, count = self._top, self._count
         for event in events:
             order = event.order
-            if order[0] == 0 or event.stream.endswith(":r"):  # see _unordered
+            stream = event.stream
+            if order[0] == 0 or stream.endswith(":r"):  # see _unordered
                 ready.append(event)
-            else:
-                seen = last.get(event.stream)
+                continue
+            seen = last.get(stream)
+            count += 1
+            if order[0] > top:
+                top = order[0]
+            if seen is not None and order < seen:
                 # older than its stream's latest: a replay (a worker re-read its partition),
                 # which only a watermark may release (the later events do not bound it)
-                late = seen is not None and order < seen
-                held.append((order, next(seq), arrived, event, late))  # heapified on release
-                if order[0] > top:
-                    top = order[0]
-                if not late:
-                    last[event.stream] = order
-        self._top = top
+                heapq.heappush(self._late, (order, next(seq), arrived, event, True))
+                continue
+            last[stream] = order
+            queue = queues.get(stream)
+            if queue is None:
+                queue = queues[stream] = deque()
+            queue.append((order, next(seq), arrived, event, False))
+        self._top, self._count = top, count
 
     def watermark(self, stream: str, lsn: int) -> None:
         """Everything committed at or before ``lsn`` on ``stream`` has been forwarded."""
@@ -122,7 +137,7 @@ class CommitOrderMerge:
         return min(self.watermarks.get(s, 0) for s in self.expected)
 
     def __len__(self) -> int:
-        return len(self._heap) + len(self._ready)
+        return self._count + len(self._ready)
 
     def release(self, now: float | None = None) -> list[LabelEvent]:
         """The events that can be learned now, in the order to learn them."""
@@ -130,26 +145,52 @@ class CommitOrderMerge:
         out, self._ready = self._ready, []
         low = self.low_watermark
         gated = self.ordered and bool(self.expected)  # no stream known: nothing to wait for
-        heap, pop = self._heap, heapq.heappop
-        if heap and (not gated or self._top <= low):
-            # everything buffered is complete (the usual case once watermarks flow): one sort
-            heap.sort()
-            out += [held[3] for held in heap]
-            heap.clear()
-            self._top = 0
+        if not self._count:
             return out
-        heapq.heapify(heap)  # events were appended since the last release
-        bound = self._bound() if gated else (low, _MAX, _MAX)
-        while heap:
-            head = heap[0]
+        if not gated or self._top <= low:
+            # everything buffered is complete (the usual case once watermarks flow): one sort
+            # of a few sorted runs
+            out += [held[3] for held in self._sorted()]
+            self._queues.clear()
+            self._late.clear()
+            self._count = self._top = 0
+            return out
+        bound = self._bound()
+        late, pop, replace = self._late, heapq.heappop, heapq.heapreplace
+        # the head of each stream and of the replays; entries never tie (seq is unique), so
+        # the queue beside each head is never compared
+        heads: list[tuple[_Held, deque[_Held] | None]] = [
+            (queue[0], queue) for queue in self._queues.values() if queue]
+        if late:
+            heads.append((late[0], None))
+        heapq.heapify(heads)
+        count = self._count
+        while heads:
+            head, queue = heads[0]
             if head[0][0] <= low or (not head[4] and head[0] <= bound):
                 pass
-            elif len(heap) > self.max_buffered or now - head[2] > self.max_wait_s:
+            elif count > self.max_buffered or now - head[2] > self.max_wait_s:
                 self.forced += 1
             else:
                 break
-            out.append(pop(heap)[3])
+            out.append(head[3])
+            count -= 1
+            if queue is None:
+                pop(late)
+                after = late[0] if late else None
+            else:
+                queue.popleft()
+                after = queue[0] if queue else None
+            if after is None:
+                pop(heads)
+            else:
+                replace(heads, (after, queue))
+        self._count = count
         return out
+
+    def _sorted(self) -> list[_Held]:
+        """Everything buffered, in position order."""
+        return sorted(itertools.chain(self._late, *self._queues.values()))
 
     def _bound(self) -> tuple[int, int, int]:
         """The highest position no future event can precede: each stream's next event comes
@@ -160,7 +201,8 @@ class CommitOrderMerge:
 
     def oldest_wait_s(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
-        return max((now - h[2] for h in self._heap), default=0.0)
+        return max((now - h[2] for h in itertools.chain(self._late, *self._queues.values())),
+                   default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """The buffer and watermarks, for the checkpoint.
@@ -172,7 +214,7 @@ class CommitOrderMerge:
         and twice the bytes, on the learner's path and in Postgres's jsonb parser."""
         doc: dict[str, Any] = {"watermarks": dict(self.watermarks),
                                "expected": sorted(self.expected), "forced": self.forced}
-        held = [h[3] for h in sorted(self._heap)] + self._ready
+        held = [h[3] for h in self._sorted()] + self._ready
         if held:
             doc["buffered_batch"] = encode_batch(held).decode()
         return doc
