@@ -20,6 +20,11 @@ branch, ``rowcast.models.catalog.without_categories``):
   version); ``publish_interval_s``: how often the learner publishes a version of it
   (:mod:`rowcast.models.cadence`) and ``worker_cpu_share`` = load_s / that interval.
 
+- ``commit_order_merge``: what the commit-order merge (:mod:`rowcast.models.ordering`) costs
+  per event while one big transaction arrives over 4 and 16 partitions at uneven paces (so
+  thousands stay buffered until the slowest partition catches up), beside the least it could
+  cost, one offline sort of the same events (``vs_one_sort``); ``peak_buffered`` events.
+
 The pending store is in memory here (``MemoryPending``): Postgres reads and the checkpoint's
 writes come on top live (``rowcast_learner_checkpoint_seconds``). Timings are the best of
 ``--repeat`` runs in CPU time (process_time), river's and rowcast's interleaved, so a busy
@@ -40,6 +45,7 @@ from rowcast.models.cadence import publish_interval
 from rowcast.models.catalog import CATALOG
 from rowcast.models.deployment import Deployment, Feature
 from rowcast.models.learning import DeploymentLearner, MemoryPending
+from rowcast.models.ordering import CommitOrderMerge
 from rowcast.models.scoring import OnlineModel
 from rowcast.models.snapshot import dump_snapshot, load_snapshot
 from rowcast.streams.learner import read_label_record, snapshot_payload
@@ -133,6 +139,44 @@ def measure(model: str, rows: int, repeat: int, floor_s: float,
             "worker_cpu_share": round(load_s / interval, 5)}
 
 
+def merge_cost(streams: int, rows: int, repeat: int, seed: int = 1) -> dict:
+    """The merge's CPU per event on one transaction of ``rows`` changes spread over
+    ``streams`` partitions, delivered in chunks of 50-400 from a partition picked at random,
+    a release after each chunk (as the learner polls), the watermark at the end."""
+    rng = random.Random(seed)
+    commit = 10_000_000
+    per: dict[int, list[LabelEvent]] = {s: [] for s in range(streams)}
+    for i in range(rows):
+        s = rng.randrange(streams)
+        per[s].append(LabelEvent("labelled", "bench", "g", {"id": i}, f"t:{s}",
+                                 (commit, commit + i + 1, i + 1), 0, {"x": 1.0}, 1.0))
+    chunks, pos = [], dict.fromkeys(per, 0)
+    while any(pos[s] < len(per[s]) for s in per):
+        s = rng.choice([s for s in per if pos[s] < len(per[s])])
+        k = rng.randint(50, 400)
+        chunks.append(per[s][pos[s]:pos[s] + k])
+        pos[s] += k
+    best, sort_best, peak = float("inf"), float("inf"), 0
+    for _ in range(repeat):
+        merge = CommitOrderMerge([f"t:{s}" for s in per])
+        started, got = time.process_time(), 0
+        for chunk in chunks:
+            merge.add_many(chunk, now=0.0)
+            peak = max(peak, len(merge))
+            got += len(merge.release(now=0.0))
+        for s in per:
+            merge.watermark(f"t:{s}", commit)
+        got += len(merge.release(now=0.0))
+        best = min(best, time.process_time() - started)
+        assert got == rows, f"the merge released {got} of {rows}"
+        started = time.process_time()
+        sorted((e.order, n, e) for n, e in enumerate(e for chunk in chunks for e in chunk))
+        sort_best = min(sort_best, time.process_time() - started)
+    return {"us_per_event": round(best / rows * 1e6, 3),
+            "one_sort_us_per_event": round(sort_best / rows * 1e6, 3),
+            "vs_one_sort": round(best / sort_best, 2), "peak_buffered": peak}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20000)
@@ -148,8 +192,10 @@ def main() -> None:
                                                        args.repeat, floor_s)
     for r in results.values():
         r["learn_vs_linear"] = round(r["labels_per_s"] / base["labels_per_s"], 3)
+    merge = {f"{n} streams": merge_cost(n, max(args.rows, 100_000), args.repeat) for n in (4, 16)}
     print(orjson.dumps({"rows": args.rows, "batch": BATCH, "publish_floor_s": floor_s,
-                        "models": results}, option=orjson.OPT_INDENT_2).decode())
+                        "models": results, "commit_order_merge": merge},
+                       option=orjson.OPT_INDENT_2).decode())
 
 
 if __name__ == "__main__":
