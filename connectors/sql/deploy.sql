@@ -246,21 +246,23 @@ BEGIN
             v_schema, v_table);
     END IF;
     SELECT k.names, k.kinds INTO v_names, v_kinds FROM rowcast._column_kinds(v_oid) k;
-    IF p_target = ANY (v_names) THEN
-        v_target_kind := v_kinds[array_position(v_names, p_target)];
-    ELSIF p_labels_table IS NOT NULL THEN
-        -- labels come from the labels table alone: the target is its column there (by
-        -- default), which the scored table need not have
+    IF p_labels_table IS NOT NULL THEN
         SELECT r.schema_name, r.table_name, r.table_oid INTO v_lschema, v_ltable, v_loid
           FROM rowcast._resolve_table(p_labels_table, 'labels table') r;
+    END IF;
+    IF p_labels_table IS NOT NULL AND v_loid <> v_oid THEN
+        -- labels come from the labels table alone: the target is its column there (by
+        -- default), which the scored table need not have, and a scored-table column of that
+        -- name is never read
         SELECT k.kinds[array_position(k.names, v_lcolumn)] INTO v_target_kind
           FROM rowcast._column_kinds(v_loid) k;
         IF v_target_kind IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
                 'labels column %L is not in %I.%I (--labels-column names it; default: the '
-                'target), nor is the target in %I.%I', v_lcolumn, v_lschema, v_ltable,
-                v_schema, v_table);
+                'target)', v_lcolumn, v_lschema, v_ltable);
         END IF;
+    ELSIF p_target = ANY (v_names) THEN
+        v_target_kind := v_kinds[array_position(v_names, p_target)];
     ELSE
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
             'target column %L is not in %I.%I; columns: %s (labels kept in another table: '

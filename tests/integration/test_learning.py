@@ -152,6 +152,17 @@ def test_a_labels_table_deployment_needs_no_target_column_in_the_scored_table(
     kind = pg_conn.execute("SELECT target_kind FROM rowcast.deployments WHERE name = 'fraud'"
                            ).fetchone()[0]
     assert kind == "boolean"
+    # a scored table's own column of that name is not what such a deployment learns from:
+    # the kind is the labels column's (a text "Is Fraud" here was refused for a binary model)
+    other = f"Pay other_{suffix}"
+    pg_conn.execute(sql.SQL('CREATE TABLE {} ("Id" int PRIMARY KEY, "Amount" float8, '
+                            '"Is Fraud" text)').format(sql.Identifier(other)))
+    pg_conn.execute("SELECT rowcast.deploy('fraud_other', %s, 'Is Fraud', ARRAY['Amount'], "
+                    "'logistic_regression', %s, 'Payment')",
+                    (sql.Identifier(other).as_string(pg_conn), labels))
+    assert pg_conn.execute("SELECT target_kind FROM rowcast.deployments WHERE name = "
+                           "'fraud_other'").fetchone()[0] == "boolean"
+    pg_conn.execute("SELECT rowcast.undeploy('fraud_other')")
 
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         with pg_conn.transaction():
