@@ -62,7 +62,6 @@ def _default_key_file() -> Path:
 
 DEV_POSTGRES_PORT = 54329
 DEV_KAFKA_PORT = 19092
-DEV_KAFKA_CONTROLLER_PORT = 19093
 
 
 class Settings(BaseSettings):
@@ -79,6 +78,9 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         f"127.0.0.1:{DEV_KAFKA_PORT}", description="Kafka bootstrap servers, comma separated."
     )
+    kafka_controller_port: int | None = Field(
+        None, ge=1, le=65535, description="Port of the dev stack's KRaft controller listener "
+        "(`rowcast dev up`; clients never use it); default: one above the broker's port.")
     kafka_client_id: str = Field(
         "rowcast", min_length=1, description="client.id of rowcast's Kafka clients; each "
         "long-running process adds its role (rowcast-source, -worker, -learner, -sink), so the "

@@ -16,8 +16,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -174,6 +176,7 @@ class KafkaServer:
     replication: int = 1  # the cluster's default replication factor
     cluster_id: str | None = None  # shared by every node of a cluster; None: a random one
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _log_start: int = field(default=0, init=False, repr=False)
 
     @property
     def ssl_ca(self) -> Path:
@@ -262,6 +265,7 @@ class KafkaServer:
         runs, so :class:`KafkaCluster` launches every node before it waits for any."""
         if self.is_running():
             return
+        self.check_ports()
         libs = fetch_kafka(self.version, self.cache_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
@@ -281,6 +285,7 @@ class KafkaServer:
             if formatted.returncode != 0:
                 raise DevStackError(f"formatting Kafka storage failed: {formatted.stderr[-2000:]}")
         with open(self.log_file, "ab") as log:
+            self._log_start = log.tell()
             proc = subprocess.Popen(self._java(libs, "kafka.Kafka", str(props)), stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     cwd=self.data_dir)
@@ -298,8 +303,31 @@ class KafkaServer:
                  f"Kafka on {self.bootstrap} accepting clients", interval_s=0.25,
                  log=self.log_file)
         if exited():
-            raise DevStackError(f"Kafka exited (code {proc.returncode if proc else '?'}); "
-                                f"see {self.log_file}")
+            reason = None
+            with contextlib.suppress(OSError), open(self.log_file, "rb") as log:
+                log.seek(self._log_start)
+                reason = exit_reason(log.read().decode("utf-8", "replace"))
+            raise DevStackError(f"Kafka exited (code {proc.returncode if proc else '?'})"
+                                f"{': ' + reason.rstrip('.') if reason else ''}; see {self.log_file}")
+
+    def check_ports(self) -> None:
+        """Refuse, naming the listener, when one of this broker's ports is taken: the JVM would
+        start, fail to bind and exit seconds later with the reason deep in its log.
+
+        Bound as the broker binds (``SO_REUSEADDR``, as Java's server sockets on Linux), so a
+        closed connection lingering in TIME_WAIT is no obstacle, a listener or a live
+        connection on that port is."""
+        ports = {"broker": self.port, "controller": self.controller_port,
+                 "SASL": self.sasl_port, "TLS": self.ssl_port, "mutual-TLS": self.mtls_port}
+        for role, port in ports.items():
+            if port is None:
+                continue
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((self.host, port))
+                except OSError:
+                    raise PortTaken(role, f"{self.host}:{port}") from None
 
     def _accepts_clients(self, timeout_s: float = 2.0) -> bool:
         """Whether the broker answers a metadata request within ``timeout_s``.
@@ -338,6 +366,42 @@ class KafkaServer:
             terminate(pid, timeout_s)
         self.pid_file.unlink(missing_ok=True)
 
+
+
+class PortTaken(DevStackError):
+    """A port the broker would listen on is already in use; ``role`` says which listener."""
+
+    def __init__(self, role: str, address: str) -> None:
+        super().__init__(f"Kafka's {role} port {address} is in use by another process")
+        self.role = role
+        self.address = address
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:Caused by: )?[\w.$]+(?:Exception|Error): (.+)$")
+
+
+def exit_reason(log: str) -> str | None:
+    """The telling message of the last error in a broker's log, or None.
+
+    A broker that exits logs one ``ERROR`` line and a chain of causes whose innermost is often
+    the least specific ("Address already in use"): the deepest cause that names a port, an
+    address or a file (a digit or a slash in it) says what to fix.
+
+    >>> exit_reason("x ERROR fatal\\njava.lang.RuntimeException: acceptors not started\\n"
+    ...             "Caused by: a.B.FooException: failed to bind to 127.0.0.1:9\\n"
+    ...             "Caused by: java.net.BindException: in use\\n")
+    'failed to bind to 127.0.0.1:9'
+    """
+    lines = log.splitlines()
+    errors = [i for i, line in enumerate(lines) if " ERROR " in line]
+    if not errors:
+        return None
+    messages = [m.group(1).strip() for line in lines[errors[-1]:]
+                if (m := _EXCEPTION_LINE.match(line.strip()))]
+    specific = [m for m in messages if any(c.isdigit() or c == "/" for c in m)]
+    if specific or messages:
+        return (specific or messages)[-1]
+    return lines[errors[-1]].split(" ERROR ", 1)[1]
 
 
 def new_cluster_id() -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from rowcast.core.errors import DevStackError
-from rowcast.core.settings import DEV_KAFKA_CONTROLLER_PORT, DEV_POSTGRES_PORT, Settings
-from rowcast.ops.devstack.kafka import KafkaCluster, KafkaServer
+from rowcast.core.settings import DEV_POSTGRES_PORT, Settings
+from rowcast.ops.devstack.kafka import KafkaCluster, KafkaServer, PortTaken
 from rowcast.ops.devstack.postgres import PostgresServer
 
 
@@ -43,8 +43,7 @@ class DevStack:
         state = settings.state_dir.resolve()
         pg_port = urlparse(settings.postgres_dsn.get_secret_value()).port or DEV_POSTGRES_PORT
         kafka_port = int(settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
-        controller = DEV_KAFKA_CONTROLLER_PORT if kafka_port + 1 == DEV_KAFKA_CONTROLLER_PORT \
-            else kafka_port + 1
+        controller = settings.kafka_controller_port or kafka_port + 1
         self.postgres = PostgresServer(postgres_home(state) / "data", pg_port)
         cluster_dir = state / "kafka-cluster"
         if brokers is None:
@@ -63,7 +62,17 @@ class DevStack:
             raise DevStackError("the dev stack's Kafka already runs in its other form; "
                                 "`rowcast dev down` first")
         self.postgres.start()
-        self.kafka.start()
+        try:
+            self.kafka.start()
+        except PortTaken as taken:
+            if self.kafka is self.cluster:
+                hint = ("a cluster listens on the six ports from ROWCAST_KAFKA_BOOTSTRAP's; "
+                        "choose another there")
+            elif taken.role == "controller":
+                hint = "choose another with ROWCAST_KAFKA_CONTROLLER_PORT"
+            else:
+                hint = "choose another with ROWCAST_KAFKA_BOOTSTRAP"
+            raise DevStackError(f"{taken}; {hint}") from None
 
     def down(self) -> None:
         self.cluster.stop()

@@ -44,7 +44,7 @@ def test_a_signal_stops_the_demo_pipeline_and_its_stack(services_dir, signum) ->
            "ROWCAST_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:{free_port()}/rowcast",
            "ROWCAST_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
            **{f"ROWCAST_{name.upper()}_PORT": str(free_port()) for name in (
-               "worker_web", "source_metrics", "worker_metrics", "sink_metrics",
+               "kafka_controller", "worker_web", "source_metrics", "worker_metrics", "sink_metrics",
                "learner_metrics", "dashboard")}}
     out = state / "demo.out"
     with out.open("wb") as sink:

@@ -153,3 +153,37 @@ def test_status_names_topics_laid_out_otherwise_and_deploy_warns_on_thin_durabil
     assert warning is not None and "\n" not in warning and "p.labels.x" in warning
     assert thin_durability(thin, brokers=1) is None  # one broker cannot do better
     assert thin_durability(thin[1:], brokers=3) is None
+
+
+# what Kafka 3.9.1 logged when its controller port was taken (the JVM then exits with code 1)
+BIND_FAILURE_LOG = Path(__file__).parents[1] / "data" / "kafka_bind_failure.log"
+
+
+def test_a_broker_that_exits_is_explained_by_its_log_in_one_line() -> None:
+    from rowcast.ops.devstack.kafka import exit_reason
+
+    assert exit_reason(BIND_FAILURE_LOG.read_text()) == \
+        "Socket server failed to bind to 127.0.0.1:37755: Address already in use."
+    assert exit_reason("[x] INFO starting\n") is None
+    assert exit_reason("") is None
+
+
+def test_a_taken_port_is_found_before_the_broker_starts(tmp_path) -> None:
+    import socket
+
+    from rowcast.core.errors import DevStackError
+    from rowcast.ops.devstack.kafka import KafkaServer
+    from rowcast.ops.devstack.process import free_port
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        server = KafkaServer(tmp_path, free_port(), port)
+        try:
+            server.check_ports()
+        except DevStackError as err:
+            message = str(err)
+        else:
+            raise AssertionError("a listening controller port went unnoticed")
+    assert "\n" not in message
+    assert f"127.0.0.1:{port}" in message and "controller" in message
+    KafkaServer(tmp_path, free_port(), free_port()).check_ports()  # both free: no error
