@@ -69,22 +69,47 @@ class MissingColumn(FeatureError):
         self.column = column
 
 
-def _number(column: str, value: Any) -> float:
+def as_number(column: str, value: Any) -> float:
+    """A finite float (labels too: their own limit is in :mod:`rowcast.models.scoring`)."""
     if type(value) is float and value - value == 0.0:  # the common case: a finite float
         return value
     if isinstance(value, bool):
         return 1.0 if value else 0.0
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)):
             number = float(value)
-        except ValueError:
-            raise FeatureError(column, value, "expected a number") from None
-    else:
-        raise FeatureError(column, value, "expected a number")
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise FeatureError(column, value, "expected a number") from None
+            if math.isinf(number) and "inf" not in value.lower():  # numeric 1e400: finite
+                raise OverflowError
+        else:
+            raise FeatureError(column, value, "expected a number")
+    except OverflowError:
+        raise FeatureError(column, value, "too large for a float") from None
     if not math.isfinite(number):
         raise FeatureError(column, value, "NaN and infinity cannot be learned from")
+    return number
+
+
+# the largest feature magnitude taken. A model's running variance squares a feature's distance
+# from its mean, and a model holding a number whose square overflows (beyond ~1.3e154) is
+# broken for good (rowcast.models.health): its learner pauses the deployment until an operator
+# rolls it back. (2 * 1e75)² is far inside that; a larger value is a sentinel or an error, and
+# one `numeric` 1e200 paused a deployment that way (found by hand). Written out as literals in
+# build_features' fast path, for speed
+FEATURE_LIMIT = 1e75
+
+
+def _feature_number(column: str, value: Any) -> float:
+    if type(value) is float and -1e75 <= value <= 1e75:
+        return value
+    number = as_number(column, value)
+    if not -FEATURE_LIMIT <= number <= FEATURE_LIMIT:
+        raise FeatureError(column, value, f"beyond ±{FEATURE_LIMIT:g}, too large to learn from "
+                           "(a model's running variance of it overflows)")
     return number
 
 
@@ -143,7 +168,7 @@ def _timestamp_features(column: str, value: Any) -> dict[str, float | str]:
             f"{column}__dow": float(moment.weekday()), f"{column}__month": float(moment.month)}
 
 
-CONVERTERS = {"number": _number, "category": _category, "boolean": _boolean, "timestamp": _timestamp}
+CONVERTERS = {"number": _feature_number, "category": _category, "boolean": _boolean, "timestamp": _timestamp}
 
 
 def convert(column: str, kind: FeatureKind, value: Any) -> float | str:
@@ -182,8 +207,8 @@ def build_features(row: Mapping[str, Any], features: Sequence[Feature],
             if require_columns and name not in row:
                 raise MissingColumn(name)
             continue
-        if kind == "number" and type(value) is float and value - value == 0.0:
-            out[name] = value  # finite already: what _number returns, without the call
+        if kind == "number" and type(value) is float and -1e75 <= value <= 1e75:
+            out[name] = value  # within FEATURE_LIMIT (so finite): _feature_number's answer
         elif kind == "timestamp":
             out.update(_timestamp_features(name, value))
         else:

@@ -33,7 +33,7 @@ from river import base
 from rowcast.models.batch_scoring import linear_plan
 from rowcast.models.catalog import ModelSpec, get_model
 from rowcast.models.deployment import Deployment
-from rowcast.models.features import FeatureError, MissingColumn, build_features, convert
+from rowcast.models.features import FeatureError, MissingColumn, as_number, build_features
 
 # the largest regression label learned: river's metrics square the error (MSE, RMSE, R2's
 # variance), and a float squared beyond ~1.3e154 raises OverflowError mid-update, which pauses
@@ -94,7 +94,7 @@ class OnlineModel:
         """A label value (from the row, an update or a labels table) as the task wants it."""
         target = self.deployment.target
         if self.spec.task == "regression":
-            y = convert(target, "number", value)
+            y = as_number(target, value)
             if not -LABEL_LIMIT <= y <= LABEL_LIMIT:
                 raise FeatureError(target, value, f"a regression label beyond ±{LABEL_LIMIT:g} "
                                    "cannot be learned: its squared error overflows a float")

@@ -24,3 +24,14 @@ class FragileRegression(linear_model.LinearRegression):
 
 def make() -> FragileRegression:
     return FragileRegression()
+
+
+def cubic() -> Any:
+    """``x, x², x³ | scaler | linear regression``: a feature of 1e75, within what the scorer
+    takes (:data:`rowcast.models.features.FEATURE_LIMIT`), is 1e225 once cubed, and the
+    scaler's running variance of it overflows -- a real overflow for the model-health tests,
+    which the catalog's models, scaling the raw features, no longer meet."""
+    from river import compose, feature_extraction, preprocessing
+
+    return compose.Pipeline(feature_extraction.PolynomialExtender(degree=3, include_bias=False),
+                            preprocessing.StandardScaler(), linear_model.LinearRegression())

@@ -16,12 +16,13 @@ from rowcast.connectors.slot import watch_table
 from tests.helpers.cli import deploy_cli
 
 
-def deployed_xy_table(settings, conn: psycopg.Connection, deployment: str, prefix: str) -> str:
-    """Create ``public.<prefix>_<random>`` and deploy ``deployment`` on it (linear regression
-    of y on x, through the CLI); returns the table's name."""
+def deployed_xy_table(settings, conn: psycopg.Connection, deployment: str, prefix: str,
+                      model: str = "linear_regression") -> str:
+    """Create ``public.<prefix>_<random>`` and deploy ``deployment`` on it (``model``, a
+    regression of y on x, through the CLI); returns the table's name."""
     table = f"{prefix}_{uuid.uuid4().hex[:6]}"
     conn.execute(f"CREATE TABLE public.{table} (id int PRIMARY KEY, x float8, y float8)")
-    done = deploy_cli(settings, deployment, "--table", table, "--target", "y")
+    done = deploy_cli(settings, deployment, "--table", table, "--target", "y", "--model", model)
     assert done.returncode == 0, done.stderr
     return table
 

@@ -1,6 +1,10 @@
-"""A model that breaks is never published: a real overflowing row (x = 1e300, finite, but its
-square is not) on the real services pauses the deployment with the last good version serving,
-status and /metrics say why, and `rowcast model rollback` recovers it, refusing that row."""
+"""A model that breaks is never published: a real overflowing row on the real services pauses
+the deployment with the last good version serving, status and /metrics say why, and
+`rowcast model rollback` recovers it, refusing that row.
+
+The overflowing row is x = 1e75 for a model that cubes x (``CUBIC``): the scorer refuses
+features beyond 1e75 (a catalog model's scaler overflowed on a feature of 1e200, the last
+test), so the catalog's models no longer break on a value."""
 
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ from tests.helpers.kafka_reading import drain
 from tests.helpers.learning import counters, fast, latest_version, learned
 from tests.helpers.tables import deployed_xy_table, insert_xy
 from tests.helpers.waiting import wait_until
+
+CUBIC = "tests.helpers.fragile_models:cubic"  # x, x², x³ | scaler | linear regression
+HUGE = 1e75  # the largest feature the scorer takes; cubed, it overflows the scaler
 
 
 def _status(settings) -> dict:
@@ -42,7 +49,7 @@ def _learner_metrics(settings) -> str:
 def test_an_overflowing_row_pauses_the_model_and_rollback_recovers_it(settings, pg_conn,
                                                                        tmp_path):
     settings = fast(settings)
-    table = deployed_xy_table(settings, pg_conn, "overflow", "overflow")
+    table = deployed_xy_table(settings, pg_conn, "overflow", "overflow", CUBIC)
     paused_metric = 'rowcast_model_paused{deployment="overflow",reason="non_finite"}'
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         insert_xy(pg_conn, table, range(50))
@@ -50,7 +57,7 @@ def test_an_overflowing_row_pauses_the_model_and_rollback_recovers_it(settings, 
                    message=lambda: pipeline.log_tail("learner"))
         good = latest_version(pg_conn, "overflow")[0]
 
-        pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, 1e300, 5.0)")
+        pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, %s, 5.0)", (HUGE,))
         wait_until(lambda: (_status(settings).get("paused") or {}).get("reason") == "non_finite",
                    timeout_s=90, message=lambda: pipeline.log_tail("learner"))
         status = _status(settings)
@@ -97,19 +104,21 @@ def test_a_model_broken_before_its_first_version_rolls_back_to_the_fresh_model(s
     (it answered "has no model version 0" and the deployment never learned again).
 
     ``first``: x = 1e300 as the very first label left a finite model (the scaler's mean at
-    1e300) that was checkpointed, and then refused every ordinary row, for good; a state
-    number whose square overflows now counts as broken, so the row that put it there is the
-    one refused."""
+    1e300; here 1e225, the cube of 1e75) that was checkpointed, and then refused every
+    ordinary row, for good; a state number whose square overflows now counts as broken, so the
+    row that put it there is the one refused."""
     # one transaction, learned well within a checkpoint interval: no version precedes the row
-    settings = fast(settings).model_copy(update={"learner_checkpoint_s": 3.0})
-    table = deployed_xy_table(settings, pg_conn, "overflow0", "overflow0")
+    # (3 s was too short for a custom model, whose first batch came later: a version of
+    # positions alone was written first)
+    settings = fast(settings).model_copy(update={"learner_checkpoint_s": 10.0})
+    table = deployed_xy_table(settings, pg_conn, "overflow0", "overflow0", CUBIC)
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         with pg_conn.transaction():
             if huge_row == "first":
-                pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, 1e300, 5.0)")
+                pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, %s, 5.0)", (HUGE,))
             insert_xy(pg_conn, table, range(20))
             if huge_row == "last":
-                pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, 1e300, 5.0)")
+                pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, %s, 5.0)", (HUGE,))
 
         def paused() -> dict | None:
             done = rowcast_cli(settings, "status", "--json", "--samples", "1")
@@ -168,3 +177,33 @@ def test_a_label_too_large_to_learn_is_a_dead_letter_and_learning_goes_on(settin
         status = next(d for d in orjson.loads(done.stdout)["deployments"]
                       if d["name"] == "hugelabel")
         assert status.get("paused") is None
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("huge", ["1e200", "-1.7976931348623157e308"])
+def test_a_feature_too_large_to_learn_from_is_a_dead_letter_and_learning_goes_on(
+        settings, pg_conn, tmp_path, huge) -> None:
+    """A feature of 1e200 (a valid double: a sentinel, an error) overflowed the catalog
+    model's scaler, and learning of the whole deployment paused until an operator rolled back
+    (found by hand, on a `numeric` column). The scorer refuses the row as ``bad_feature``,
+    naming the limit; the rows around it are scored and learned, and nothing pauses."""
+    settings = fast(settings)
+    table = deployed_xy_table(settings, pg_conn, "hugefeature", "hugefeature")
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        insert_xy(pg_conn, table, range(20))
+        pg_conn.execute(f"INSERT INTO public.{table} VALUES (1000, %s::float8, 5.0)", (huge,))
+        insert_xy(pg_conn, table, range(20, 40))
+        wait_until(lambda: learned(pg_conn, "hugefeature") >= 40, timeout_s=90,
+                   message=lambda: pipeline.log_tail("learner"))
+        letters = [DeadLetter.decode(r.value) for r in drain(settings, settings.dlq_topic, 1)]
+        assert [(d.stage, d.reason, orjson.loads(d.key)) for d in letters] == [
+            ("score", "bad_feature", {"id": 1000})]
+        assert "column 'x'" in letters[0].error and "beyond ±1e+75" in letters[0].error
+        assert counters(pg_conn, "hugefeature")["non_finite"] == 0
+        done = rowcast_cli(settings, "status", "--json", "--samples", "1")
+        status = next(d for d in orjson.loads(done.stdout)["deployments"]
+                      if d["name"] == "hugefeature")
+        assert status.get("paused") is None
+        insert_xy(pg_conn, table, range(40, 50))
+        wait_until(lambda: learned(pg_conn, "hugefeature") >= 50, timeout_s=60,
+                   message=lambda: pipeline.log_tail("learner"))
