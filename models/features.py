@@ -94,17 +94,20 @@ def as_number(column: str, value: Any) -> float:
     return number
 
 
-# the largest feature magnitude taken. A model's running variance squares a feature's distance
-# from its mean, and a model holding a number whose square overflows (beyond ~1.3e154) is
-# broken for good (rowcast.models.health): its learner pauses the deployment until an operator
-# rolls it back. (2 * 1e75)² is far inside that; a larger value is a sentinel or an error, and
-# one `numeric` 1e200 paused a deployment that way (found by hand). Written out as literals in
-# build_features' fast path, for speed
-FEATURE_LIMIT = 1e75
+# the largest feature magnitude taken. A model's running statistics square a feature's distance
+# from its mean and sum such squares over the rows (a scaler's variance; a tree's split
+# statistics, per leaf, for as long as the leaf lives), and a model holding a number whose
+# square overflows (beyond ~9.5e153) is broken for good (rowcast.models.health): its learner
+# pauses the deployment until an operator rolls it back. A sum of 1e53 squares of 1e50 stays
+# inside that, so no catalog model gets there; 1e75 did not (a tree classifier with an
+# alternating ±1e75 feature, after 15,000 rows at one leaf). Larger values are sentinels or
+# errors, and one `numeric` 1e200 paused a deployment that way (found by hand). Written out as
+# literals in the fast paths, for speed (a test holds them equal)
+FEATURE_LIMIT = 1e50
 
 
 def _feature_number(column: str, value: Any) -> float:
-    if type(value) is float and -1e75 <= value <= 1e75:
+    if type(value) is float and -1e50 <= value <= 1e50:
         return value
     number = as_number(column, value)
     if not -FEATURE_LIMIT <= number <= FEATURE_LIMIT:
@@ -207,7 +210,7 @@ def build_features(row: Mapping[str, Any], features: Sequence[Feature],
             if require_columns and name not in row:
                 raise MissingColumn(name)
             continue
-        if kind == "number" and type(value) is float and -1e75 <= value <= 1e75:
+        if kind == "number" and type(value) is float and -1e50 <= value <= 1e50:
             out[name] = value  # within FEATURE_LIMIT (so finite): _feature_number's answer
         elif kind == "timestamp":
             out.update(_timestamp_features(name, value))

@@ -1,6 +1,6 @@
 """Is a model fit to be checkpointed and published? Nothing non-finite may be.
 
-Finite but huge inputs (a feature of 1e300, which the scorer now refuses beyond 1e75, or one a
+Finite but huge inputs (a feature of 1e300, which the scorer now refuses beyond 1e50, or one a
 custom model cubes) overflow a scaler's running variance to ``inf``;
 from then on every prediction of the model is NaN, forever, and progressive metrics follow.
 Such a model must never reach the scorers: :func:`problem` names the first non-finite number

@@ -36,9 +36,12 @@ from rowcast.models.deployment import Deployment
 from rowcast.models.features import FeatureError, MissingColumn, as_number, build_features
 
 # the largest regression label learned: river's metrics square the error (MSE, RMSE, R2's
-# variance), and a float squared beyond ~1.3e154 raises OverflowError mid-update, which pauses
-# the deployment until a rollback (rowcast.streams.learner); the margin covers the prediction
-LABEL_LIMIT = 1e150
+# variance) and its tree regressors sum squared errors per leaf; a float squared beyond ~1.3e154
+# raises OverflowError mid-update, and a state number whose square overflows is a broken model
+# (rowcast.models.health): either pauses the deployment until a rollback
+# (rowcast.streams.learner). 1e150 kept the metrics safe but not the trees (a single label of
+# 1e77 broke hoeffding_tree_regressor); 1e50 keeps a sum of 1e53 such squares finite
+LABEL_LIMIT = 1e50
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,12 +26,12 @@ def make() -> FragileRegression:
     return FragileRegression()
 
 
-def cubic() -> Any:
-    """``x, x², x³ | scaler | linear regression``: a feature of 1e75, within what the scorer
-    takes (:data:`rowcast.models.features.FEATURE_LIMIT`), is 1e225 once cubed, and the
-    scaler's running variance of it overflows -- a real overflow for the model-health tests,
+def quartic() -> Any:
+    """``x, x², x³, x⁴ | scaler | linear regression``: a feature of 1e50, within what the
+    scorer takes (:data:`rowcast.models.features.FEATURE_LIMIT`), is 1e200 at the fourth power:
+    the scaler's mean of it cannot be squared, a real overflow for the model-health tests,
     which the catalog's models, scaling the raw features, no longer meet."""
     from river import compose, feature_extraction, preprocessing
 
-    return compose.Pipeline(feature_extraction.PolynomialExtender(degree=3, include_bias=False),
+    return compose.Pipeline(feature_extraction.PolynomialExtender(degree=4, include_bias=False),
                             preprocessing.StandardScaler(), linear_model.LinearRegression())

@@ -2,9 +2,9 @@
 the deployment with the last good version serving, status and /metrics say why, and
 `rowcast model rollback` recovers it, refusing that row.
 
-The overflowing row is x = 1e75 for a model that cubes x (``CUBIC``): the scorer refuses
-features beyond 1e75 (a catalog model's scaler overflowed on a feature of 1e200, the last
-test), so the catalog's models no longer break on a value."""
+The overflowing row is x = 1e50 for a model that raises x to the fourth power (``QUARTIC``):
+the scorer refuses features beyond 1e50 (a catalog model's scaler overflowed on a feature of
+1e200, the last test), so the catalog's models no longer break on a value."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from tests.helpers.learning import counters, fast, latest_version, learned
 from tests.helpers.tables import deployed_xy_table, insert_xy
 from tests.helpers.waiting import wait_until
 
-CUBIC = "tests.helpers.fragile_models:cubic"  # x, x², x³ | scaler | linear regression
-HUGE = 1e75  # the largest feature the scorer takes; cubed, it overflows the scaler
+QUARTIC = "tests.helpers.fragile_models:quartic"  # x, ..., x⁴ | scaler | linear regression
+HUGE = 1e50  # the largest feature the scorer takes; at the fourth power, too large to square
 
 
 def _status(settings) -> dict:
@@ -49,7 +49,7 @@ def _learner_metrics(settings) -> str:
 def test_an_overflowing_row_pauses_the_model_and_rollback_recovers_it(settings, pg_conn,
                                                                        tmp_path):
     settings = fast(settings)
-    table = deployed_xy_table(settings, pg_conn, "overflow", "overflow", CUBIC)
+    table = deployed_xy_table(settings, pg_conn, "overflow", "overflow", QUARTIC)
     paused_metric = 'rowcast_model_paused{deployment="overflow",reason="non_finite"}'
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         insert_xy(pg_conn, table, range(50))
@@ -104,14 +104,14 @@ def test_a_model_broken_before_its_first_version_rolls_back_to_the_fresh_model(s
     (it answered "has no model version 0" and the deployment never learned again).
 
     ``first``: x = 1e300 as the very first label left a finite model (the scaler's mean at
-    1e300; here 1e225, the cube of 1e75) that was checkpointed, and then refused every
+    1e300; here 1e200, 1e50 to the fourth power) that was checkpointed, and then refused every
     ordinary row, for good; a state number whose square overflows now counts as broken, so the
     row that put it there is the one refused."""
     # one transaction, learned well within a checkpoint interval: no version precedes the row
     # (3 s was too short for a custom model, whose first batch came later: a version of
     # positions alone was written first)
     settings = fast(settings).model_copy(update={"learner_checkpoint_s": 10.0})
-    table = deployed_xy_table(settings, pg_conn, "overflow0", "overflow0", CUBIC)
+    table = deployed_xy_table(settings, pg_conn, "overflow0", "overflow0", QUARTIC)
     with Pipeline(settings, tmp_path / "logs") as pipeline:
         with pg_conn.transaction():
             if huge_row == "first":
@@ -198,7 +198,7 @@ def test_a_feature_too_large_to_learn_from_is_a_dead_letter_and_learning_goes_on
         letters = [DeadLetter.decode(r.value) for r in drain(settings, settings.dlq_topic, 1)]
         assert [(d.stage, d.reason, orjson.loads(d.key)) for d in letters] == [
             ("score", "bad_feature", {"id": 1000})]
-        assert "column 'x'" in letters[0].error and "beyond ±1e+75" in letters[0].error
+        assert "column 'x'" in letters[0].error and "beyond ±1e+50" in letters[0].error
         assert counters(pg_conn, "hugefeature")["non_finite"] == 0
         done = rowcast_cli(settings, "status", "--json", "--samples", "1")
         status = next(d for d in orjson.loads(done.stdout)["deployments"]

@@ -288,19 +288,20 @@ def test_a_snapshot_reads_label_is_not_read_so_a_bad_or_missing_one_is_no_dead_l
     assert [p.key for p in out.predictions] == [{"id": 1}, {"id": 2}] and out.rejected == []
 
 
-@pytest.mark.parametrize("amount", [1e300, -1e300, 2e154, "1e200"])
+@pytest.mark.parametrize("amount", [1e300, -1e300, 2e154, "1e200", 1e77, -1.01e50])
 def test_a_regression_label_whose_square_overflows_is_a_bad_label_and_the_row_is_scored(
         amount: object) -> None:
     """A finite label beyond ~1.3e154 cannot be learned: river's own squared error of it
     raises OverflowError, which paused learning of the whole deployment until an operator
-    rolled back (found by hand: one row of a double column at 1e308). It is refused at the
+    rolled back (found by hand: one row of a double column at 1e308); and a tree regressor's
+    sum of squared errors was broken by a label of 1e77. Beyond 1e50 it is refused at the
     scorer, with the row's prediction still made, and the next labels are learned."""
     serving = ServingSet.fresh([deployment()])
     row = {"id": 1, "age": 30, "income": "10", "city": "Lyon", "amount": amount}
-    out = serving.handle([event(1, row), event(2, {**row, "id": 2, "amount": 1e150})])
+    out = serving.handle([event(1, row), event(2, {**row, "id": 2, "amount": 1e50})])
     assert [(r.reason, "cannot be learned" in r.message) for r in out.rejected] == [
         ("bad_label", True)]
     assert [p.key for p in out.predictions] == [{"id": 1}, {"id": 2}]
-    assert [(e.kind, e.y) for e in out.labels] == [("scored", None), ("labelled", 1e150)]
+    assert [(e.kind, e.y) for e in out.labels] == [("scored", None), ("labelled", 1e50)]
     learner = DeploymentLearner.fresh(deployment(), MemoryPending())
     assert learner.apply(out.labels) == 1 and learner.broken is None
