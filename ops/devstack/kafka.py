@@ -305,6 +305,8 @@ class KafkaServer:
         if exited():
             reason = None
             with contextlib.suppress(OSError), open(self.log_file, "rb") as log:
+                if proc is None:  # not launched by this process: its log may be an old run's
+                    raise OSError
                 log.seek(self._log_start)
                 reason = exit_reason(log.read().decode("utf-8", "replace"))
             raise DevStackError(f"Kafka exited (code {proc.returncode if proc else '?'})"
@@ -377,6 +379,7 @@ class PortTaken(DevStackError):
         self.address = address
 
 
+_LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d ")  # log4j's "[2026-11-30 12:22:00,259] LEVEL ..."
 _EXCEPTION_LINE = re.compile(r"^(?:Caused by: )?[\w.$]+(?:Exception|Error): (.+)$")
 
 
@@ -396,7 +399,12 @@ def exit_reason(log: str) -> str | None:
     errors = [i for i, line in enumerate(lines) if " ERROR " in line]
     if not errors:
         return None
-    messages = [m.group(1).strip() for line in lines[errors[-1]:]
+    block = [lines[errors[-1]]]
+    for line in lines[errors[-1] + 1:]:  # its stack trace: up to the next log line
+        if _LOG_LINE.match(line):
+            break
+        block.append(line)
+    messages = [m.group(1).strip() for line in block
                 if (m := _EXCEPTION_LINE.match(line.strip()))]
     specific = [m for m in messages if any(c.isdigit() or c == "/" for c in m)]
     if specific or messages:
@@ -461,6 +469,9 @@ class KafkaCluster:
     def start(self, timeout_s: float = 120.0) -> None:
         """Launch every node, then wait for each (none answers before a quorum runs)."""
         cluster_id = self._cluster_id()
+        for server in self.servers:  # every port first: a refusal leaves no node running
+            if not server.is_running():
+                server.check_ports()
         for server in self.servers:
             server.cluster_id = cluster_id
             server.launch()

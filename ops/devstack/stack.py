@@ -44,6 +44,10 @@ class DevStack:
         pg_port = urlparse(settings.postgres_dsn.get_secret_value()).port or DEV_POSTGRES_PORT
         kafka_port = int(settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
         controller = settings.kafka_controller_port or kafka_port + 1
+        if controller > 65535 or controller == kafka_port:
+            raise DevStackError(f"the dev Kafka's controller port {controller} cannot be used "
+                                f"beside broker port {kafka_port}: set "
+                                "ROWCAST_KAFKA_CONTROLLER_PORT to another")
         self.postgres = PostgresServer(postgres_home(state) / "data", pg_port)
         cluster_dir = state / "kafka-cluster"
         if brokers is None:
@@ -66,8 +70,9 @@ class DevStack:
             self.kafka.start()
         except PortTaken as taken:
             if self.kafka is self.cluster:
-                hint = ("a cluster listens on the six ports from ROWCAST_KAFKA_BOOTSTRAP's; "
-                        "choose another there")
+                hint = (f"a cluster of {len(self.cluster.ports)} listens on "
+                         f"{2 * len(self.cluster.ports)} ports from ROWCAST_KAFKA_BOOTSTRAP's "
+                         "first; choose another there")
             elif taken.role == "controller":
                 hint = "choose another with ROWCAST_KAFKA_CONTROLLER_PORT"
             else:

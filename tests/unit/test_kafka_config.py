@@ -187,3 +187,37 @@ def test_a_taken_port_is_found_before_the_broker_starts(tmp_path) -> None:
     assert "\n" not in message
     assert f"127.0.0.1:{port}" in message and "controller" in message
     KafkaServer(tmp_path, free_port(), free_port()).check_ports()  # both free: no error
+
+
+def test_the_reason_is_read_from_the_fatal_error_alone() -> None:
+    """A later shutdown-time exception (with a number in it) is not the reason."""
+    from rowcast.ops.devstack.kafka import exit_reason
+
+    log = (BIND_FAILURE_LOG.read_text().replace("Caused by: java.net.BindException", "X")
+           + "[2026-11-30 12:22:01,000] INFO shutting down (kafka.Kafka)\n"
+           "org.apache.kafka.common.errors.TimeoutException: Timed out after 5000 ms\n")
+    assert exit_reason(log) == \
+        "Socket server failed to bind to 127.0.0.1:37755: Address already in use."
+
+
+def test_a_cluster_refused_for_a_taken_port_starts_no_node(tmp_path) -> None:
+    """Node 2's port taken: node 1 was launched first and left running on its old ports."""
+    import socket
+
+    from rowcast.core.errors import DevStackError
+    from rowcast.ops.devstack.kafka import KafkaCluster
+    from rowcast.ops.devstack.process import free_port
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        cluster = KafkaCluster(tmp_path, [free_port(), taken.getsockname()[1], free_port()],
+                               [free_port(), free_port(), free_port()])
+        launched = []
+        for server in cluster.servers:
+            server.launch = lambda s=server: launched.append(s.node_id)  # no JVM in a unit test
+        try:
+            cluster.start()
+        except DevStackError as err:
+            assert "broker port" in str(err)
+        else:
+            raise AssertionError("a taken port went unnoticed")
+    assert launched == []
