@@ -58,10 +58,12 @@ def wait_for_deployments(settings: Settings, stop: threading.Event,
     init`` made rowcast's tables, or before the first deployment. Says once what it waits for."""
     import psycopg
 
+    from rowcast.core import liveness
     from rowcast.streams.following import DeploymentFollower
 
     said = None
     while True:
+        liveness.beat()  # waiting for `rowcast init` or a deployment is not a stall
         try:
             deployments, as_of_us = DeploymentFollower.read(settings)
             waiting = "no deployments yet; waiting for `rowcast deploy` (or rowcast.deploy())"
@@ -130,19 +132,25 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
         raise SystemExit(1)
     allow_custom_modules(settings.allowed_model_modules())
     metrics.serve(settings.worker_metrics_port, settings, "worker")
-    deployments, as_of_us = wait_for_deployments(settings, threading.Event())
     # faust's event loop runs the refresh timer below every deployment_refresh_s, and it beats:
-    # a blocked loop, or a refresh that never returns, exits. Watched from the first tick (the
-    # timers start once faust has joined its group, which takes a rebalance).
-    watchdog = Watchdog("worker", settings.stall_exit_s)
+    # a blocked loop, or a refresh that never returns, exits. Startup is watched too, each step
+    # beating: it makes blocking kafka-python calls (topics, the model feed's catch-up), whose
+    # waits have no deadline in 3.0.12 (its issue 3121), and a child once sat silent there
+    # for good while its supervisor waited (the other processes watch their startup already)
+    Watchdog("worker", settings.stall_exit_s).start()
+    deployments, as_of_us = wait_for_deployments(settings, threading.Event())
+    liveness.beat()
     ensure_deployment_topics(settings, [d.name for d in deployments])
+    liveness.beat()
     feed = ModelFeed(settings, signing_key(settings))
     feed.catch_up()  # serve the learner's latest versions from the first row on
+    liveness.beat()
     serving = ServingSet.fresh(deployments, feed.lookup)
     feed.serve(serving)
     follower = DeploymentFollower(settings, serving, as_of_us)
     follower.report()  # deployments whose model cannot be built: logs, metric, rowcast status
     ensure_topics(settings, [settings.source_topic(s, t) for s, t in serving.tables()])
+    liveness.beat()  # the first timer tick comes once faust has joined its group
     app = create_app(settings)
     reload_requested = threading.Event()
 
@@ -170,8 +178,6 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
     @app.timer(interval=settings.deployment_refresh_s)
     async def refresh_deployments() -> None:
         liveness.beat()
-        if watchdog.thread is None:
-            watchdog.start()
         if os.getppid() != parent:
             log.error("the supervising rowcast worker is gone; stopping")
             signal.raise_signal(signal.SIGTERM)

@@ -82,3 +82,24 @@ def test_a_worker_whose_event_loop_stops_coming_round_is_replaced_by_its_supervi
         assert pipeline.procs["worker"].poll() is None  # the supervisor itself stays up
         wait_until(lambda: pipeline.log_tail("worker", 10**6).count("scoring 1 deployment(s)") >= 2,
                    timeout_s=60, message=lambda: pipeline.log_tail("worker"))
+
+
+def test_a_worker_stuck_while_starting_is_replaced_by_its_supervisor(
+        settings, pg_conn, pg_server, tmp_path):
+    """Startup is watched like the loop: a child that never reached faust (it sat silent for
+    good once, while its supervisor waited; kafka-python 3.0.12's blocking calls made during
+    startup have no deadline) exits with 75 and a fresh one is started. The stuck call here is
+    the first read of rowcast.deployments, waiting for a lock another session holds."""
+    settings = settings.model_copy(update={"stall_exit_s": 3.0, "deployment_refresh_s": 0.5})
+    deployed_xy_table(settings, pg_conn, "stuck_start", "stuckstart")
+    with psycopg.connect(pg_server.dsn) as holder:
+        holder.execute("LOCK TABLE rowcast.deployments IN ACCESS EXCLUSIVE MODE")
+        with Pipeline(settings, tmp_path / "logs", names=("worker",)) as pipeline:
+            wait_until(lambda: "restarting the scoring worker" in pipeline.log_tail("worker", 10**6),
+                       timeout_s=60, message=lambda: pipeline.log_tail("worker"))
+            assert "worker: its loop has not come round for " in pipeline.log_tail("worker", 400)
+            assert "scoring 1 deployment(s)" not in pipeline.log_tail("worker", 10**6)
+            holder.rollback()
+            wait_until(lambda: "scoring 1 deployment(s)" in pipeline.log_tail("worker", 10**6),
+                       timeout_s=60, message=lambda: pipeline.log_tail("worker"))
+            assert pipeline.procs["worker"].poll() is None  # the supervisor itself stays up
