@@ -185,7 +185,10 @@ def lock_control(conn: psycopg.Connection, deployment: str, epoch: int,
 # a requested rollback target and versions that still have their snapshot. Each checkpoint
 # looks only at versions that crossed an age boundary since the last one (a watermark per
 # tier in rowcast.model_control), at most THIN_BATCH per tier, so its cost does not grow with
-# the history, and a learner that was down catches up over a few checkpoints.
+# the history, and a learner that was down catches up over a few checkpoints. The batch's
+# versions to delete are one array (an index lookup each, whatever the planner guesses): a
+# join of the batch with the deployment's versions was planned, on stale statistics, as a loop
+# over every version running the first-of-bucket lookup per pair (10-48 s a checkpoint).
 KEEP_ALL_S = 86400.0
 HOURLY_FOR_S = 30 * 86400.0
 THIN_BATCH = 1000
@@ -194,20 +197,23 @@ _THIN = """
 WITH c AS (SELECT pinned_version, rollback_to, thinned_hourly_to, thinned_daily_to
              FROM rowcast.model_control WHERE deployment = %(d)s),
 batch AS (
-    SELECT v.version, v.created_at, v.snapshot IS NULL AS bare FROM rowcast.model_versions v
+    SELECT v.version, v.created_at, v.snapshot IS NULL AS bare,
+           v.version = (SELECT e.version FROM rowcast.model_versions e  -- first of its bucket
+                         WHERE e.deployment = %(d)s
+                           AND e.created_at >= date_trunc(%(unit)s, v.created_at)
+                         ORDER BY e.created_at LIMIT 1) AS first
+      FROM rowcast.model_versions v
      WHERE v.deployment = %(d)s
        AND v.created_at > coalesce((SELECT {mark} FROM c), '-infinity')
        AND v.created_at <= {upto}
      ORDER BY v.created_at LIMIT %(batch)s),
 gone AS (
-    DELETE FROM rowcast.model_versions v USING batch b
-     WHERE v.deployment = %(d)s AND v.version = b.version AND b.bare AND v.version <> %(latest)s
+    DELETE FROM rowcast.model_versions v
+     WHERE v.deployment = %(d)s
+       AND v.version = ANY (ARRAY(SELECT b.version FROM batch b WHERE b.bare AND NOT b.first))
+       AND v.version <> %(latest)s
        AND v.version IS DISTINCT FROM (SELECT pinned_version FROM c)
        AND v.version IS DISTINCT FROM (SELECT rollback_to FROM c)
-       AND b.version <> (SELECT e.version FROM rowcast.model_versions e  -- first of its bucket
-                          WHERE e.deployment = %(d)s
-                            AND e.created_at >= date_trunc(%(unit)s, b.created_at)
-                          ORDER BY e.created_at LIMIT 1)
     RETURNING 1)
 UPDATE rowcast.model_control SET {mark} = coalesce((SELECT max(created_at) FROM batch), {mark})
  WHERE deployment = %(d)s
