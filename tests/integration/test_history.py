@@ -128,7 +128,7 @@ def test_a_thinning_step_touches_its_batch_not_the_whole_history(settings, pg_co
     300,000-row test, 8 s alone). Counted in buffers, not seconds: the work of one step."""
     init_database(pg_conn, settings)
     versions.claim(pg_conn, "bigold")
-    _synthetic(pg_conn, "bigold", 1, 200_000, 20 * 3600, 0.2)
+    _synthetic(pg_conn, "bigold", 1, 20_000, 20 * 3600, 0.2)
     pg_conn.execute("ANALYZE rowcast.model_versions")  # 'young' has no rows yet in the stats
     versions.claim(pg_conn, "young")
     _synthetic(pg_conn, "young", 1, 40 * 144, 40 * DAY - 300, 600.0)
