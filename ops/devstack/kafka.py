@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rowcast.core.errors import DevStackError
-from rowcast.ops.devstack.process import pid_alive, read_pid, terminate, wait_for
+from rowcast.ops.devstack.process import pid_alive, read_pid, terminate, terminate_all, wait_for
 
 READY = "READY"
 
@@ -479,8 +479,13 @@ class KafkaCluster:
             server.wait_ready(timeout_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        for server in reversed(self.servers):
-            server.stop(timeout_s)
+        """Every node at once (:func:`terminate_all`: stopped one by one, the last waited for
+        a quorum that had gone)."""
+        running = [(server, pid) for server in self.servers
+                   if (pid := read_pid(server.pid_file)) is not None]
+        terminate_all([pid for _, pid in running], timeout_s)
+        for server in self.servers:
+            server.pid_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """kill -9 of every node (a test's last resort: nothing may be left running)."""
