@@ -220,10 +220,17 @@ def thin_durability(created: Iterable[TopicLayout], brokers: int) -> str | None:
             "ROWCAST_TOPIC_MIN_INSYNC_REPLICAS=2 or the brokers' min.insync.replicas")
 
 
+CHECK_BOOTSTRAP_MS = 10_000  # an operator waiting on a command (kafka-python's default: 30 s)
+
+
 def check_kafka(settings: Settings) -> None:
     """Connect and list topics once, so a command fails before it changes anything when Kafka
-    is unreachable or refuses the credentials (raises kafka-python's error)."""
-    admin = make_admin(settings)
+    is unreachable or refuses the credentials (raises kafka-python's error). Gives up after
+    :data:`CHECK_BOOTSTRAP_MS`: `rowcast deploy` against a broker that refused every
+    connection said so after 32 s."""
+    admin = KafkaAdminClient(**settings.kafka_client_config(),
+                             client_id=f"{settings.kafka_client_id}-admin",
+                             bootstrap_timeout_ms=CHECK_BOOTSTRAP_MS)
     try:
         admin.list_topics()
     finally:

@@ -221,3 +221,28 @@ def test_a_cluster_refused_for_a_taken_port_starts_no_node(tmp_path) -> None:
         else:
             raise AssertionError("a taken port went unnoticed")
     assert launched == []
+
+
+def test_an_operator_command_gives_up_on_an_unreachable_broker_after_ten_seconds(
+        monkeypatch) -> None:
+    """`rowcast deploy` against a broker refusing every connection said so after 32 s
+    (kafka-python's 30 s bootstrap): its check now gives up after CHECK_BOOTSTRAP_MS."""
+    from rowcast.connectors import kafka_clients
+    from rowcast.core.settings import Settings
+
+    made: list[dict] = []
+
+    class Admin:
+        def __init__(self, **config) -> None:
+            made.append(config)
+
+        def list_topics(self) -> list[str]:
+            return []
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(kafka_clients, "KafkaAdminClient", Admin)
+    kafka_clients.check_kafka(Settings(_env_file=None))
+    assert made[0]["bootstrap_timeout_ms"] == kafka_clients.CHECK_BOOTSTRAP_MS == 10_000
+    assert made[0]["bootstrap_servers"] == ["127.0.0.1:19092"]
