@@ -135,8 +135,8 @@ def run_child(settings: Settings, loglevel: str = "info") -> None:
     # faust's event loop runs the refresh timer below every deployment_refresh_s, and it beats:
     # a blocked loop, or a refresh that never returns, exits. Startup is watched too, each step
     # beating: it makes blocking kafka-python calls (topics, the model feed's catch-up), whose
-    # waits have no deadline in 3.0.12 (its issue 3121), and a child once sat silent there
-    # for good while its supervisor waited (the other processes watch their startup already)
+    # waits have no deadline in 3.0.12 (its issue 3121), and a child once sat silent there for
+    # over 90 s, its supervisor waiting (the other processes watch their startup already)
     Watchdog("worker", settings.stall_exit_s).start()
     deployments, as_of_us = wait_for_deployments(settings, threading.Event())
     liveness.beat()
