@@ -8,7 +8,6 @@ the scorer's faust and river modules (they would cost each of them ~80 MB of RSS
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 
@@ -65,7 +64,10 @@ def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # the C library the interpreter already runs on: ctypes.util.find_library spawned
+        # `/sbin/ldconfig -p` in every process at start (a stray child the worker's
+        # supervision test once took for the faust child)
+        libc = ctypes.CDLL(None)
         return bool(libc.mallopt(_M_ARENA_MAX, arenas))
     except (OSError, AttributeError):  # not glibc
         return False

@@ -55,3 +55,27 @@ def test_the_supervisor_starts_the_child_with_that_environment(monkeypatch: pyte
     assert stopped.value.code == 0
     [env] = started
     assert env["MALLOC_ARENA_MAX"] == "2" and env[worker.SUPERVISOR_ENV].isdigit()
+
+
+def test_capping_malloc_arenas_starts_no_process(monkeypatch: pytest.MonkeyPatch):
+    """Every rowcast process caps its arenas at start: ctypes.util.find_library ran
+    `/sbin/ldconfig -p` for it, a stray child of each (the supervision test once took it for
+    the worker's faust child)."""
+    import sys
+
+    from rowcast.streams.memory_policy import cap_malloc_arenas
+
+    spawned: list[object] = []
+    watching = [True]
+
+    def hook(event: str, args: tuple) -> None:
+        if watching[0] and event in ("subprocess.Popen", "os.posix_spawn", "os.fork"):
+            spawned.append(args)
+
+    sys.addaudithook(hook)  # an audit hook cannot be removed: it goes quiet below
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    try:
+        assert cap_malloc_arenas() is True  # glibc here
+    finally:
+        watching[0] = False
+    assert spawned == []
