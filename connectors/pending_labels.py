@@ -16,6 +16,8 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from rowcast.connectors.copy_text import copy_text, timestamp_text
+
 DDL = """
 CREATE TABLE IF NOT EXISTS rowcast.pending_labels (
     deployment  text NOT NULL,
@@ -65,6 +67,37 @@ def held_labels(conn: psycopg.Connection, deployment: str, generation: str) -> i
     """Labels of this generation the learner holds because their row's features never came."""
     return conn.execute("SELECT count(*) FROM rowcast.held_labels WHERE deployment = %s "
                         "AND generation = %s", (deployment, generation)).fetchone()[0]
+
+
+_COPY_MARKERS = ("COPY rowcast.learned_labels (deployment, generation, pk, entry, learned_at) "
+                 "FROM STDIN")
+
+
+def _marker_lines(scope: list[str], kept: list[tuple[bytes, dict[str, Any]]]) -> bytes:
+    r"""Learned-row markers in COPY's text format, as bytes. The key (``key_id``) and the
+    entry are JSON from orjson, without raw control characters, but their backslashes are
+    escaped; a checkpoint's markers share a few commit times, each turned into text once.
+
+    >>> lines = _marker_lines(["d", "g"], [(b'{"k":"a\\b"}', {"y": 1, "at_us": 0})])
+    >>> print(lines.decode().replace("\t", " | "), end="")
+    d | g | {"k":"a\\b"} | {"y":1,"at_us":0} | 1970-01-01T00:00:00+00:00
+    """
+    prefix = "".join(copy_text(part) + "\t" for part in scope).encode()
+    stamps: dict[int, bytes] = {}
+    dumps = orjson.dumps
+    # appended as made: orjson's output lives in a 4 KiB allocation whatever its length, and
+    # keeping one per marker until a join touched a fresh page each (2.6 against 0.3 µs)
+    out = bytearray()
+    for key, entry in kept:
+        at = entry["at_us"]
+        stamp = stamps.get(at) or stamps.setdefault(at, f"\t{timestamp_text(at)}\n".encode())
+        value = dumps(entry)
+        out += prefix
+        out += key.replace(b"\\", b"\\\\") if b"\\" in key else key
+        out += b"\t"
+        out += value.replace(b"\\", b"\\\\") if b"\\" in value else value
+        out += stamp
+    return bytes(out)
 
 
 _TABLES = {  # what PgPending keeps: table, time column, keyed by generation too
@@ -171,8 +204,7 @@ class PgPending:
                 name = sql.Identifier(table)
                 dirty = self.dirty[kind]
                 gone = [k.decode() for k, v in dirty.items() if v is None]
-                kept = [{"pk": k.decode(), "entry": v, "at": v["at_us"]}
-                        for k, v in dirty.items() if v is not None]
+                kept = [(k, v) for k, v in dirty.items() if v is not None]
                 where = sql.SQL("deployment = %s" + (" AND generation = %s" if by_generation
                                                      else ""))
                 scope = [self.deployment] + ([self.generation] if by_generation else [])
@@ -180,9 +212,7 @@ class PgPending:
                     cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE {} AND pk = ANY(%s)")
                                 .format(name, where), [*scope, gone])
                 if kept:  # one statement per map, whatever the number of rows
-                    # the rows as one JSON document (orjson, in C): three text arrays were
-                    # dumped element by element in Python, ~5 us per learned row
-                    self._write(cur, kind, scope, orjson.dumps(kept).decode())
+                    self._write(cur, kind, scope, kept)
                 if by_generation and not self._others_dropped:
                     # other generations' rows are of no use any more: dropped by the first
                     # checkpoint of this generation here (not by every one: the test was a
@@ -198,32 +228,44 @@ class PgPending:
         self._others_dropped = True  # committed with this checkpoint, or all of it is forgotten
         return expired["features"], expired["held"]
 
-    def _write(self, cur: psycopg.Cursor, kind: str, scope: list[str], rows: str) -> None:
-        """Insert or replace ``rows`` (a JSON array) in the map's table.
+    def _write(self, cur: psycopg.Cursor, kind: str, scope: list[str],
+               kept: list[tuple[bytes, dict[str, Any]]]) -> None:
+        """Insert or replace ``kept`` (key, entry) in the map's table.
 
         A learned-row marker is new but for a row deleted and inserted again with its key
-        (learned again, by design): a plain INSERT in a savepoint, and the upsert only when it
-        meets a stored marker. The upsert's speculative insertion probed the primary key once
-        per row first: 5.7 vs 3.9 µs of server CPU per marker, on the learner's critical path."""
+        (learned again, by design): a plain ``COPY`` in a savepoint, and the upsert only when
+        it meets a stored marker. The markers are most of what a checkpoint writes in a bulk
+        load, and the learner waits for them: the INSERT from one JSON document was two
+        thirds of each checkpoint and a sixth of the learner's wall time (200k labelled rows,
+        py-spy); COPY costs the server less per row (see ``bench``'s note in issue 15). The
+        upsert's speculative insertion probed the primary key once per row first: 5.7 vs 3.9
+        µs of server CPU per marker."""
         table, at, by_generation = _TABLES[kind]
+        if kind == "learned":
+            try:
+                lines = _marker_lines(scope, kept)
+            except (OverflowError, ValueError):  # a time no timestamptz literal here can say
+                lines = None
+            if lines is not None:
+                try:
+                    with self.conn.transaction(), cur.copy(_COPY_MARKERS) as copy:
+                        copy.write(lines)
+                    return
+                except psycopg.errors.UniqueViolation:
+                    pass
         columns = "deployment, generation, pk, entry, " if by_generation \
             else "deployment, pk, entry, "
         conflict = "deployment, generation, pk" if by_generation else "deployment, pk"
-        insert = sql.SQL(
+        # the rows as one JSON document (orjson, in C): three text arrays were dumped element
+        # by element in Python, ~5 us per learned row
+        cur.execute(sql.SQL(
             "INSERT INTO rowcast.{} (" + columns + "{}) SELECT " + "%s, " * len(scope)
             + "u.pk, u.entry, to_timestamp(u.at / 1e6) FROM json_to_recordset(%s::json) AS "
-            "u(pk text, entry json, at float8)").format(sql.Identifier(table),
-                                                         sql.Identifier(at))
-        if kind == "learned":
-            try:
-                with self.conn.transaction():
-                    cur.execute(insert, [*scope, rows])
-                return
-            except psycopg.errors.UniqueViolation:
-                pass
-        cur.execute(insert + sql.SQL(
-            " ON CONFLICT (" + conflict + ") DO UPDATE SET entry = EXCLUDED.entry, "
-            "{} = EXCLUDED.{}").format(sql.Identifier(at), sql.Identifier(at)), [*scope, rows])
+            "u(pk text, entry json, at float8) ON CONFLICT (" + conflict + ") DO UPDATE SET "
+            "entry = EXCLUDED.entry, {} = EXCLUDED.{}").format(
+                sql.Identifier(table), sql.Identifier(at), sql.Identifier(at),
+                sql.Identifier(at)), [*scope, orjson.dumps(
+                    [{"pk": k.decode(), "entry": v, "at": v["at_us"]} for k, v in kept]).decode()])
 
     def forget(self) -> None:
         """Drop unflushed changes (after a failed checkpoint or on restore)."""

@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from prometheus_client import Histogram
 
 from rowcast.connectors import position_history
+from rowcast.connectors.copy_text import copy_text
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.core import liveness, metrics
 from rowcast.core.dead_letter import DeadLetter
@@ -128,14 +129,6 @@ def predictions_pattern(settings: Settings) -> str:
     return rf"^{re.escape(settings.topic_prefix)}\.predictions\..+"
 
 
-def _copy_text(value: str) -> str:
-    """A string as a field of COPY's text format (backslash, tab and line breaks escaped)."""
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-                .replace("\r", "\\r"))
-    return value
-
-
 def copy_lines(records: Sequence[PredictionRecord]) -> bytes:
     """The batch in COPY text format, one line per record, staged columns in order.
 
@@ -145,13 +138,13 @@ def copy_lines(records: Sequence[PredictionRecord]) -> bytes:
     names: dict[str, str] = {}  # deployment, schema, table and model repeat within a batch
     lines = []
     for r in records:
-        dep = names.get(r.deployment) or names.setdefault(r.deployment, _copy_text(r.deployment))
-        schema = names.get(r.schema) or names.setdefault(r.schema, _copy_text(r.schema))
-        table = names.get(r.table) or names.setdefault(r.table, _copy_text(r.table))
-        model = names.get(r.model) or names.setdefault(r.model, _copy_text(r.model))
+        dep = names.get(r.deployment) or names.setdefault(r.deployment, copy_text(r.deployment))
+        schema = names.get(r.schema) or names.setdefault(r.schema, copy_text(r.schema))
+        table = names.get(r.table) or names.setdefault(r.table, copy_text(r.table))
+        model = names.get(r.model) or names.setdefault(r.model, copy_text(r.model))
         score = "\\N" if r.score is None else repr(float(r.score))
-        lines.append(f"{dep}\t{schema}\t{table}\t{_copy_text(stored_key(r.key))}\t"
-                     f"{_copy_text(orjson.dumps(r.prediction).decode())}\t{score}\t{model}\t"
+        lines.append(f"{dep}\t{schema}\t{table}\t{copy_text(stored_key(r.key))}\t"
+                     f"{copy_text(orjson.dumps(r.prediction).decode())}\t{score}\t{model}\t"
                      f"{int(r.model_version)}\t{int(r.source_lsn)}\t{int(r.source_commit_us)}\t"
                      f"{int(r.scored_at_us)}\n")
     return "".join(lines).encode()
