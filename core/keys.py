@@ -104,7 +104,7 @@ def key_id(key: Mapping[str, Any]) -> bytes:
     Copied out of orjson's buffer, because these are kept: ``orjson.dumps`` (3.12 and later)
     returns its output in an allocation of at least 4 KiB, whatever the length, and the
     learner keeps every key it saw since its last checkpoint (``learner_checkpoint_every``,
-    5,000 labels and more: ~20-45 MB, issue 15). The copy costs ~90 ns.
+    thousands of labels: ~20-45 MB when it was 5,000, issue 15). The copy costs ~90 ns.
 
     >>> key_id({"b": 1, "a": "x"})
     b'{"a":"x","b":1}'

@@ -242,7 +242,12 @@ class Settings(BaseSettings):
         1.0, gt=0, description="The learner checkpoints (a new model version) at most this often "
         "while labels arrive; scorers hot-swap to each new version.")
     learner_checkpoint_every: int = Field(
-        5000, ge=1, description="...or after this many label events, whichever comes first.")
+        20000, ge=1, description="...or after this many label events, whichever comes first. "
+        "In a bulk load the count decides: with 5,000, a checkpoint came every ~0.35 s and "
+        "checkpoints took a quarter of the learner's time (200,000 labelled rows, py-spy); "
+        "20,000 learned 7 % more labels a second for ~8 MB more memory (the learner keeps "
+        "what it learned since its last checkpoint, ~0.34 kB a label); at 20,000 labels/s "
+        "the count and the time agree.")
     learner_batch_size: int = Field(
         2000, ge=1, description="About how many label events a learner polls at once (in "
         "records: a scorer's batch record holds hundreds, so it asks for fewer records).")
