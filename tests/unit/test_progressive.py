@@ -216,3 +216,32 @@ def test_a_river_release_changing_the_confusion_matrix_leaves_rivers_update_in_u
         theirs[2].update(y_true, proba)
     assert ours._routes[2] == []
     assert [v.hex() for v in ours.values().values()] == [float(m.get()).hex() for m in theirs]
+
+
+def test_multiclass_metrics_stay_rivers_bit_for_bit() -> None:
+    """Accuracy's matrix is tallied for any labels (its keys go in first-seen order, as
+    river's own updates put them); MacroF1 and CrossEntropy keep river's updates."""
+    import pickle
+    import random
+
+    from river import metrics as river_metrics
+
+    rng = random.Random(11)
+    classes = ["Lyon", "Oslo", "Lima", 3, True]
+    ours = OnlineMetrics("multiclass")
+    theirs = [river_metrics.Accuracy(), river_metrics.MacroF1(), river_metrics.CrossEntropy()]
+    for i in range(4000):
+        weights = [rng.random() for _ in classes]
+        proba = {c: w / sum(weights) for c, w in zip(classes, weights, strict=True)}
+        y_true, label = rng.choice(classes), max(proba, key=proba.get)
+        ours.observe(y_true, label, proba)
+        theirs[0].update(y_true, label)
+        theirs[1].update(y_true, label)
+        theirs[2].update(y_true, proba)
+        if i == 2000:
+            ours = pickle.loads(pickle.dumps(ours))
+    assert len(ours._routes[2]) == 1  # Accuracy was tallied
+    assert [v.hex() for v in ours.values().values()] == [float(m.get()).hex() for m in theirs]
+    from rowcast.models.progressive import _matrix
+    assert _matrix(ours.metrics["Accuracy"].cm) == _matrix(theirs[0].cm)
+    assert list(ours.metrics["Accuracy"].cm.sum_row) == list(theirs[0].cm.sum_row)
