@@ -100,6 +100,9 @@ def _marker_lines(scope: list[str], kept: list[tuple[bytes, dict[str, Any]]]) ->
     return bytes(out)
 
 
+# what changed since a checkpoint, per map (features, held, learned): key -> entry, None = gone
+Changes = dict[str, dict[bytes, dict[str, Any] | None]]
+
 _TABLES = {  # what PgPending keeps: table, time column, keyed by generation too
     "features": ("pending_labels", "scored_at", False),
     "held": ("held_labels", "labelled_at", True),
@@ -122,9 +125,15 @@ class PgPending:
         self.conn = conn
         self.deployment = deployment
         self.generation = generation
-        self.cache: dict[str, dict[bytes, dict[str, Any] | None]] = {k: {} for k in _TABLES}
-        self.dirty: dict[str, dict[bytes, dict[str, Any] | None]] = {k: {} for k in _TABLES}
+        self.cache: Changes = {k: {} for k in _TABLES}
+        self.dirty: Changes = {k: {} for k in _TABLES}
         self._others_dropped = False  # other generations' rows: deleted by the next flush
+
+    @property
+    def settled(self) -> bool:
+        """Whether a checkpoint of this generation was written here already (the first one
+        also drops the rows of older generations)."""
+        return self._others_dropped
 
     def prefetch(self, keys: Iterable[bytes]) -> None:
         """One query for the three maps (a round trip per map and batch was a visible share
@@ -199,20 +208,10 @@ class PgPending:
         many features and how many held labels expired. Call inside the checkpoint's
         transaction."""
         expired = {}
+        self.write_changes(self.conn, self.dirty)
         with self.conn.cursor() as cur:
             for kind, (table, at, by_generation) in _TABLES.items():
                 name = sql.Identifier(table)
-                dirty = self.dirty[kind]
-                gone = [k.decode() for k, v in dirty.items() if v is None]
-                kept = [(k, v) for k, v in dirty.items() if v is not None]
-                where = sql.SQL("deployment = %s" + (" AND generation = %s" if by_generation
-                                                     else ""))
-                scope = [self.deployment] + ([self.generation] if by_generation else [])
-                if gone:
-                    cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE {} AND pk = ANY(%s)")
-                                .format(name, where), [*scope, gone])
-                if kept:  # one statement per map, whatever the number of rows
-                    self._write(cur, kind, scope, kept)
                 if by_generation and not self._others_dropped:
                     # other generations' rows are of no use any more: dropped by the first
                     # checkpoint of this generation here (not by every one: the test was a
@@ -228,8 +227,46 @@ class PgPending:
         self._others_dropped = True  # committed with this checkpoint, or all of it is forgotten
         return expired["features"], expired["held"]
 
-    def _write(self, cur: psycopg.Cursor, kind: str, scope: list[str],
-               kept: list[tuple[bytes, dict[str, Any]]]) -> None:
+    def hand_off(self) -> Changes:
+        """The changes since the last checkpoint, for a checkpoint written behind
+        (:meth:`write_changes` on another connection, while learning goes on): the maps start
+        empty, and what was handed off stays readable as if stored, so a key learned just
+        before reads as learned until its write commits (else a label arriving twice then
+        would be learned twice). If that write fails, the learner restores the last
+        checkpoint, and :meth:`forget` drops all of it.
+
+        >>> pending = PgPending(None, "d", "g")  # no query: every key below is known
+        >>> pending.mark_learned(b'{"id":1}', {"y": 1.0, "at_us": 0})
+        >>> changes = pending.hand_off()
+        >>> changes["learned"], pending.dirty["learned"]
+        ({b'{"id":1}': {'y': 1.0, 'at_us': 0}}, {})
+        >>> pending.learned(b'{"id":1}')
+        {'y': 1.0, 'at_us': 0}
+        """
+        changes, self.dirty = self.dirty, {k: {} for k in _TABLES}
+        self.cache = {kind: dict(entries) for kind, entries in changes.items()}
+        return changes
+
+    def write_changes(self, conn: psycopg.Connection, changes: Changes) -> None:
+        """Store ``changes`` (the dirty maps, or what :meth:`hand_off` returned) through
+        ``conn``, inside its open transaction: deletes, then one statement per map."""
+        with conn.cursor() as cur:
+            for kind, (table, _, by_generation) in _TABLES.items():
+                name = sql.Identifier(table)
+                dirty = changes[kind]
+                gone = [k.decode() for k, v in dirty.items() if v is None]
+                kept = [(k, v) for k, v in dirty.items() if v is not None]
+                where = sql.SQL("deployment = %s" + (" AND generation = %s" if by_generation
+                                                     else ""))
+                scope = [self.deployment] + ([self.generation] if by_generation else [])
+                if gone:
+                    cur.execute(sql.SQL("DELETE FROM rowcast.{} WHERE {} AND pk = ANY(%s)")
+                                .format(name, where), [*scope, gone])
+                if kept:  # one statement per map, whatever the number of rows
+                    self._write(conn, cur, kind, scope, kept)
+
+    def _write(self, conn: psycopg.Connection, cur: psycopg.Cursor, kind: str,
+               scope: list[str], kept: list[tuple[bytes, dict[str, Any]]]) -> None:
         """Insert or replace ``kept`` (key, entry) in the map's table.
 
         A learned-row marker is new but for a row deleted and inserted again with its key
@@ -248,7 +285,7 @@ class PgPending:
                 lines = None
             if lines is not None:
                 try:
-                    with self.conn.transaction(), cur.copy(_COPY_MARKERS) as copy:
+                    with conn.transaction(), cur.copy(_COPY_MARKERS) as copy:
                         copy.write(lines)
                     return
                 except psycopg.errors.UniqueViolation:

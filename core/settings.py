@@ -248,6 +248,11 @@ class Settings(BaseSettings):
         "20,000 learned 7 % more labels a second for ~8 MB more memory (the learner keeps "
         "what it learned since its last checkpoint, ~0.34 kB a label); at 20,000 labels/s "
         "the count and the time agree.")
+    learner_write_behind: bool = Field(
+        True, description="Write each checkpoint in a thread with a PostgreSQL connection of "
+        "its own while learning goes on (one in flight at most; a checkpoint that applies an "
+        "operator's rollback, pause or promotion, or records challengers and drift, is still "
+        "written in place). The learner used to wait for each checkpoint's server work.")
     learner_batch_size: int = Field(
         2000, ge=1, description="About how many label events a learner polls at once (in "
         "records: a scorer's batch record holds hundreds, so it asks for fewer records).")

@@ -13,7 +13,10 @@ publishes the snapshot to the compacted models topic for the scorers (no more of
 measured load time allows, :mod:`rowcast.models.cadence`: a big forest is published every few
 tens of seconds so a worker spends <= 5 % of its CPU unpickling), and commits the Kafka
 offset (only so lag tools see the learner's progress: the truth is the checkpoint); that order is
-written once, in :class:`Checkpointer`.
+written once, in :class:`Checkpointer`. The transaction is written behind when it may be
+(``learner_write_behind``, :meth:`Checkpointer.hand_off`): by a thread with its own connection
+(:mod:`rowcast.streams.write_behind`) while learning goes on, one in flight at most, and what
+follows its commit waits for it (:meth:`Learner._settle`).
 
 A model whose state, answer or metrics became non-finite (a finite but huge feature, 1e300,
 overflows a scaler's variance) is never checkpointed or published: the learner drops what it
@@ -30,6 +33,8 @@ import logging
 import pickle
 import threading
 import time
+from collections.abc import Collection
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +47,7 @@ from rowcast.connectors import operations, position_history, versions
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.kafka_clients import ensure_deployment_topics
 from rowcast.connectors.pending_labels import PgPending, has_expired
+from rowcast.connectors.postgres import connect
 from rowcast.connectors.registry import list_deployments
 from rowcast.connectors.versions import Checkpoint, Fenced, Redeployed
 from rowcast.core import liveness, metrics
@@ -57,6 +63,7 @@ from rowcast.models.learning import DeploymentLearner, LearnerState
 from rowcast.models.operations import ModelEvent
 from rowcast.models.scoring import OnlineModel
 from rowcast.models.snapshot import dump_snapshot, load_snapshot
+from rowcast.streams.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,23 @@ class Owned:
     load_cost: LoadCost = field(default_factory=LoadCost)
     last_publish: float = 0.0
     unpublished: tuple[int, int, bytes] | None = None  # (version, samples, snapshot) not sent yet
+
+
+# the write-behind connection's application_name: operators tell it from the learner's own
+CHECKPOINT_CONNECTION = "rowcast learner checkpoints"
+
+
+@dataclass
+class InFlight:
+    """A checkpoint handed to the write-behind thread (:meth:`Checkpointer.hand_off`): what
+    follows its commit (the version known, publication, the offset commit) waits for it."""
+
+    owned: Owned
+    future: Future  # (version, an operator's request waits for a checkpoint in place)
+    offset: int
+    samples: int
+    blob: bytes
+    started: float
 
 
 def is_label_batch(headers: object) -> bool:
@@ -191,6 +215,11 @@ class Learner(ConsumerRebalanceListener):
         self.key = key
         self.dead_letters = DeadLetterWriter(producer, settings.dlq_topic)
         self.checkpoints = Checkpointer(self)
+        # checkpoints written while learning goes on; one in flight at most (``inflight``)
+        self.behind = WriteBehind(lambda: connect(settings,
+                                                  application_name=CHECKPOINT_CONNECTION)) \
+            if settings.learner_write_behind else None
+        self.inflight: InFlight | None = None
         self.deployments: dict[str, Deployment] = {}
         self.active: dict[str, Owned] = {}
         self.subscribed: tuple[str, ...] = ()
@@ -263,6 +292,7 @@ class Learner(ConsumerRebalanceListener):
             self._subscribed_at = time.monotonic()
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._settle(dropping=revoked)
         self.paused -= set(revoked)
         for tp in revoked:
             owned = self.active.pop(tp.topic[len(self.prefix):], None)
@@ -363,11 +393,15 @@ class Learner(ConsumerRebalanceListener):
                 stop.wait(self.settings.deployment_refresh_s)
                 continue
             self.poll_once()
+        self._settle()
         for owned in list(self.active.values()):
             self._checkpoint(owned)
             self.checkpoints.publish_due(owned, force=True)  # the last version, for the scorers
+        if self.behind is not None:
+            self.behind.close()
 
     def poll_once(self) -> int:
+        self._settle(block=False)
         batch = self.consumer.poll(timeout_ms=100, max_records=self._poll_size.records())
         applied = polled = n_events = 0
         waited = {name for name, o in self.active.items() if len(o.learner.state.merge)}
@@ -415,7 +449,7 @@ class Learner(ConsumerRebalanceListener):
             due = owned.offset - owned.checkpointed_offset
             if due and (owned.since_checkpoint >= self.settings.learner_checkpoint_every
                         or now - owned.last_checkpoint >= self.settings.learner_checkpoint_s):
-                self._checkpoint(owned)
+                self._checkpoint(owned, behind=True)
             elif (owned.committed_offset != owned.checkpointed_offset
                   and now - owned.last_commit_try >= self.settings.learner_checkpoint_s):
                 self.checkpoints.commit_offset(owned)  # e.g. restored from a checkpoint whose commit failed
@@ -437,6 +471,8 @@ class Learner(ConsumerRebalanceListener):
         of the new generation was applied yet (the first one triggers this), so the offset is
         right; the next checkpoint is the new generation's first. The old generation's
         unsaved learning is dropped: its checkpoint would be refused (``Redeployed``)."""
+        if self._settle() is owned:  # its write failed: handled (restored or let go) already
+            return
         log.info("%s was redeployed (generation %s): learning a fresh model", d.name,
                  d.generation)
         owned.pending.forget()
@@ -453,12 +489,45 @@ class Learner(ConsumerRebalanceListener):
         owned.load_cost = LoadCost()  # another model: its snapshots cost what they cost
         self.active[d.name] = owned
 
-    def _checkpoint(self, owned: Owned, dropping: bool = False) -> None:
-        d = owned.learner.deployment
+    def _checkpoint(self, owned: Owned, dropping: bool = False, behind: bool = False) -> None:
+        """Checkpoint ``owned`` now; with ``behind``, in the write-behind thread when it may be
+        (:meth:`Checkpointer.hand_off`). Whatever is in flight settles first, so checkpoints
+        commit in the order they were taken."""
+        if self._settle(dropping=[owned.tp] if dropping else ()) is owned:
+            return  # its write in flight failed: handled (restored or let go) already
         try:
+            if behind and self.checkpoints.hand_off(owned):
+                return
             if not self.checkpoints.write(owned, dropping):
                 self._pause_broken(owned, owned.learner.health() or "non-finite", dropping)
-        except Redeployed as exc:
+        except (Redeployed, Fenced, psycopg.Error) as exc:
+            self._checkpoint_failed(owned, exc, dropping)
+
+    def _settle(self, block: bool = True,
+                dropping: Collection[TopicPartition] = ()) -> Owned | None:
+        """The checkpoint in flight, if any, once it is done (waited for with ``block``): what
+        follows its commit (:meth:`Checkpointer.landed`), or its failure handled as a
+        checkpoint's in place (``dropping``: partitions being handed over, not recovered).
+        Returns the deployment whose write failed, if one did."""
+        job = self.inflight
+        if job is None or (not block and not job.future.done()):
+            return None
+        self.inflight = None
+        owned = job.owned
+        try:
+            version, control_waits = job.future.result()
+        except (Redeployed, Fenced, psycopg.Error) as exc:
+            self._checkpoint_failed(owned, exc, owned.tp in dropping)
+            return owned
+        self.checkpoints.landed(job, version, owned.tp in dropping)
+        name = owned.learner.deployment.name
+        if control_waits and self.active.get(name) is owned and owned.tp not in dropping:
+            self._checkpoint(owned)  # a rollback, pause or promotion asked for meanwhile
+        return None
+
+    def _checkpoint_failed(self, owned: Owned, exc: Exception, dropping: bool) -> None:
+        d = owned.learner.deployment
+        if isinstance(exc, Redeployed):
             # redeployed under us, and no other learner claimed it: while the partition is
             # ours, go on with the new generation (dropping it here left it unlearned until
             # a restart)
@@ -470,10 +539,10 @@ class Learner(ConsumerRebalanceListener):
             else:
                 log.info("%s; learning generation %s", exc, current.generation)
                 self._switch_generation(owned, current)
-        except Fenced as exc:
+        elif isinstance(exc, Fenced):
             log.warning("%s; letting go of it", exc)
             self.active.pop(d.name, None)
-        except psycopg.Error as exc:
+        else:
             log.error("checkpoint of %s failed (%s); restoring the last one", d.name, exc)
             self.active.pop(d.name, None)
             if not dropping:
@@ -498,6 +567,8 @@ class Learner(ConsumerRebalanceListener):
         since the last checkpoint, stop consuming, record why (for status and the next owner)
         and the offsets to replay guarded once ``rowcast model rollback`` resumes it."""
         d = owned.learner.deployment
+        if self._settle(dropping=[owned.tp] if dropping else ()) is owned:
+            return  # its last write failed: restored from the checkpoint before, or let go
         log.error("%s: the model became non-finite (%s); not checkpointed or published, version "
                   "%d keeps serving. Learning is paused: `rowcast model rollback %s %d` resumes "
                   "it and refuses the row that breaks it", d.name, reason,
@@ -626,6 +697,76 @@ class Checkpointer:
         for outcome, count in learner.state.counters.items():
             metrics.LABEL_EVENTS.labels(d.name, outcome).set(count)
         return True
+
+    def hand_off(self, owned: Owned) -> bool:
+        """Take the checkpoint now and have the write-behind thread write it, while learning
+        goes on; False when it must be written in place (:meth:`write`): no write-behind, only
+        positions moved or a fresh model's first version, the generation's first checkpoint
+        here (it drops the older generations' rows), a rollback just applied, a broken model,
+        or model operations to follow (challengers, recorded events: they read and write
+        what an operator changes).
+
+        Taken here, in the learner's thread and at one instant: the signed snapshot, metrics,
+        resume state and offset, and the pending changes (:meth:`PgPending.hand_off`: still
+        read as stored meanwhile). The thread's transaction does what :meth:`write` does with
+        them: lock the control row (the same fence), store the changes, write the version. An
+        operator's request found under that lock (a rollback, a cleared pause, a promotion) is
+        not applied there: :meth:`landed`'s caller checkpoints in place right after. Expiry
+        waits for an in-place checkpoint too (the registry refresh asks for one when a row
+        outlived the retention), so the counts stored with a version match its deletions."""
+        owner = self.owner
+        learner, pending = owned.learner, owned.pending
+        d = learner.deployment
+        if (owner.behind is None or learner.changes == 0 or learner.model.version == 0
+                or not pending.settled or owned.applied_rollback is not None
+                or learner.model_events or learner.operations.challengers
+                or learner.health() is not None):
+            return False
+        started = time.monotonic()
+        blob = dump_snapshot(snapshot_payload(learner), owner.key)
+        checkpoint = Checkpoint(d.name, 0, d.generation, learner.champion_model, blob,
+                                learner.model.samples_learned, learner.metrics(),
+                                learner.state.to_dict(), owned.offset, None)
+        changes, epoch = pending.hand_off(), owned.epoch
+        keep = owner.settings.model_versions_keep
+
+        def write(conn: psycopg.Connection) -> tuple[int, bool]:
+            with conn.transaction():
+                control = versions.lock_control(conn, d.name, epoch, d.generation)
+                pending.write_changes(conn, changes)
+                version = versions.write(conn, checkpoint, keep)
+                waits = control.rollback_to is not None or control.paused_reason is not None \
+                    or operations.promotion_pending(conn, d.name)
+            return version, waits
+
+        owner.inflight = InFlight(owned, owner.behind.submit(write), owned.offset,
+                                  learner.model.samples_learned, blob, started)
+        learner.changes = 0
+        metrics.observe_counts(metrics.LEARNING_DELAY_SECONDS,
+                               {us / 1e6: n for us, n in learner.delays_us.items()})
+        learner.delays_us.clear()
+        owned.since_checkpoint = 0
+        owned.last_checkpoint = time.monotonic()
+        return True
+
+    def landed(self, job: InFlight, version: int, dropping: bool = False) -> None:
+        """A checkpoint written behind committed: the version is known, then publication and
+        the offset commit, as :meth:`write` does after its commit (``dropping``: handing the
+        deployment over, from the rebalance callback, where kafka-python cannot commit)."""
+        owned, learner = job.owned, job.owned.learner
+        name = learner.deployment.name
+        learner.model.version = version
+        owned.checkpointed_offset = job.offset
+        owned.unpublished = (version, job.samples, job.blob)
+        self.publish_due(owned, force=dropping)
+        if not dropping:
+            self.commit_offset(owned)
+        metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - job.started)
+        metrics.MODEL_VERSION.labels(name).set(version)
+        for metric, value in learner.progressive.values().items():
+            metrics.MODEL_METRIC.labels(name, metric).set(value)
+        for outcome, count in learner.state.counters.items():
+            metrics.LABEL_EVENTS.labels(name, outcome).set(count)
 
     def operate(self, owned: Owned, rolled_back: bool = False) -> list[ModelEvent]:
         """Inside the checkpoint's transaction, before the snapshot is taken: follow what

@@ -1,0 +1,93 @@
+"""Checkpoints written behind (``learner_write_behind``), on the real services: what a checkpoint
+in flight holds reads as stored before it commits; a write that fails makes the learner restore
+the last committed checkpoint and learn again from there, each row once; labels that come
+twice meanwhile are still refused."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from rowcast.connectors.pending_labels import PgPending, ensure_schema
+from rowcast.connectors.postgres import connect
+from rowcast.ops.pipeline import Pipeline
+from rowcast.streams.learner import CHECKPOINT_CONNECTION
+from tests.helpers.learning import counters, fast, learned
+from tests.helpers.tables import deployed_xy_table, insert_xy
+from tests.helpers.waiting import wait_until
+
+ENTRY = {"y": 1.5, "at_us": 1_700_000_000_000_000}
+
+
+def test_what_is_in_flight_reads_as_stored_until_it_commits(settings, pg_conn):
+    pg_conn.execute("CREATE SCHEMA IF NOT EXISTS rowcast")
+    ensure_schema(pg_conn)
+    pending = PgPending(pg_conn, "behind_dep", "g1")
+    pending.mark_learned(b'{"id":1}', ENTRY)
+    pending.put(b'{"id":2}', {"x": 2.0, "at_us": ENTRY["at_us"]})
+    changes = pending.hand_off()
+    assert pending.dirty == {"features": {}, "held": {}, "learned": {}}
+
+    with connect(settings) as writer:
+        with writer.transaction():
+            pending.write_changes(writer, changes)
+            # not committed: this session sees none of it, and the learner reads it as stored
+            assert pg_conn.execute("SELECT count(*) FROM rowcast.learned_labels WHERE "
+                                   "deployment = 'behind_dep'").fetchone()[0] == 0
+            assert pending.learned(b'{"id":1}') == ENTRY
+            assert pending.pop(b'{"id":2}') == {"x": 2.0, "at_us": ENTRY["at_us"]}
+            assert pending.learned(b'{"id":3}') is None  # read from the table: not there
+        # committed: the next hand-off forgets it, and the table answers the same
+        pending.hand_off()
+        assert pending.learned(b'{"id":1}') == ENTRY
+        assert pending.cache["learned"] == {b'{"id":1}': ENTRY}  # read back, not kept
+    # the features popped after the hand-off are deleted by the next write
+    with pg_conn.transaction():
+        pending.write_changes(pg_conn, {"features": {b'{"id":2}': None}, "held": {},
+                                        "learned": {}})
+    assert pg_conn.execute("SELECT count(*) FROM rowcast.pending_labels WHERE "
+                           "deployment = 'behind_dep'").fetchone()[0] == 0
+
+
+def _checkpoint_backends(conn: psycopg.Connection) -> list[int]:
+    return [pid for (pid,) in conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+        (CHECKPOINT_CONNECTION,))]
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_write_behind_restores_the_last_checkpoint_and_learns_each_row_once(
+        settings, pg_conn, tmp_path):
+    settings = fast(settings)
+    table = deployed_xy_table(settings, pg_conn, "behind", "behind")
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        insert_xy(pg_conn, table, range(20))
+        wait_until(lambda: learned(pg_conn, "behind") == 20, timeout_s=90,
+                   message=lambda: pipeline.log_tail("learner"))
+        insert_xy(pg_conn, table, range(20, 25))  # checkpointed behind: its connection exists
+        wait_until(lambda: learned(pg_conn, "behind") == 25 and _checkpoint_backends(pg_conn),
+                   timeout_s=60, message=lambda: pipeline.log_tail("learner"))
+
+        # the write-behind connection dies: the next checkpoint written behind fails
+        for pid in _checkpoint_backends(pg_conn):
+            pg_conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        insert_xy(pg_conn, table, range(25, 40))
+        wait_until(lambda: "checkpoint of behind failed" in pipeline.log_tail("learner", 200),
+                   timeout_s=60, message=lambda: pipeline.log_tail("learner"))
+        wait_until(lambda: learned(pg_conn, "behind") == 40, timeout_s=60,
+                   message=lambda: pipeline.log_tail("learner"))
+
+        # labels that change again, for rows learned before and after the failure: counted as
+        # corrections, not learned twice
+        pg_conn.execute(f"UPDATE public.{table} SET y = y + 1 WHERE id IN (3, 30)")
+        wait_until(lambda: counters(pg_conn, "behind").get("corrections", 0) == 2, timeout_s=60,
+                   message=lambda: f"{counters(pg_conn, 'behind')}")
+        insert_xy(pg_conn, table, range(40, 45))
+        wait_until(lambda: learned(pg_conn, "behind") == 45, timeout_s=60,
+                   message=lambda: pipeline.log_tail("learner"))
+        assert all(pipeline.alive().values())
+    assert learned(pg_conn, "behind") == 45
+    assert counters(pg_conn, "behind").get("corrections", 0) == 2
+    stored = pg_conn.execute("SELECT count(*) FROM rowcast.learned_labels WHERE "
+                             "deployment = 'behind'").fetchone()[0]
+    assert stored == 45
