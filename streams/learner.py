@@ -423,7 +423,7 @@ class Learner(ConsumerRebalanceListener):
                 spans.append((len(events), r))
                 events += decoded
             n_events += len(events)
-            self._follow_generation(owned, [e for e in events if e.kind != "watermark"])
+            self._follow_generation(owned, events)
             if not owned.streams_known:  # not in the rebalance callback: it fetches metadata
                 self._expect_streams(owned.learner)
                 owned.streams_known = True
@@ -457,9 +457,12 @@ class Learner(ConsumerRebalanceListener):
 
     def _follow_generation(self, owned: Owned, events: list[LabelEvent]) -> None:
         """A redeploy starts a new model: when events of another generation show up, re-read
-        the registry, and start fresh if the deployment really changed."""
+        the registry, and start fresh if the deployment really changed. Watermarks carry no
+        generation. (Per label event: the generation is a property that formats a string, so
+        it is read once, not once per event.)"""
         current = owned.learner.deployment
-        if all(e.generation == current.generation for e in events):
+        generation = current.generation
+        if all(e.generation == generation or e.kind == "watermark" for e in events):
             return
         self.deployments = {d.name: d for d in list_deployments(self.conn)}
         d = self.deployments.get(current.name)
