@@ -53,13 +53,17 @@ def ensure_schema(conn: psycopg.Connection) -> None:
 
 
 def has_expired(conn: psycopg.Connection, deployment: str, retention_s: float) -> bool:
-    """Pending features or held labels older than the retention wait to be expired (and
-    counted) by a checkpoint. Learned-row markers expire quietly with the next checkpoint."""
+    """Pending features, held labels or learned-row markers older than the retention wait to
+    be expired (the first two counted) by a checkpoint written in place: checkpoints written
+    behind expire nothing, so without markers here a deployment whose every row gets its
+    label kept its markers forever."""
     return conn.execute(
         "SELECT EXISTS (SELECT 1 FROM rowcast.pending_labels WHERE deployment = %s "
         "AND scored_at < now() - make_interval(secs => %s)) OR EXISTS (SELECT 1 FROM "
         "rowcast.held_labels WHERE deployment = %s AND labelled_at < now() - "
-        "make_interval(secs => %s))", (deployment, retention_s, deployment, retention_s)
+        "make_interval(secs => %s)) OR EXISTS (SELECT 1 FROM rowcast.learned_labels WHERE "
+        "deployment = %s AND learned_at < now() - make_interval(secs => %s))",
+        (deployment, retention_s, deployment, retention_s, deployment, retention_s)
     ).fetchone()[0]
 
 
@@ -246,6 +250,21 @@ class PgPending:
         changes, self.dirty = self.dirty, {k: {} for k in _TABLES}
         self.cache = {kind: dict(entries) for kind, entries in changes.items()}
         return changes
+
+    def take_back(self, changes: Changes) -> None:
+        """Changes handed off but not written (the checkpoint was written in place instead):
+        dirty again, under what changed since.
+
+        >>> pending = PgPending(None, "d", "g")
+        >>> pending.mark_learned(b"a", {"y": 1, "at_us": 0})
+        >>> changes = pending.hand_off()
+        >>> pending.mark_learned(b"b", {"y": 2, "at_us": 0})
+        >>> pending.take_back(changes)
+        >>> sorted(pending.dirty["learned"])
+        [b'a', b'b']
+        """
+        for kind, entries in changes.items():
+            self.dirty[kind] = {**entries, **self.dirty[kind]}
 
     def write_changes(self, conn: psycopg.Connection, changes: Changes) -> None:
         """Store ``changes`` (the dirty maps, or what :meth:`hand_off` returned) through

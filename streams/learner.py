@@ -46,7 +46,7 @@ from kafka.structs import OffsetAndMetadata
 from rowcast.connectors import operations, position_history, versions
 from rowcast.connectors.dead_letters import DeadLetterWriter
 from rowcast.connectors.kafka_clients import ensure_deployment_topics
-from rowcast.connectors.pending_labels import PgPending, has_expired
+from rowcast.connectors.pending_labels import Changes, PgPending, has_expired
 from rowcast.connectors.postgres import connect
 from rowcast.connectors.registry import list_deployments
 from rowcast.connectors.versions import Checkpoint, Fenced, Redeployed
@@ -90,6 +90,12 @@ class Owned:
     load_cost: LoadCost = field(default_factory=LoadCost)
     last_publish: float = 0.0
     unpublished: tuple[int, int, bytes] | None = None  # (version, samples, snapshot) not sent yet
+    # the next checkpoint is written in place and in full: an operator's request, or rows
+    # that outlived the retention, to apply under the control row's lock
+    in_place: bool = False
+    # its checkpoint written behind failed: handled at the top of the next poll (restore the
+    # last committed checkpoint), never in the middle of work on another deployment
+    failed: Exception | None = None
 
 
 # the write-behind connection's application_name: operators tell it from the learner's own
@@ -102,7 +108,9 @@ class InFlight:
     follows its commit (the version known, publication, the offset commit) waits for it."""
 
     owned: Owned
-    future: Future  # (version, an operator's request waits for a checkpoint in place)
+    future: Future  # the version written, or None: an operator's request came first
+    changes: Changes  # the pending changes it writes (taken back if it wrote nothing)
+    events: int  # label events applied since the checkpoint before (learner.changes)
     offset: int
     samples: int
     blob: bytes
@@ -256,10 +264,13 @@ class Learner(ConsumerRebalanceListener):
         for owned in list(self.active.values()):
             name = owned.learner.deployment.name
             self.checkpoints.configure(owned)  # challengers added or removed since
-            if versions.rollback_target(self.conn, name) is not None \
-                    or operations.promotion_pending(self.conn, name) \
-                    or has_expired(self.conn, name, self.settings.label_retention_s):
-                # applies the rollback / the promotion (no label needed) / counts what expired
+            if owned.failed is None and (
+                    versions.rollback_target(self.conn, name) is not None
+                    or operations.promotion_pending(self.conn, name)
+                    or has_expired(self.conn, name, self.settings.label_retention_s)):
+                # applies the rollback / the promotion (no label needed) / expires and counts
+                # what outlived the retention (in place: checkpoints written behind do not)
+                owned.in_place = True
                 self._checkpoint(owned)
         for tp in list(self.paused):
             name = tp.topic[len(self.prefix):]
@@ -402,14 +413,15 @@ class Learner(ConsumerRebalanceListener):
 
     def poll_once(self) -> int:
         self._settle(block=False)
+        self._handle_failed()
         batch = self.consumer.poll(timeout_ms=100, max_records=self._poll_size.records())
         applied = polled = n_events = 0
         waited = {name for name, o in self.active.items() if len(o.learner.state.merge)}
         for tp, records in batch.items():
             owned = self.active.get(tp.topic[len(self.prefix):])
             records = [r for r in records if owned is not None and r.offset >= owned.offset]
-            if owned is None or not records:
-                continue
+            if owned is None or owned.failed is not None or not records:
+                continue  # (a failed write: restored, and its records read again, next poll)
             polled += len(records)
             events, spans = [], []
             for r in records:
@@ -446,9 +458,12 @@ class Learner(ConsumerRebalanceListener):
         now = time.monotonic()
         for owned in list(self.active.values()):
             self.checkpoints.publish_due(owned)
+            if owned.failed is not None:
+                continue
             due = owned.offset - owned.checkpointed_offset
-            if due and (owned.since_checkpoint >= self.settings.learner_checkpoint_every
-                        or now - owned.last_checkpoint >= self.settings.learner_checkpoint_s):
+            if owned.in_place or due and (
+                    owned.since_checkpoint >= self.settings.learner_checkpoint_every
+                    or now - owned.last_checkpoint >= self.settings.learner_checkpoint_s):
                 self._checkpoint(owned, behind=True)
             elif (owned.committed_offset != owned.checkpointed_offset
                   and now - owned.last_commit_try >= self.settings.learner_checkpoint_s):
@@ -474,7 +489,8 @@ class Learner(ConsumerRebalanceListener):
         of the new generation was applied yet (the first one triggers this), so the offset is
         right; the next checkpoint is the new generation's first. The old generation's
         unsaved learning is dropped: its checkpoint would be refused (``Redeployed``)."""
-        if self._settle() is owned:  # its write failed: handled (restored or let go) already
+        self._settle()
+        if owned.failed is not None:  # its last write failed: the next poll restores it
             return
         log.info("%s was redeployed (generation %s): learning a fresh model", d.name,
                  d.generation)
@@ -496,8 +512,9 @@ class Learner(ConsumerRebalanceListener):
         """Checkpoint ``owned`` now; with ``behind``, in the write-behind thread when it may be
         (:meth:`Checkpointer.hand_off`). Whatever is in flight settles first, so checkpoints
         commit in the order they were taken."""
-        if self._settle(dropping=[owned.tp] if dropping else ()) is owned:
-            return  # its write in flight failed: handled (restored or let go) already
+        self._settle(dropping=[owned.tp] if dropping else ())
+        if owned.failed is not None:  # its write in flight failed: the next poll restores it
+            return
         try:
             if behind and self.checkpoints.hand_off(owned):
                 return
@@ -506,27 +523,40 @@ class Learner(ConsumerRebalanceListener):
         except (Redeployed, Fenced, psycopg.Error) as exc:
             self._checkpoint_failed(owned, exc, dropping)
 
-    def _settle(self, block: bool = True,
-                dropping: Collection[TopicPartition] = ()) -> Owned | None:
+    def _settle(self, block: bool = True, dropping: Collection[TopicPartition] = ()) -> None:
         """The checkpoint in flight, if any, once it is done (waited for with ``block``): what
-        follows its commit (:meth:`Checkpointer.landed`), or its failure handled as a
-        checkpoint's in place (``dropping``: partitions being handed over, not recovered).
-        Returns the deployment whose write failed, if one did."""
+        follows its commit (:meth:`Checkpointer.landed`). If it wrote nothing (an operator's
+        request came first), its changes are taken back and the next checkpoint is written in
+        place. If it failed (any error: a restore drops all that is in memory, so that is
+        safe), the deployment is marked ``failed``: :meth:`_handle_failed` restores it at the
+        top of the next poll, not here, where a caller may be in the middle of work on another
+        deployment (a deployment handed over, ``dropping``, is let go at once)."""
         job = self.inflight
         if job is None or (not block and not job.future.done()):
-            return None
+            return
         self.inflight = None
         owned = job.owned
         try:
-            version, control_waits = job.future.result()
-        except (Redeployed, Fenced, psycopg.Error) as exc:
-            self._checkpoint_failed(owned, exc, owned.tp in dropping)
-            return owned
+            version = job.future.result()
+        except Exception as exc:  # noqa: BLE001 -- a failed checkpoint, whatever failed
+            if owned.tp in dropping:
+                self._checkpoint_failed(owned, exc, dropping=True)
+            else:
+                owned.failed = exc
+            return
+        if version is None:
+            owned.pending.take_back(job.changes)
+            owned.learner.changes += job.events
+            owned.in_place = True
+            return
         self.checkpoints.landed(job, version, owned.tp in dropping)
-        name = owned.learner.deployment.name
-        if control_waits and self.active.get(name) is owned and owned.tp not in dropping:
-            self._checkpoint(owned)  # a rollback, pause or promotion asked for meanwhile
-        return None
+
+    def _handle_failed(self) -> None:
+        """Restore (or let go of) the deployments whose checkpoint written behind failed."""
+        for owned in list(self.active.values()):
+            exc, owned.failed = owned.failed, None
+            if exc is not None:
+                self._checkpoint_failed(owned, exc, dropping=False)
 
     def _checkpoint_failed(self, owned: Owned, exc: Exception, dropping: bool) -> None:
         d = owned.learner.deployment
@@ -570,8 +600,9 @@ class Learner(ConsumerRebalanceListener):
         since the last checkpoint, stop consuming, record why (for status and the next owner)
         and the offsets to replay guarded once ``rowcast model rollback`` resumes it."""
         d = owned.learner.deployment
-        if self._settle(dropping=[owned.tp] if dropping else ()) is owned:
-            return  # its last write failed: restored from the checkpoint before, or let go
+        self._settle(dropping=[owned.tp] if dropping else ())
+        if owned.failed is not None:  # its last write failed: the next poll restores it
+            return
         log.error("%s: the model became non-finite (%s); not checkpointed or published, version "
                   "%d keeps serving. Learning is paused: `rowcast model rollback %s %d` resumes "
                   "it and refuses the row that breaks it", d.name, reason,
@@ -646,8 +677,10 @@ class Checkpointer:
         learner = owned.learner
         d = learner.deployment
         started = time.monotonic()
-        if learner.changes == 0 and learner.model.version > 0 and self.advance(owned, dropping):
+        if learner.changes == 0 and learner.model.version > 0 and not owned.in_place \
+                and self.advance(owned, dropping):
             return True
+        owned.in_place = False
         if learner.health() is not None:
             return False
         conn = self.owner.conn
@@ -713,15 +746,17 @@ class Checkpointer:
         resume state and offset, and the pending changes (:meth:`PgPending.hand_off`: still
         read as stored meanwhile). The thread's transaction does what :meth:`write` does with
         them: lock the control row (the same fence), store the changes, write the version. An
-        operator's request found under that lock (a rollback, a cleared pause, a promotion) is
-        not applied there: :meth:`landed`'s caller checkpoints in place right after. Expiry
-        waits for an in-place checkpoint too (the registry refresh asks for one when a row
-        outlived the retention), so the counts stored with a version match its deletions."""
+        operator's request found under that lock (a rollback, a pause to clear, a promotion)
+        makes it write nothing: the changes are taken back and the next checkpoint is written
+        in place, applying the request first (a rollback target's snapshot is never thinned
+        away by a version written before it). Expiry waits for an in-place checkpoint too (the
+        registry refresh asks for one when a row outlived the retention), so the counts stored
+        with a version match its deletions."""
         owner = self.owner
         learner, pending = owned.learner, owned.pending
         d = learner.deployment
         if (owner.behind is None or learner.changes == 0 or learner.model.version == 0
-                or not pending.settled or owned.applied_rollback is not None
+                or owned.in_place or not pending.settled or owned.applied_rollback is not None
                 or learner.model_events or learner.operations.challengers
                 or learner.health() is not None):
             return False
@@ -733,17 +768,17 @@ class Checkpointer:
         changes, epoch = pending.hand_off(), owned.epoch
         keep = owner.settings.model_versions_keep
 
-        def write(conn: psycopg.Connection) -> tuple[int, bool]:
+        def write(conn: psycopg.Connection) -> int | None:
             with conn.transaction():
                 control = versions.lock_control(conn, d.name, epoch, d.generation)
+                if control.rollback_to is not None or control.paused_reason is not None \
+                        or operations.promotion_pending(conn, d.name):
+                    return None  # applied in place, before anything is written
                 pending.write_changes(conn, changes)
-                version = versions.write(conn, checkpoint, keep)
-                waits = control.rollback_to is not None or control.paused_reason is not None \
-                    or operations.promotion_pending(conn, d.name)
-            return version, waits
+                return versions.write(conn, checkpoint, keep)
 
-        owner.inflight = InFlight(owned, owner.behind.submit(write), owned.offset,
-                                  learner.model.samples_learned, blob, started)
+        owner.inflight = InFlight(owned, owner.behind.submit(write), changes, learner.changes,
+                                  owned.offset, learner.model.samples_learned, blob, started)
         learner.changes = 0
         metrics.observe_counts(metrics.LEARNING_DELAY_SECONDS,
                                {us / 1e6: n for us, n in learner.delays_us.items()})

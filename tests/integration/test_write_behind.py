@@ -91,3 +91,37 @@ def test_a_failed_write_behind_restores_the_last_checkpoint_and_learns_each_row_
     stored = pg_conn.execute("SELECT count(*) FROM rowcast.learned_labels WHERE "
                              "deployment = 'behind'").fetchone()[0]
     assert stored == 45
+
+
+@pytest.mark.timeout(300)
+def test_learned_markers_expire_while_every_checkpoint_could_be_written_behind(
+        settings, pg_conn, tmp_path):
+    # every row gets its label, so nothing else asks for a checkpoint in place; a constant
+    # label, so the loss never drifts (a drift is recorded by a checkpoint in place)
+    settings = fast(settings).model_copy(update={"label_retention_s": 3.0})
+    table = deployed_xy_table(settings, pg_conn, "forgetful", "forgetful")
+
+    def markers() -> int:
+        return pg_conn.execute("SELECT count(*) FROM rowcast.learned_labels WHERE "
+                               "deployment = 'forgetful'").fetchone()[0]
+
+    with Pipeline(settings, tmp_path / "logs") as pipeline:
+        insert_xy(pg_conn, table, range(10), lambda i: 1.0)
+        wait_until(lambda: learned(pg_conn, "forgetful") == 10, timeout_s=90,
+                   message=lambda: pipeline.log_tail("learner"))
+        total = 10
+
+        def more_and_expired() -> bool:  # labels keep coming: checkpoints keep being due
+            nonlocal total
+            insert_xy(pg_conn, table, [total], lambda i: 1.0)
+            total += 1
+            return pg_conn.execute(
+                "SELECT count(*) FROM rowcast.learned_labels WHERE deployment = 'forgetful' "
+                "AND pk::jsonb->>'id' IN ('0','1','2','3','4','5','6','7','8','9')"
+            ).fetchone()[0] == 0
+
+        wait_until(more_and_expired, timeout_s=60, interval_s=0.3,
+                   message=lambda: f"{markers()} markers\n{pipeline.log_tail('learner')}")
+        wait_until(lambda: learned(pg_conn, "forgetful") == total, timeout_s=60)
+    # the once rule forgets only what outlived the retention: the rest is still stored
+    assert 0 < markers() < total
