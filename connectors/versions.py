@@ -350,14 +350,21 @@ def request_rollback(conn: psycopg.Connection, deployment: str,
     """Ask the learner to continue from ``version``'s model and metrics (it applies the request
     at its next checkpoint, as a new version, so versions keep moving forward). Version
     :data:`FRESH` (0) starts again from the model as deployed, its metrics empty; it returns
-    None, having no checkpoint (callers check that the deployment exists)."""
-    ck = None if version == FRESH else get(conn, deployment, version)
-    if ck is not None and ck.snapshot is None:
-        raise ConfigError(f"version {version} of {deployment!r} has no snapshot any more "
-                          "(only the newest are kept: ROWCAST_MODEL_VERSIONS_KEEP)")
-    conn.execute("INSERT INTO rowcast.model_control (deployment, rollback_to) VALUES (%s, %s) "
-                 "ON CONFLICT (deployment) DO UPDATE SET rollback_to = EXCLUDED.rollback_to",
-                 (deployment, version))
+    None, having no checkpoint (callers check that the deployment exists).
+
+    Under the control row's lock, taken first: a checkpoint thins old snapshots under it, so
+    one in progress is waited for, and the target checked after it (checked before, a
+    request could name a version whose snapshot the checkpoint was removing)."""
+    with conn.transaction():
+        conn.execute("SELECT 1 FROM rowcast.model_control WHERE deployment = %s FOR UPDATE",
+                     (deployment,))
+        ck = None if version == FRESH else get(conn, deployment, version)
+        if ck is not None and ck.snapshot is None:
+            raise ConfigError(f"version {version} of {deployment!r} has no snapshot any more "
+                              "(only the newest are kept: ROWCAST_MODEL_VERSIONS_KEEP)")
+        conn.execute("INSERT INTO rowcast.model_control (deployment, rollback_to) VALUES (%s, "
+                     "%s) ON CONFLICT (deployment) DO UPDATE SET rollback_to = "
+                     "EXCLUDED.rollback_to", (deployment, version))
     return ck
 
 

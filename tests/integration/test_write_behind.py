@@ -5,11 +5,17 @@ twice meanwhile are still refused."""
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import pytest
 
+from rowcast.connectors import versions
 from rowcast.connectors.pending_labels import PgPending, ensure_schema
 from rowcast.connectors.postgres import connect
+from rowcast.connectors.schema import init_database
+from rowcast.connectors.versions import Checkpoint
+from rowcast.core.errors import ConfigError
 from rowcast.ops.pipeline import Pipeline
 from rowcast.streams.learner import CHECKPOINT_CONNECTION
 from tests.helpers.learning import counters, fast, learned
@@ -125,3 +131,42 @@ def test_learned_markers_expire_while_every_checkpoint_could_be_written_behind(
         wait_until(lambda: learned(pg_conn, "forgetful") == total, timeout_s=60)
     # the once rule forgets only what outlived the retention: the rest is still stored
     assert 0 < markers() < total
+
+
+def _version(conn: psycopg.Connection, name: str, keep: int) -> int:
+    return versions.write(conn, Checkpoint(name, 0, "g1", "linear_regression", b"s" * 100, 1,
+                                           {}, {"counters": {}}, 1), keep)
+
+
+def test_a_rollback_request_waits_for_the_checkpoint_holding_the_control_row(settings,
+                                                                            pg_conn):
+    """A checkpoint (in place or behind) thins old snapshots under the control row's lock. A
+    rollback request checked its target's snapshot without that lock, so a checkpoint in
+    progress could thin it right after: the request was stored, and the learner then found
+    nothing to roll back to."""
+    init_database(pg_conn, settings)
+    versions.claim(pg_conn, "raced")
+    for _ in range(3):  # versions 1-3; with 2 kept, version 2 still has its snapshot
+        with pg_conn.transaction():
+            _version(pg_conn, "raced", keep=2)
+    outcome: dict[str, object] = {}
+
+    def request() -> None:
+        with connect(settings) as conn:
+            try:
+                outcome["stored"] = versions.request_rollback(conn, "raced", 2)
+            except ConfigError as exc:
+                outcome["refused"] = str(exc)
+
+    with connect(settings) as learner_conn, learner_conn.transaction():
+        learner_conn.execute("SELECT 1 FROM rowcast.model_control WHERE deployment = 'raced' "
+                             "FOR UPDATE")  # a checkpoint in progress
+        operator = threading.Thread(target=request)
+        operator.start()
+        wait_until(lambda: not operator.is_alive() or pg_conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+            "query LIKE '%%model_control%%'").fetchone()[0] > 0, timeout_s=30)
+        assert _version(learner_conn, "raced", keep=2) == 4  # thins version 2's snapshot
+    operator.join(timeout=30)
+    assert "no snapshot any more" in str(outcome.get("refused")), outcome
+    assert versions.rollback_target(pg_conn, "raced") is None
