@@ -40,9 +40,11 @@ bytea                      base64 string
 enum, domain, jsonb, other the type's output text, as a string
 =========================  ===========================================================
 
-Not supported as key columns (the view and reconcile would not find their rows): arrays,
-domains over date/time types in a non-ISO DateStyle, BC dates and timestamps (the source sends
-them to the dead-letter topic anyway).
+Dates and timestamps of any year PostgreSQL stores are supported, BC ones included (a
+``timestamptz`` key prints its year as java.time does: ``"-0043-03-15T12:00:00.500000Z"`` for
+44 BC, ``"+12345-..."`` past 9999; SQL computes the same with ``rowcast._iso_utc``). Not
+supported as key columns (the view and reconcile would not find their rows): arrays, domains
+over date/time types in a non-ISO DateStyle.
 
 jsonb compares numbers by value and objects regardless of key order, so ``{"id": 1}`` stored
 by the sink equals ``jsonb_build_object('id', 1)`` computed in SQL.

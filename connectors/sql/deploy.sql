@@ -74,6 +74,22 @@ BEGIN
 END
 $fn$;
 
+-- A finite timestamptz as the CDC source prints it (connectors/pgtypes.py, as java.time's ISO
+-- formatter does): UTC, 6 fractional digits, years counted astronomically (1 BC = 0000,
+-- 44 BC = -0043) and a sign beyond 4 digits (+12345). to_char's YYYY alone printed 4713 BC as
+-- 4713 and year 12345 without its sign, so the _scored view missed such rows' predictions.
+CREATE OR REPLACE FUNCTION rowcast._iso_utc(p_value timestamptz)
+RETURNS text LANGUAGE sql IMMUTABLE AS $fn$
+SELECT CASE
+    WHEN y BETWEEN 1 AND 9999 THEN lpad(y::text, 4, '0')
+    WHEN y > 9999 THEN '+' || y::text
+    WHEN y = -1 THEN '0000'  -- 1 BC: PostgreSQL has no year 0, the ISO calendar does
+    ELSE '-' || lpad((-1 - y)::text, 4, '0')
+END || to_char(u, '-MM-DD"T"HH24:MI:SS.US"Z"')
+FROM (SELECT p_value AT TIME ZONE 'UTC' AS u) AS utc,
+     LATERAL (SELECT extract(year FROM utc.u)::bigint AS y) AS year
+$fn$;
+
 -- The canonical primary key of a row, computed in SQL: the same JSON the CDC source puts on
 -- Kafka and the sink stores in rowcast.predictions.pk (rowcast.core.keys documents the encoding;
 -- connectors/pgtypes.py produces it on the Python side). One expression per key column type,
@@ -94,8 +110,8 @@ SELECT CASE
         'CASE WHEN isfinite(%1$s) THEN to_jsonb((extract(epoch FROM %1$s) * 1000000)::bigint) '
         'ELSE to_jsonb(%1$s::text) END', p_expr)
     WHEN p_type = 1184 THEN format(  -- timestamptz: ISO text in UTC, always 6 fractional digits
-        'CASE WHEN isfinite(%1$s) THEN to_jsonb(to_char(%1$s AT TIME ZONE ''UTC'', '
-        '''YYYY-MM-DD"T"HH24:MI:SS.US"Z"'')) ELSE to_jsonb(%1$s::text) END', p_expr)
+        'CASE WHEN isfinite(%1$s) THEN to_jsonb(rowcast._iso_utc(%1$s)) '
+        'ELSE to_jsonb(%1$s::text) END', p_expr)
     WHEN p_type = 1083 THEN format(  -- time: microseconds since midnight
         'to_jsonb((extract(epoch FROM %s) * 1000000)::bigint)', p_expr)
     WHEN p_type = 1266 THEN format(  -- timetz: HH:MM:SS.ffffffZ in UTC

@@ -47,6 +47,13 @@ MORE_KEYS: dict[str, tuple[str, list[str]]] = {
     "timetz": ("timetz", ["'03:04:05.25+05:30'"]),
     "interval": ("interval", ["'1 year 2 mons -3 days 04:05:06.5'"]),
     "tsinf": ("timestamptz", ["'-infinity'"]),
+    # years outside 1-9999: the source prints them as java.time's ISO formatter does
+    # (astronomical BC years, a sign beyond 4 digits); the SQL key must say the same
+    "tsyears": ("timestamptz", ["'4713-01-01 00:00:00+00 BC'", "'0044-03-15 12:00:00.5+00 BC'",
+                                "'0001-12-31 23:59:59+00 BC'", "'0001-01-01 00:00:00+00'",
+                                "'12345-06-07 08:09:10.000001+00'"]),
+    "datebc": ("date", ["'4713-01-01 BC'", "'0001-12-31 BC'"]),
+    "tsbc": ("timestamp", ["'4713-01-01 00:00:00 BC'", "'0001-12-31 23:59:59.5 BC'"]),
 }
 
 
