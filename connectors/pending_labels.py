@@ -2,8 +2,9 @@
 for their label (``rowcast.pending_labels``), labels waiting for their row's features
 (``rowcast.held_labels``) and the rows learned already (``rowcast.learned_labels``).
 
-Written only inside the learner's checkpoint transaction (:meth:`PgPending.flush`), so the
-tables always match the checkpointed labels-topic offset; see :mod:`rowcast.models.learning` for
+Written only inside the learner's checkpoint transaction (:meth:`PgPending.flush`, or
+:meth:`PgPending.write_changes` in a checkpoint written behind), so the tables always match the
+checkpointed labels-topic offset; see :mod:`rowcast.models.learning` for
 the rules they serve (each row learned once, early labels held).
 """
 

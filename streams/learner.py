@@ -714,25 +714,41 @@ class Checkpointer:
             self.record_operations(owned, version, promoted)
         if control.paused_reason is not None:
             metrics.MODEL_PAUSED.labels(d.name, control.paused_reason).set(0)
-        learner.model.version = version
+        self._taken(owned)
+        self._committed(owned, version, learner.model.samples_learned, blob, owned.offset,
+                        started, dropping)
+        return True
+
+    @staticmethod
+    def _taken(owned: Owned) -> None:
+        """The checkpoint was taken: count anew towards the next one."""
+        learner = owned.learner
         learner.changes = 0
         metrics.observe_counts(metrics.LEARNING_DELAY_SECONDS,
                                {us / 1e6: n for us, n in learner.delays_us.items()})
         learner.delays_us.clear()
-        owned.checkpointed_offset = owned.offset
         owned.since_checkpoint = 0
         owned.last_checkpoint = time.monotonic()
-        owned.unpublished = (version, learner.model.samples_learned, blob)
+
+    def _committed(self, owned: Owned, version: int, samples: int, blob: bytes, offset: int,
+                   started: float, dropping: bool) -> None:
+        """What follows a checkpoint's commit, in place or behind: the version known, then
+        publication and the offset commit (``dropping``: handing the deployment over, from the
+        rebalance callback, where kafka-python cannot commit), then the gauges."""
+        learner = owned.learner
+        name = learner.deployment.name
+        learner.model.version = version
+        owned.checkpointed_offset = offset
+        owned.unpublished = (version, samples, blob)
         self.publish_due(owned, force=dropping)
         if not dropping:
             self.commit_offset(owned)
         metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
-        metrics.MODEL_VERSION.labels(d.name).set(version)
+        metrics.MODEL_VERSION.labels(name).set(version)
         for metric, value in learner.progressive.values().items():
-            metrics.MODEL_METRIC.labels(d.name, metric).set(value)
+            metrics.MODEL_METRIC.labels(name, metric).set(value)
         for outcome, count in learner.state.counters.items():
-            metrics.LABEL_EVENTS.labels(d.name, outcome).set(count)
-        return True
+            metrics.LABEL_EVENTS.labels(name, outcome).set(count)
 
     def hand_off(self, owned: Owned) -> bool:
         """Take the checkpoint now and have the write-behind thread write it, while learning
@@ -779,32 +795,13 @@ class Checkpointer:
 
         owner.inflight = InFlight(owned, owner.behind.submit(write), changes, learner.changes,
                                   owned.offset, learner.model.samples_learned, blob, started)
-        learner.changes = 0
-        metrics.observe_counts(metrics.LEARNING_DELAY_SECONDS,
-                               {us / 1e6: n for us, n in learner.delays_us.items()})
-        learner.delays_us.clear()
-        owned.since_checkpoint = 0
-        owned.last_checkpoint = time.monotonic()
+        self._taken(owned)
         return True
 
     def landed(self, job: InFlight, version: int, dropping: bool = False) -> None:
-        """A checkpoint written behind committed: the version is known, then publication and
-        the offset commit, as :meth:`write` does after its commit (``dropping``: handing the
-        deployment over, from the rebalance callback, where kafka-python cannot commit)."""
-        owned, learner = job.owned, job.owned.learner
-        name = learner.deployment.name
-        learner.model.version = version
-        owned.checkpointed_offset = job.offset
-        owned.unpublished = (version, job.samples, job.blob)
-        self.publish_due(owned, force=dropping)
-        if not dropping:
-            self.commit_offset(owned)
-        metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - job.started)
-        metrics.MODEL_VERSION.labels(name).set(version)
-        for metric, value in learner.progressive.values().items():
-            metrics.MODEL_METRIC.labels(name, metric).set(value)
-        for outcome, count in learner.state.counters.items():
-            metrics.LABEL_EVENTS.labels(name, outcome).set(count)
+        """A checkpoint written behind committed: what :meth:`write` does after its commit."""
+        self._committed(job.owned, version, job.samples, job.blob, job.offset, job.started,
+                        dropping)
 
     def operate(self, owned: Owned, rolled_back: bool = False) -> list[ModelEvent]:
         """Inside the checkpoint's transaction, before the snapshot is taken: follow what
