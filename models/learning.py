@@ -355,14 +355,15 @@ class DeploymentLearner:
     def _learn_row(self, x: dict[str, float | str], y: Any, served: Served | None) -> None:
         task = self.model.spec.task
         if task != "anomaly":
-            scored = self.model.score(x)
+            scored = self.model.score_then_learn(x, y)  # scored before it learns the row
             self.progressive.update(y, scored)  # test, then train
             if served is not None:
                 self.served.observe(y, served.prediction, served.proba_dict())
             ops = self.operations
             if ops.detector is not None or ops.challengers:
                 self._operate(x, y, row_loss(task, y, scored))
-        self.model.learn(x, y)
+        else:
+            self.model.learn(x, y)
         self.last_x = x
 
     def _operate(self, x: dict[str, float | str], y: Any, loss: float | None) -> None:

@@ -152,15 +152,17 @@ class Challenger:
 
     def observe(self, x: dict[str, Any], y: Any, champion_loss: float | None,
                 key: bytes | None = None) -> None:
-        scored = self.model.score(x)
-        if self.model.spec.task != "anomaly":
+        if self.model.spec.task == "anomaly":
+            scored = self.model.score(x)
+            self.model.learn(x, y)
+        else:
+            scored = self.model.score_then_learn(x, y)  # scored before it learns the row
             self.progressive.update(y, scored)
             loss = row_loss(self.model.spec.task, y, scored)
             if loss is not None and champion_loss is not None:
                 self.pairs.append((champion_loss, loss))
         if self.keep_predictions and key is not None:
             self.shadow.append((key, scored))
-        self.model.learn(x, y)
 
     def evidence(self, min_labels: int = MIN_LABELS, margin: float = MARGIN) -> Evidence:
         return paired_test(self.pairs, min_labels, margin)

@@ -26,13 +26,13 @@ def recording() -> tuple[DeploymentLearner, list[tuple[float, Any]]]:
     """A learner that also records what it learned, in order."""
     learner = DeploymentLearner.fresh(D, MemoryPending())
     seen: list[tuple[float, Any]] = []
-    learn = learner.model.learn
+    learn = learner.model.score_then_learn  # what the learner calls per row it learns
 
-    def spy(x: dict, y: Any) -> None:
+    def spy(x: dict, y: Any) -> Any:
         seen.append((x["x"], y))
-        learn(x, y)
+        return learn(x, y)
 
-    learner.model.learn = spy  # type: ignore[method-assign]
+    learner.model.score_then_learn = spy  # type: ignore[method-assign]
     return learner, seen
 
 
