@@ -164,8 +164,8 @@ class OnlineModel:
 
     def score_then_learn(self, x: Mapping[str, float | str], y: Any) -> Score:
         """:meth:`score`, then :meth:`learn` the row with its label: progressive validation's
-        step. In one pass for the catalog's numbers-only linear regression, bit for bit
-        river's (:mod:`rowcast.models.fused_learning`); by river's own calls otherwise.
+        step. In one pass for the catalog's linear and logistic regression on numbers only,
+        bit for bit river's (:mod:`rowcast.models.fused_learning`); by river's own calls otherwise.
 
         >>> from rowcast.models.deployment import Deployment, Feature
         >>> d = Deployment("s", "public", "c", "y", (Feature("x", "number"),), "linear_regression", ("id",))
@@ -175,13 +175,16 @@ class OnlineModel:
         """
         fused = self._fused
         if fused is None or fused[0] is not self.estimator:  # a new or restored estimator
-            step = score_then_learn(self.estimator) if self.spec.task == "regression" else None
+            step = score_then_learn(self.estimator) if self.spec.task in (
+                "regression", "binary") else None
             fused = self._fused = (self.estimator, step)
         if fused[1] is not None:
-            y_pred = fused[1](x, y)
-            if y_pred is not None:
+            answer = fused[1](x, y)  # river's predict_one, or predict_proba_one
+            if answer is not None:
                 self.samples_learned += 1
-                return Score(y_pred, y_pred)
+                if self.spec.task == "regression":
+                    return Score(float(answer), float(answer))
+                return self._from_proba(answer)
         scored = self.score(x)
         self.learn(x, y)
         return scored

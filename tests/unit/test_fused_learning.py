@@ -1,4 +1,5 @@
-"""The fused score-then-learn step is bit for bit river's, or is not used at all."""
+"""The fused score-then-learn step is bit for bit river's (linear and logistic regression on
+numbers), or is not used at all."""
 
 from __future__ import annotations
 
@@ -59,6 +60,25 @@ def test_predictions_and_state_equal_rivers_bit_for_bit(seed):
         assert pickle.dumps(a) == pickle.dumps(b)  # (the pipeline's own call plans differ)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_logistic_probabilities_and_state_equal_rivers_bit_for_bit(seed):
+    ours = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    theirs = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    step = score_then_learn(ours)
+    assert step is not None
+    rng = random.Random(seed)
+    for n, (x, _) in enumerate(rows(seed, 1500)):
+        if n in (300, 600, 900):  # the ends of the sigmoid and of the log loss's branches
+            intercept = rng.choice([45.0, -45.0, 25.0, -25.0])
+            for model in (ours, theirs):
+                model["LogisticRegression"].intercept = intercept
+        y = rng.random() < 0.3
+        expected = theirs.predict_proba_one(dict(x))
+        theirs.learn_one(dict(x), y)
+        assert repr(step(dict(x), y)) == repr(expected), (seed, n)
+    assert state(ours) == state(theirs)
+
+
 def test_hyperparameters_of_the_recognised_shape_are_followed():
     ours = pipeline(optimizer=optim.SGD(0.05), intercept_lr=0.2, clip_gradient=3.0)
     theirs = pipeline(optimizer=optim.SGD(0.05), intercept_lr=0.2, clip_gradient=3.0)
@@ -67,6 +87,15 @@ def test_hyperparameters_of_the_recognised_shape_are_followed():
         expected = theirs.predict_one(dict(x))
         theirs.learn_one(dict(x), y)
         assert repr(step(dict(x), y)) == repr(expected)
+    assert state(ours) == state(theirs)
+    weighted = optim.losses.Log(weight_pos=3.0, weight_neg=0.5)
+    ours = preprocessing.StandardScaler() | linear_model.LogisticRegression(loss=weighted)
+    theirs = preprocessing.StandardScaler() | linear_model.LogisticRegression(loss=weighted)
+    step = score_then_learn(ours)
+    for n, (x, _) in enumerate(rows(98, 500)):
+        expected = theirs.predict_proba_one(dict(x))
+        theirs.learn_one(dict(x), n % 4 == 0)
+        assert repr(step(dict(x), n % 4 == 0)) == repr(expected)
     assert state(ours) == state(theirs)
 
 
@@ -84,7 +113,9 @@ class MyRegression(linear_model.LinearRegression):
     preprocessing.StandardScaler() | MyRegression(),
     preprocessing.MinMaxScaler() | linear_model.LinearRegression(),
     get_model("linear_regression").build(categories=True),  # the one-hot branch
-    get_model("logistic_regression").build(categories=False),
+    get_model("logistic_regression").build(categories=True),
+    preprocessing.StandardScaler() | linear_model.LogisticRegression(loss=optim.losses.Hinge()),
+    preprocessing.StandardScaler() | linear_model.PARegressor(),
 ], ids=lambda e: repr(e).split("\n")[0][:40])
 def test_any_other_shape_is_left_to_river(estimator):
     assert score_then_learn(estimator) is None
@@ -117,8 +148,8 @@ def test_not_trusted_when_the_check_stream_disagrees(monkeypatch):
     assert score_then_learn(pipeline()) is not None
 
 
-def deployment(*features: Feature) -> Deployment:
-    return Deployment("d", "public", "t", "y", features, "linear_regression", ("id",))
+def deployment(*features: Feature, model: str = "linear_regression") -> Deployment:
+    return Deployment("d", "public", "t", "y", features, model, ("id",))
 
 
 @pytest.mark.parametrize("features", [
@@ -143,3 +174,21 @@ def test_online_model_score_then_learn_equals_score_then_learn_by_river(features
                     strict=True):
         assert pickle.dumps(a) == pickle.dumps(b)
     assert fused.samples_learned == plain.samples_learned == 400
+
+
+def test_online_model_score_then_learn_of_a_classifier_equals_rivers_score():
+    features = (Feature("a", "number"), Feature("b", "number"))
+    fused = OnlineModel.fresh(deployment(*features, model="logistic_regression"))
+    plain = OnlineModel.fresh(deployment(*features, model="logistic_regression"))
+    assert fused.spec.task == "binary"
+    rng = random.Random(4)
+    for _ in range(300):
+        x = {"a": rng.gauss(0, 3), "b": rng.uniform(-1, 1)}
+        y = x["a"] + rng.gauss(0, 1) > 0
+        expected = plain.score(x)
+        plain.learn(x, y)
+        assert fused.score_then_learn(x, y) == expected
+    assert fused._fused is not None and fused._fused[1] is not None  # it was the fused path
+    for a, b in zip(fused.estimator.steps.values(), plain.estimator.steps.values(),
+                    strict=True):
+        assert pickle.dumps(a) == pickle.dumps(b)
