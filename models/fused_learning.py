@@ -27,8 +27,9 @@ changes these classes falls back to river itself.
 Recognised: exactly those pipelines of river's own classes (a subclass may override
 anything), the scaler with ``with_std`` and no window, the regression with ``SGD`` at a
 constant rate, its default loss (squared; logistic), no L1/L2 penalty, a constant intercept
-rate and zero-initialised weights. A row with a value that is not a ``float`` gets None and
-nothing learned: the caller asks river.
+rate and zero-initialised weights. A row with a value that is not a ``float``, or any row
+inside river's ``compose.learn_during_predict()``, gets None and nothing learned: the caller
+asks river.
 
 >>> from river import linear_model, preprocessing
 >>> model = preprocessing.StandardScaler() | linear_model.LinearRegression()
@@ -95,8 +96,11 @@ def _step(estimator: Any) -> Step:
     logistic = type(glm) is linear_model.LogisticRegression
     weight_pos, weight_neg = (glm.loss.weight_pos, glm.loss.weight_neg) if logistic else (1, 1)
     exp = math.exp
+    pipeline = compose.Pipeline
 
     def step(x: Mapping[str, Any], y: Any) -> Any:
+        if pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:  # inside compose.learn_during_predict()
+            return None  # the scaler would learn in predict_one, and not in learn_one
         for xi in x.values():
             if type(xi) is not float:
                 return None  # river's to learn: what it does with other types is its own

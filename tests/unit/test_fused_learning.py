@@ -139,6 +139,17 @@ def test_a_row_it_cannot_replicate_learns_nothing_and_says_so(value):
         assert state(model) == before
 
 
+def test_inside_rivers_learn_during_predict_it_steps_aside():
+    from river import compose
+
+    model = pipeline()
+    step = score_then_learn(model)
+    with compose.learn_during_predict():
+        assert step({"a": 1.0}, 1.0) is None
+    assert state(model) == state(pipeline())
+    assert step({"a": 1.0}, 1.0) == 0.0
+
+
 def test_not_trusted_when_the_check_stream_disagrees(monkeypatch):
     monkeypatch.setattr(fused_learning, "_TRUSTED", [])
     monkeypatch.setattr(fused_learning, "_CHECK", (({"a": 1.0}, "not a number"),))
