@@ -14,7 +14,10 @@ branch, ``rowcast.models.catalog.without_categories``):
   progressive and served metrics, learning), per label; ``labels_per_s`` is its inverse;
 - ``river_us``: river's own ``predict_one`` (``predict_proba_one`` for classifiers,
   ``score_one`` for anomaly) + ``learn_one`` on the same rows, and ``overhead_us`` the
-  difference: what rowcast adds (target: <= 10 us for linear models, issue 15);
+  difference: what rowcast adds (target: <= 10 us for linear models, issue 15). Where
+  ``fused_step`` is true the learner does river's arithmetic itself
+  (:mod:`rowcast.models.fused_learning`, bit for bit), so it can cost less than river's
+  calls and ``overhead_us`` be negative;
 - ``snapshot_bytes``, ``dump_s``, ``load_s``: the signed snapshot after the run, the time to
   write it (pickle + HMAC, each checkpoint) and to verify + load it (each worker, each published
   version); ``publish_interval_s``: how often the learner publishes a version of it
@@ -44,6 +47,7 @@ from rowcast.core.settings import Settings
 from rowcast.models.cadence import publish_interval
 from rowcast.models.catalog import CATALOG
 from rowcast.models.deployment import Deployment, Feature
+from rowcast.models.fused_learning import score_then_learn
 from rowcast.models.learning import DeploymentLearner, MemoryPending
 from rowcast.models.ordering import CommitOrderMerge
 from rowcast.models.scoring import OnlineModel
@@ -131,7 +135,8 @@ def measure(model: str, rows: int, repeat: int, floor_s: float,
     assert type(loaded["estimator"]) is type(learner.model.estimator)
     interval = publish_interval(load_s, floor_s=floor_s)
     total_us, river_us = total_s / rows * 1e6, river_s / rows * 1e6
-    return {"task": spec.task, "us_per_label": round(total_us, 2),
+    return {"task": spec.task, "fused_step": score_then_learn(OnlineModel.fresh(d).estimator)
+            is not None, "us_per_label": round(total_us, 2),
             "river_us": round(river_us, 2), "overhead_us": round(total_us - river_us, 2),
             "labels_per_s": round(rows / total_s), "snapshot_bytes": len(blob),
             "dump_s": round(dump_s, 5), "load_s": round(load_s, 5),

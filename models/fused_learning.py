@@ -50,10 +50,14 @@ True
 from __future__ import annotations
 
 import math
+import numbers
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from river import compose, linear_model, optim, preprocessing
+
+from rowcast.models.catalog import preprocessing_stage
 
 Step = Callable[[Mapping[str, Any], Any], float | None]
 
@@ -61,21 +65,30 @@ Step = Callable[[Mapping[str, Any], Any], float | None]
 def score_then_learn(estimator: Any) -> Step | None:
     """The fused step for ``estimator`` (bound to its state), or None when it is not the
     recognised shape or the written-out arithmetic did not match river's here."""
-    if _parts(estimator) is None or not _trusted():
+    parts = _parts(estimator)
+    if parts is None or not _trusted():
         return None
-    return _step(estimator)
+    return _step(*parts)
 
 
 _LOSSES = {linear_model.LinearRegression: optim.losses.Squared,
            linear_model.LogisticRegression: optim.losses.Log}
 
 
-def _parts(estimator: Any) -> tuple[Any, Any] | None:
+def _parts(estimator: Any) -> tuple[Any, Any, Any] | None:
+    """(scaler, one-hot encoder or None, regression) of a recognised pipeline."""
     if type(estimator) is not compose.Pipeline or len(estimator.steps) != 2:
         return None
-    scaler, glm = estimator.steps.values()
+    first, glm = estimator.steps.values()
+    encoder = None
+    if type(first) is compose.TransformerUnion:  # catalog.preprocessing_stage(), categories
+        scaler, encoder = _union_parts(first)
+    else:
+        scaler = first
     if type(scaler) is not preprocessing.StandardScaler or not scaler.with_std \
             or getattr(scaler, "window_size", None) is not None:
+        return None
+    if encoder is None and type(first) is not preprocessing.StandardScaler:
         return None
     loss = _LOSSES.get(type(glm))
     if loss is None or type(glm.loss) is not loss or type(glm.optimizer) is not optim.SGD \
@@ -83,19 +96,71 @@ def _parts(estimator: Any) -> tuple[Any, Any] | None:
             or type(glm.intercept_lr) is not optim.schedulers.Constant \
             or type(glm.initializer) is not optim.initializers.Zeros or glm.l1 != 0 or glm.l2 != 0:
         return None
-    return scaler, glm
+    return scaler, encoder, glm
 
 
-def _step(estimator: Any) -> Step:
-    scaler, glm = estimator.steps.values()
+def _union_parts(union: Any) -> tuple[Any, Any]:
+    """(scaler, encoder) of ``SelectType(Number) | StandardScaler() + SelectType(str) |
+    OneHotEncoder()`` in that order, else (None, None)."""
+    parts = list(union.transformers.values())
+    if len(parts) != 2 or any(type(p) is not compose.Pipeline or len(p.steps) != 2
+                              for p in parts):
+        return None, None
+    (select_numbers, scaler), (select_strings, encoder) = (p.steps.values() for p in parts)
+    if type(select_numbers) is not compose.SelectType \
+            or tuple(select_numbers.types) != (numbers.Number,) \
+            or type(select_strings) is not compose.SelectType \
+            or tuple(select_strings.types) != (str,) \
+            or type(encoder) is not preprocessing.OneHotEncoder or encoder.categories is not None \
+            or encoder.drop_zeros or encoder.drop_first:
+        return None, None
+    return scaler, encoder
+
+
+def _loss(glm: Any) -> Callable[[float, float, Any], tuple[Any, float]]:
+    """(river's answer, the clamped loss gradient) from the raw scores before and after the
+    scaler learned the row: ``LinearRegression`` with ``Squared``, or ``LogisticRegression``
+    (``utils.math.sigmoid``, ints at its ends) with ``Log`` and its class weights."""
+    clip = glm.clip_gradient
+    exp = math.exp
+    if type(glm) is linear_model.LinearRegression:
+        def squared(predicted: float, raw: float, y: Any) -> tuple[Any, float]:
+            gradient = 2 * (raw - y)  # Squared.gradient
+            gradient *= 1.0  # the sample weight
+            return predicted, float(max(min(gradient, clip), -clip))  # utils.math.clamp
+
+        return squared
+    weight_pos, weight_neg = glm.loss.weight_pos, glm.loss.weight_neg
+
+    def log(predicted: float, raw: float, y: Any) -> tuple[Any, float]:
+        p = 0 if predicted < -30 else 1 if predicted > 30 else 1 / (1 + exp(-predicted))
+        weight = weight_pos
+        if y == 0:
+            sign = -1
+            weight = weight_neg
+        else:
+            sign = int(y)
+        z = raw * sign
+        if z > 18.0:
+            gradient = weight * exp(-z) * -sign
+        elif z < -18.0:
+            gradient = weight * -sign
+        else:
+            gradient = weight * -sign / (exp(z) + 1.0)
+        gradient *= 1.0
+        return {False: 1.0 - p, True: p}, float(max(min(gradient, clip), -clip))
+
+    return log
+
+
+def _step(scaler: Any, encoder: Any, glm: Any) -> Step:
+    if encoder is not None:
+        return _step_with_categories(scaler, encoder, glm)
     counts, means, variances = scaler.counts, scaler.means, scaler.vars
     lr = glm.optimizer.lr.learning_rate
     intercept_lr = glm.intercept_lr.learning_rate
-    clip = glm.clip_gradient
     optimizer = glm.optimizer
-    logistic = type(glm) is linear_model.LogisticRegression
-    weight_pos, weight_neg = (glm.loss.weight_pos, glm.loss.weight_neg) if logistic else (1, 1)
-    exp = math.exp
+    loss = _loss(glm)
     pipeline = compose.Pipeline
 
     def step(x: Mapping[str, Any], y: Any) -> Any:
@@ -124,34 +189,104 @@ def _step(estimator: Any) -> Step:
             t = (xi - mean) / v**0.5 if v else 0.0
             raw += wi * t
             steps.append((i, wi, t))
-        raw += intercept
-        predicted += intercept
-        if logistic:
-            # LogisticRegression.predict_proba_one: utils.math.sigmoid (ints at the ends)
-            p = 0 if predicted < -30 else 1 if predicted > 30 else 1 / (1 + exp(-predicted))
-            answer: Any = {False: 1.0 - p, True: p}
-            # Log.gradient
-            weight = weight_pos
-            if y == 0:
-                sign = -1
-                weight = weight_neg
-            else:
-                sign = int(y)
-            z = raw * sign
-            if z > 18.0:
-                gradient = weight * exp(-z) * -sign
-            elif z < -18.0:
-                gradient = weight * -sign
-            else:
-                gradient = weight * -sign / (exp(z) + 1.0)
-        else:
-            answer = predicted  # Squared.mean_func
-            gradient = 2 * (raw - y)  # Squared.gradient
-        gradient *= 1.0  # the sample weight
-        gradient = float(max(min(gradient, clip), -clip))  # utils.math.clamp
+        answer, gradient = loss(predicted + intercept, raw + intercept, y)
         glm.intercept = intercept - intercept_lr * gradient
         for i, wi, t in steps:
             weights[i] = wi - lr * (t * gradient)  # VectorDict.isub_scaled of from_scaled
+        optimizer.n_iterations += 1
+        return answer
+
+    return step
+
+
+def _usable(w: Any) -> bool:
+    """A weight whose product with a one-hot 0 adds nothing to a sum and whose update by one
+    leaves it as it is: finite, and not -0.0 (-0.0 - -0.0 is 0.0)."""
+    return math.isfinite(w) and not (w == 0 and math.copysign(1.0, w) < 0)
+
+
+def _step_with_categories(scaler: Any, encoder: Any, glm: Any) -> Step:
+    """The step through ``preprocessing_stage()``: river's one-hot dict holds a 0 for every
+    category seen, and its dot products and update go through all of them. A 0 term adds
+    nothing to a sum and a 0 gradient leaves a weight as it is, *if* every weight is finite
+    and none is -0.0 (checked here once, then on each weight the step changes): so only the
+    row's own categories and numbers are computed, in the places river's dict has them (the
+    encoder's order, unseen categories after, numbers last). A weight that fails that, a
+    gradient that is not finite, a one-hot name that is also a feature's or two features'
+    at once: the step does river's whole dict, or steps aside before changing anything."""
+    counts, means, variances = scaler.counts, scaler.means, scaler.vars
+    seen, zero = encoder.values, encoder._zero_dict
+    lr = glm.optimizer.lr.learning_rate
+    intercept_lr = glm.intercept_lr.learning_rate
+    optimizer = glm.optimizer
+    loss = _loss(glm)
+    pipeline = compose.Pipeline
+    weights = glm._weights
+    usable = [all(_usable(w) for w in weights.values()) and all(n in weights for n in zero)]
+    positions: dict[str, int] = {}
+
+    def step(x: Mapping[str, Any], y: Any) -> Any:
+        if pipeline._LEARN_UNSUPERVISED_DURING_PREDICT or not usable[0]:
+            return None
+        hot = []
+        for i, xi in x.items():
+            kind = type(xi)
+            if kind is str:
+                hot.append((f"{i}_{xi}", i, xi))
+            elif kind is not float:
+                return None
+        if len(positions) != len(zero):  # categories river learned itself meanwhile
+            positions.clear()
+            positions.update((name, n) for n, name in enumerate(zero))
+        names = {name for name, _, _ in hot}
+        if len(names) != len(hot) or any(
+                (i in names or i in zero) for i, xi in x.items() if type(xi) is float):
+            return None  # the union would merge a one-hot name with a feature's
+        in_row = hot
+        unseen = len(zero)
+        hot = sorted(hot, key=lambda h: positions.get(h[0], unseen))  # unseen: in row order
+        weights = glm._weights
+        intercept = glm.intercept
+        predicted = raw = 0.0
+        for name, _, _ in hot:  # before learning: unseen categories are hot, after the rest
+            predicted += weights.get(name, 0.0)  # weight * 1
+        steps = []
+        for i, xi in x.items():
+            if type(xi) is str:
+                continue
+            wi = weights.get(i, 0.0)
+            v = variances[i]
+            m = means[i]
+            predicted += wi * ((xi - m) / v**0.5 if v else 0.0)
+            c = counts[i] + 1
+            counts[i] = c
+            mean = means[i] = m + (xi - m) / c
+            v = variances[i] = v + ((xi - m) * (xi - mean) - v) / c
+            steps.append((i, wi, (xi - mean) / v**0.5 if v else 0.0))
+        for _, i, xi in in_row:  # OneHotEncoder.learn_one
+            vi = seen[i]
+            if xi not in vi:
+                vi.add(xi)
+                zero[f"{i}_{xi}"] = 0
+                positions[f"{i}_{xi}"] = len(positions)
+        hot_weights = [(name, weights.get(name, 0.0)) for name, _, _ in hot]
+        for _, w in hot_weights:  # learned: each row's category has its place in the dict
+            raw += w
+        for _, wi, t in steps:
+            raw += wi * t
+        answer, gradient = loss(predicted + intercept, raw + intercept, y)
+        glm.intercept = intercept - intercept_lr * gradient
+        if not math.isfinite(gradient):  # 0 * gradient is NaN: river's whole dict, literally
+            usable[0] = False
+            for name in zero:
+                if name not in names:
+                    weights[name] = weights.get(name, 0.0) - lr * (0 * gradient)
+        for name, w in hot_weights:
+            weights[name] = w = w - lr * (1 * gradient)
+            usable[0] = usable[0] and _usable(w)
+        for i, wi, t in steps:
+            weights[i] = w = wi - lr * (t * gradient)
+            usable[0] = usable[0] and _usable(w)
         optimizer.n_iterations += 1
         return answer
 
@@ -184,34 +319,79 @@ def _matches_river() -> bool:
 
 def _matches(make: Any) -> bool:
     """:data:`_CHECK` on a fresh model, again on one fitted on clean rows, then with the
-    intercept forced near and beyond the ends of river's sigmoid and log-loss branches."""
+    intercept forced near and beyond the ends of river's sigmoid and log-loss branches; with
+    numbers only, then through the one-hot branch (categories new, seen, two in a row)."""
+    return _matches_shape(make, lambda: preprocessing.StandardScaler() | make(), False) \
+        and _matches_shape(make, lambda: preprocessing_stage() | make(), True)
+
+
+def _matches_shape(make: Any, build: Callable[[], Any], categories: bool) -> bool:
     logistic = make is linear_model.LogisticRegression
-    rows = [(x, y > 0.5 if logistic else y) for x, y in _CHECK]
-    ours, theirs = preprocessing.StandardScaler() | make(), preprocessing.StandardScaler() | make()
-    phases: list[float | None] = [None, None, 40.0, -40.0, 25.0, -25.0, 0.0]
-    for phase, intercept in enumerate(phases):
+    rows = [(_with_categories(n, x) if categories and n % 5 else x, y > 0.5 if logistic else y)
+            for n, (x, y) in enumerate(_generated(categories) + _CHECK)]
+    ours, theirs = build(), build()
+    for phase, intercept in enumerate((None, None, 40.0, -40.0, 25.0, -25.0, 0.0)):
         if phase == 1:
-            ours, theirs = _fitted(ours, logistic), _fitted(theirs, logistic)
+            ours, theirs = (_fitted(m, logistic, categories) for m in (ours, theirs))
         if intercept is not None:
             ours.steps[list(ours.steps)[1]].intercept = intercept
             theirs.steps[list(theirs.steps)[1]].intercept = intercept
-        step = _step(ours)
+        parts = _parts(ours)
+        if parts is None or (parts[1] is not None) != categories:
+            return False
+        step = _step(*parts)
         for x, y in rows:
             answer = step(dict(x), y)
+            if answer is None:  # stepped aside (a non-finite weight): river's own calls
+                if not categories:
+                    return False
+                answer = (ours.predict_proba_one if logistic else ours.predict_one)(dict(x))
+                ours.learn_one(dict(x), y)
             expected = (theirs.predict_proba_one if logistic else theirs.predict_one)(dict(x))
             theirs.learn_one(dict(x), y)
-            if answer is None or _bits(answer) != _bits(expected) \
-                    or _state(ours) != _state(theirs):
+            if _bits(answer) != _bits(expected) or _state(ours) != _state(theirs):
                 return False
     return True
 
 
-def _fitted(model: Any, logistic: bool) -> Any:
+_CITIES = ("Lyon", "Oslo", "Lyon", "Lima")
+
+
+def _generated(categories: bool, n: int = 40) -> tuple[tuple[dict[str, Any], float], ...]:
+    """Ordinary rows before the edge cases, the same ones in every process: their sums carry
+    enough digits for a term added out of river's order to show."""
+    rng = random.Random(20261130)
+    rows = []
+    for _ in range(n):
+        items: list[tuple[str, Any]] = [(k, rng.uniform(-50.0, 50.0)) for k in "abc"]
+        if categories:
+            items += [(k, rng.choice(("x", "y", "z"))) for k in ("city", "plan", "tier")]
+        rng.shuffle(items)
+        rows.append((dict(items), rng.uniform(-10.0, 10.0)))
+    return tuple(rows)
+
+
+def _with_categories(n: int, x: dict[str, float]) -> dict[str, Any]:
+    """Row ``n`` of the check with categories: new and seen ones, up to three in a row (three
+    terms are summed in the encoder's order, not the row's), before or after the numbers."""
+    out: dict[str, Any] = {"tier": ("gold", "lead")[n % 2]} if n % 2 else {}
+    out.update(x)
+    out["city"] = _CITIES[n % 4]
+    if n % 3:
+        out["plan"] = ("pro", "free")[n % 2]
+    if n % 4 == 3:
+        out["tier"] = out.pop("tier")  # the row's order is not the encoder's
+    return out
+
+
+def _fitted(model: Any, logistic: bool, categories: bool) -> Any:
     """A model that learned a few clean rows, so the check also runs on finite weights."""
     model = model.clone()
     for i in range(20):
-        model.learn_one({"a": float(i), "b": i * 0.5 - 3.0, "c": 7.0}, i % 3 == 0 if logistic
-                        else i * 1.5)
+        x: dict[str, Any] = {"a": float(i), "b": i * 0.5 - 3.0, "c": 7.0}
+        if categories:
+            x["city"] = _CITIES[i % 4]
+        model.learn_one(x, i % 3 == 0 if logistic else i * 1.5)
     return model
 
 
@@ -220,7 +400,9 @@ def _bits(value: Any) -> Any:
 
 
 def _state(model: Any) -> list[Any]:
-    scaler, glm = model.steps.values()
-    dicts = (scaler.counts, scaler.means, scaler.vars, glm._weights.to_dict())
+    scaler, encoder, glm = _parts(model) or (None, None, None)
+    dicts = [scaler.counts, scaler.means, scaler.vars, glm._weights.to_dict()]
+    if encoder is not None:
+        dicts += [encoder._zero_dict, {k: sorted(v) for k, v in encoder.values.items()}]
     return [[(k, _bits(v)) for k, v in d.items()] for d in dicts] + [
         _bits(glm.intercept), glm.optimizer.n_iterations]
