@@ -93,6 +93,7 @@ def _parts(estimator: Any) -> tuple[Any, Any, Any] | None:
     loss = _LOSSES.get(type(glm))
     if loss is None or type(glm.loss) is not loss or type(glm.optimizer) is not optim.SGD \
             or type(glm.optimizer.lr) is not optim.schedulers.Constant \
+            or not math.isfinite(glm.optimizer.lr.learning_rate) \
             or type(glm.intercept_lr) is not optim.schedulers.Constant \
             or type(glm.initializer) is not optim.initializers.Zeros or glm.l1 != 0 or glm.l2 != 0:
         return None
@@ -221,12 +222,25 @@ def _step_with_categories(scaler: Any, encoder: Any, glm: Any) -> Step:
     optimizer = glm.optimizer
     loss = _loss(glm)
     pipeline = compose.Pipeline
-    weights = glm._weights
-    usable = [all(_usable(w) for w in weights.values()) and all(n in weights for n in zero)]
-    positions: dict[str, int] = {}
+    usable = [False]
+    positions: dict[str, int] = {}  # one-hot name -> its place in the encoder's dict
+    known: list[Any] = [None, None]  # (optimizer steps, one-hot names) when last looked at
+
+    def look() -> None:
+        """After river's own calls changed the model (a row this step left to river, a
+        category learned in ``learn_during_predict``): every weight and place again."""
+        weights = glm._weights
+        usable[0] = all(_usable(w) for w in weights.values()) and all(n in weights for n in zero)
+        positions.clear()
+        positions.update((name, n) for n, name in enumerate(zero))
+        known[:] = optimizer.n_iterations, len(zero)
 
     def step(x: Mapping[str, Any], y: Any) -> Any:
-        if pipeline._LEARN_UNSUPERVISED_DURING_PREDICT or not usable[0]:
+        if pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:
+            return None
+        if known[0] != optimizer.n_iterations or known[1] != len(zero):
+            look()
+        if not usable[0]:
             return None
         hot = []
         for i, xi in x.items():
@@ -235,9 +249,6 @@ def _step_with_categories(scaler: Any, encoder: Any, glm: Any) -> Step:
                 hot.append((f"{i}_{xi}", i, xi))
             elif kind is not float:
                 return None
-        if len(positions) != len(zero):  # categories river learned itself meanwhile
-            positions.clear()
-            positions.update((name, n) for n, name in enumerate(zero))
         names = {name for name, _, _ in hot}
         if len(names) != len(hot) or any(
                 (i in names or i in zero) for i, xi in x.items() if type(xi) is float):
@@ -267,8 +278,9 @@ def _step_with_categories(scaler: Any, encoder: Any, glm: Any) -> Step:
             vi = seen[i]
             if xi not in vi:
                 vi.add(xi)
-                zero[f"{i}_{xi}"] = 0
-                positions[f"{i}_{xi}"] = len(positions)
+                name = f"{i}_{xi}"
+                zero[name] = 0  # a name another feature made already keeps its place
+                positions.setdefault(name, len(positions))
         hot_weights = [(name, weights.get(name, 0.0)) for name, _, _ in hot]
         for _, w in hot_weights:  # learned: each row's category has its place in the dict
             raw += w
@@ -288,6 +300,7 @@ def _step_with_categories(scaler: Any, encoder: Any, glm: Any) -> Step:
             weights[i] = w = wi - lr * (t * gradient)
             usable[0] = usable[0] and _usable(w)
         optimizer.n_iterations += 1
+        known[:] = optimizer.n_iterations, len(zero)
         return answer
 
     return step

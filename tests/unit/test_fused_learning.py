@@ -108,6 +108,7 @@ class MyRegression(linear_model.LinearRegression):
     linear_model.LinearRegression(),
     pipeline(l2=0.01),
     pipeline(optimizer=optim.Adam()),
+    pipeline(optimizer=optim.SGD(math.inf)),  # lr * (0 * g) is NaN even for a 0 gradient
     pipeline(loss=optim.losses.Huber()),
     pipeline(optimizer=optim.SGD(optim.schedulers.InverseScaling(0.01))),
     preprocessing.StandardScaler(with_std=False) | linear_model.LinearRegression(),
@@ -309,3 +310,44 @@ def test_a_gradient_that_is_not_finite_updates_every_weight_as_river_does():
         assert repr(got) == repr(expected)
     assert repr(cat_state(ours)) == repr(cat_state(theirs))
     assert all(math.isnan(w) for w in ours["LinearRegression"].weights.values())
+
+
+def in_step(ours, theirs, rows, logistic=False, step=None):
+    """Each row through the fused step (river's own calls on ``ours`` where it steps aside,
+    as OnlineModel does) and through river on ``theirs``: answers and state bit for bit."""
+    step = step or score_then_learn(ours)
+    for n, (x, y) in enumerate(rows):
+        got = step(dict(x), y)
+        if got is None:
+            got = (ours.predict_proba_one if logistic else ours.predict_one)(dict(x))
+            ours.learn_one(dict(x), y)
+        expected = (theirs.predict_proba_one if logistic else theirs.predict_one)(dict(x))
+        theirs.learn_one(dict(x), y)
+        assert repr(got) == repr(expected), n
+        assert cat_state(ours) == cat_state(theirs), n
+
+
+def test_a_one_hot_name_two_features_share_keeps_its_first_place():
+    # "a"="b_c" and "a_b"="c" are both "a_b_c": the encoder keeps the name where it was
+    rng = random.Random(1)
+    rows = [({"a": "b_c"}, 1.0), ({"p": "u"}, 2.0), ({"q": "v"}, 3.0), ({"a_b": "c"}, 4.0)]
+    rows += [({"a": "b_c", "p": "u", "q": "v"}, rng.uniform(-10, 10)) for _ in range(50)]
+    in_step(stage(), stage(), rows)
+
+
+def test_a_weight_river_made_non_finite_in_between_is_seen():
+    make = lambda: preprocessing_stage() | linear_model.LinearRegression(  # noqa: E731
+        optimizer=optim.SGD(1e300))
+    rows = [({"c": "A", "q": "Z"}, 1.0), ({"c": "B", "q_Z": 1.0}, 1e153), ({"c": "A"}, 1.0)]
+    in_step(make(), make(), rows)  # the second row collides: river learns it, c_A overflows
+
+
+def test_categories_the_encoder_learned_in_river_s_learn_during_predict_get_their_weights():
+    ours, theirs = stage(), stage()
+    step = score_then_learn(ours)  # the same step throughout, as a learner keeps it
+    in_step(ours, theirs, [({"c": "A"}, 1.0)], step=step)
+    with compose.learn_during_predict():
+        for model in (ours, theirs):
+            model.predict_one({"c": "B"})
+    in_step(ours, theirs, [({"c": "A"}, 1.0), ({"c": "B", "x": 2.0}, 3.0), ({"c": "A"}, 1.0)],
+            step=step)
