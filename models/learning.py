@@ -178,6 +178,7 @@ class DeploymentLearner:
         # this model learns, in the same order; what happened since the last checkpoint
         self.operations = ModelOperations(model.spec.task)
         self.model_events: list[ModelEvent] = []
+        self._now_us = 0  # when the rows being applied are learned (their markers' time)
 
     @classmethod
     def fresh(cls, deployment: Deployment, pending: PendingStore) -> DeploymentLearner:
@@ -274,6 +275,9 @@ class DeploymentLearner:
         pending.assume_absent(new_labelled, ("features", "held", "learned"))
         pending.assume_absent(new_scored, ("features", "learned"))
         pending.prefetch(keys)
+        # a learned row's marker counts its retention from now, not from its label's commit:
+        # a learner catching up on labels older than the retention must still refuse them twice
+        self._now_us = time.time_ns() // 1000
         learned = 0
         for e, key in fresh:
             self._current = e  # what a guarded apply refuses, if learning it breaks the model
@@ -287,7 +291,7 @@ class DeploymentLearner:
             if kind == "labelled":
                 pending.pop(key)  # features of an earlier, unlabelled row with this key
                 pending.take_held(key)
-                learned += self._learn(key, e.x or {}, e.y, e.served, e.at_us)
+                learned += self._learn(key, e.x or {}, e.y, e.served)
             elif kind == "scored":
                 held = pending.take_held(key)
                 if held is None:
@@ -296,7 +300,7 @@ class DeploymentLearner:
                     continue
                 # its label came first: learn now, at the place of the features in the stream
                 counters["late_joined"] += 1
-                learned += self._learn(key, e.x or {}, held["y"], e.served, e.at_us)
+                learned += self._learn(key, e.x or {}, held["y"], e.served)
             else:
                 entry = pending.pop(key)
                 if entry is None:  # the features have not come (yet): hold the label
@@ -304,8 +308,7 @@ class DeploymentLearner:
                     counters["unmatched"] += 1
                     continue
                 counters["joined"] += 1
-                learned += self._learn(key, entry["x"], e.y, _served(entry.get("served")),
-                                       e.at_us)
+                learned += self._learn(key, entry["x"], e.y, _served(entry.get("served")))
         return learned
 
     def _known(self, e: LabelEvent, key: bytes) -> bool:
@@ -315,7 +318,7 @@ class DeploymentLearner:
             # a primary-key change: the row under its new key is the row learned under the old
             done = self.pending.learned(key_id(e.was))
             if done is not None:
-                self.pending.mark_learned(key, {"y": done["y"], "at_us": e.at_us})
+                self.pending.mark_learned(key, {"y": done["y"], "at_us": self._now_us})
         if done is None:
             return False
         if e.kind == "scored" or e.y is None or e.y == done["y"]:
@@ -326,9 +329,9 @@ class DeploymentLearner:
             self.state.counters["corrections"] += 1
         return True
 
-    def _learn(self, key: bytes, x: dict[str, float | str], y: Any, served: Served | None,
-               at_us: int) -> int:
-        self.pending.mark_learned(key, {"y": y, "at_us": at_us})
+    def _learn(self, key: bytes, x: dict[str, float | str], y: Any, served: Served | None
+               ) -> int:
+        self.pending.mark_learned(key, {"y": y, "at_us": self._now_us})
         before = copy.deepcopy((self.model.estimator, self.progressive, self.served,
                                 self.last_x, self.model.samples_learned, self.operations,
                                 len(self.model_events))) if self.guarded else None

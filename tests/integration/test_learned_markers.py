@@ -15,6 +15,9 @@ import pytest
 
 from rowcast.connectors.pending_labels import PgPending, ensure_schema
 from rowcast.core.keys import key_id
+from rowcast.core.label_events import LabelEvent
+from rowcast.models.deployment import Deployment, Feature
+from rowcast.models.learning import DeploymentLearner
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 KEYS = [{"id": 1}, {"id": -(2**63)}, {"Nom\t\"é\\": "a\\b\tc\nd'e"}, {"k": "\\N"},
@@ -79,3 +82,26 @@ def test_a_key_learned_again_replaces_its_marker(conn) -> None:
         assert check.learned(key_id({"id": i})) == {"y": -float(i), "at_us": TIMES[0] + 7}
         assert rows[key_id({"id": i}).decode()][1] == EPOCH + datetime.timedelta(
             microseconds=TIMES[0] + 7)
+
+
+def test_a_row_whose_label_is_older_than_the_retention_is_still_learned_once(conn) -> None:
+    """A learner catching up after an outage longer than the retention learns labels committed
+    before it: their markers count from when they were learned, so the checkpoint's expiry
+    does not drop them at once and a second delivery of the row is a duplicate (the CI run of
+    test_learning_batches learned one twice when its batches came in two polls)."""
+    name = f"old_{uuid.uuid4().hex[:6]}"
+    d = Deployment(name, "public", "t", "y", (Feature("x", "number"),), "linear_regression",
+                   ("id",))
+    learner = DeploymentLearner.fresh(d, PgPending(conn, name, d.generation))
+
+    def event(i: int) -> LabelEvent:  # committed at 1 µs after the epoch
+        return LabelEvent("labelled", name, d.generation, {"id": i}, "t:0", (0, 0, 0), 1,
+                          {"x": float(i)}, 2.0 * i)
+
+    assert learner.apply([event(i) for i in range(5)]) == 5
+    with conn.transaction():  # the checkpoint: markers written, what outlived 7 days expired
+        learner.pending.flush(7 * 86400)
+    assert learner.apply([event(6), event(1)]) == 1
+    assert learner.state.counters["duplicates"] == 1
+    assert conn.execute("SELECT count(*) FROM rowcast.learned_labels WHERE deployment = %s",
+                        (name,)).fetchone()[0] == 5
