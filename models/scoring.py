@@ -164,8 +164,8 @@ class OnlineModel:
 
     def score_then_learn(self, x: Mapping[str, float | str], y: Any) -> Score:
         """:meth:`score`, then :meth:`learn` the row with its label: progressive validation's
-        step. In one pass for the catalog's linear and logistic regression on numbers only,
-        bit for bit river's (:mod:`rowcast.models.fused_learning`); by river's own calls otherwise.
+        step. In one pass for the catalog's linear and logistic regression, bit for bit
+        river's (:mod:`rowcast.models.fused_learning`); by river's own calls otherwise.
 
         >>> from rowcast.models.deployment import Deployment, Feature
         >>> d = Deployment("s", "public", "c", "y", (Feature("x", "number"),), "linear_regression", ("id",))
