@@ -162,7 +162,6 @@ def _loss(glm: Any) -> Callable[[float, float, Any], tuple[Any, float]]:
 def _step(scaler: Any, encoder: Any, glm: Any) -> Step:
     if encoder is not None:
         return _step_with_categories(scaler, encoder, glm)
-    counts, means, variances = scaler.counts, scaler.means, scaler.vars
     lr = glm.optimizer.lr.learning_rate
     intercept_lr = glm.intercept_lr.learning_rate
     optimizer = glm.optimizer
@@ -177,24 +176,10 @@ def _step(scaler: Any, encoder: Any, glm: Any) -> Step:
                 return None  # river's to learn: what it does with other types is its own
         weights = glm._weights
         intercept = glm.intercept
-        predicted = raw = 0.0
-        steps = []
-        for i, xi in x.items():
-            wi = weights.get(i, 0.0)  # a feature never learned weighs 0.0
-            # predict_one: StandardScaler.transform_one (defaultdicts: a new feature gets a
-            # 0.0 mean and variance, as river's lookups give it), VectorDict.dot left to right
-            v = variances[i]
-            m = means[i]
-            predicted += wi * ((xi - m) / v**0.5 if v else 0.0)
-            # learn_one: the scaler learns (Welford) and transforms again; features do not
-            # interact there, so each is done in one go
-            c = counts[i] + 1
-            counts[i] = c
-            mean = means[i] = m + (xi - m) / c
-            v = variances[i] = v + ((xi - m) * (xi - mean) - v) / c
-            t = (xi - mean) / v**0.5 if v else 0.0
+        predicted, steps = _numbers(x, weights, scaler, 0.0)
+        raw = 0.0
+        for _, wi, t in steps:
             raw += wi * t
-            steps.append((i, wi, t))
         answer, gradient = loss(predicted + intercept, raw + intercept, y)
         glm.intercept = intercept - intercept_lr * gradient
         for i, wi, t in steps:
@@ -203,6 +188,30 @@ def _step(scaler: Any, encoder: Any, glm: Any) -> Step:
         return answer
 
     return step
+
+
+def _numbers(x: Mapping[str, Any], weights: Any, scaler: Any, predicted: float
+             ) -> tuple[float, list[tuple[str, float, float]]]:
+    """The row's numbers (its strings skipped): each one's term added to ``predicted`` as
+    ``predict_one`` adds it (``StandardScaler.transform_one``: defaultdicts give a new feature
+    a 0.0 mean and variance, as river's lookups do; ``VectorDict.dot`` left to right), then
+    learned by the scaler (Welford) and transformed again -- features do not interact there,
+    so each is done in one go. Returns the sum and, per number, (name, weight, transformed)."""
+    counts, means, variances = scaler.counts, scaler.means, scaler.vars
+    steps = []
+    for i, xi in x.items():
+        if type(xi) is str:
+            continue
+        wi = weights.get(i, 0.0)  # a feature never learned weighs 0.0
+        v = variances[i]
+        m = means[i]
+        predicted += wi * ((xi - m) / v**0.5 if v else 0.0)
+        c = counts[i] + 1
+        counts[i] = c
+        mean = means[i] = m + (xi - m) / c
+        v = variances[i] = v + ((xi - m) * (xi - mean) - v) / c
+        steps.append((i, wi, (xi - mean) / v**0.5 if v else 0.0))
+    return predicted, steps
 
 
 def _usable(w: Any) -> bool:
@@ -220,7 +229,6 @@ def _step_with_categories(scaler: Any, encoder: Any, glm: Any) -> Step:
     encoder's order, unseen categories after, numbers last). A weight that fails that, a
     gradient that is not finite, a one-hot name that is also a feature's or two features'
     at once: the step does river's whole dict, or steps aside before changing anything."""
-    counts, means, variances = scaler.counts, scaler.means, scaler.vars
     seen, zero = encoder.values, encoder._zero_dict
     lr = glm.optimizer.lr.learning_rate
     intercept_lr = glm.intercept_lr.learning_rate
@@ -266,19 +274,7 @@ def _step_with_categories(scaler: Any, encoder: Any, glm: Any) -> Step:
         predicted = raw = 0.0
         for name, _, _ in hot:  # before learning: unseen categories are hot, after the rest
             predicted += weights.get(name, 0.0)  # weight * 1
-        steps = []
-        for i, xi in x.items():
-            if type(xi) is str:
-                continue
-            wi = weights.get(i, 0.0)
-            v = variances[i]
-            m = means[i]
-            predicted += wi * ((xi - m) / v**0.5 if v else 0.0)
-            c = counts[i] + 1
-            counts[i] = c
-            mean = means[i] = m + (xi - m) / c
-            v = variances[i] = v + ((xi - m) * (xi - mean) - v) / c
-            steps.append((i, wi, (xi - mean) / v**0.5 if v else 0.0))
+        predicted, steps = _numbers(x, weights, scaler, predicted)
         for _, i, xi in in_row:  # OneHotEncoder.learn_one
             vi = seen[i]
             if xi not in vi:
