@@ -743,9 +743,12 @@ class CdcSource:
         txn = self._txn
         assert txn is not None
         try:
-            if type(message) is pgoutput.Insert:
+            partitions = self._partition_count(info.topic)
+            if type(message) is pgoutput.Insert:  # a bulk load's path: one change, no lists
                 after = info.decode(message.new)
-                changes = [("c", None, after, None, self._row_bytes(info, after))]
+                size = self._row_bytes(info, after)
+                partition = self._place(info, after, size, partitions)
+                changes = None
             elif type(message) is pgoutput.Update:
                 after = info.decode(message.new)
                 before = info.decode(message.old) if message.old is not None else None
@@ -763,14 +766,9 @@ class CdcSource:
             else:
                 before = info.decode(message.old)
                 changes = [("d", before, None, None, self._row_bytes(info, before))]
-            partitions = self._partition_count(info.topic)
-            placed = []
-            for _op, was, now, _old, size in changes:
-                image = now if now is not None else was
-                key = encode_key(info.key_of(image)) if partitions > 1 or size > SAFE_EVENT_BYTES \
-                    else b""
-                self._check_size(info, image, len(key) + size + BATCH_ROW_BYTES + 1024)
-                placed.append(partition_of(key, partitions) if partitions > 1 else 0)
+            if changes is not None:
+                placed = [self._place(info, now if now is not None else was, size, partitions)
+                          for _op, was, now, _old, size in changes]
         except UndecodableValue as exc:
             self._set_aside(info, message, lsn, "undecodable_value", str(exc), exc.column,
                             exc.raw, exc.reason)
@@ -780,9 +778,22 @@ class CdcSource:
                             f"event of {exc.size} bytes is too large for Kafka "
                             f"(limit {exc.limit} bytes)")
             return
+        if changes is None:
+            txn.order += 1
+            self._add_to_batch(info, partition, "c", None, after, None, size, lsn)
+            return
         for (op, before, after, old_key, size), partition in zip(changes, placed, strict=True):
             txn.order += 1
             self._add_to_batch(info, partition, op, before, after, old_key, size, lsn)
+
+    def _place(self, info: RelationInfo, image: dict[str, Any], size: int, partitions: int
+               ) -> int:
+        """The partition of a row change whose image is ``image`` (JSON ``size`` bytes), once
+        its event is known not too large for Kafka (:meth:`_check_size`)."""
+        key = encode_key(info.key_of(image)) if partitions > 1 or size > SAFE_EVENT_BYTES \
+            else b""
+        self._check_size(info, image, len(key) + size + BATCH_ROW_BYTES + 1024)
+        return partition_of(key, partitions) if partitions > 1 else 0
 
     @staticmethod
     def _row_bytes(info: RelationInfo, row: dict[str, Any]) -> int:
