@@ -180,8 +180,13 @@ def test_alerts_fire_on_a_real_prometheus_when_a_stage_stops_and_resolve(
                            message=lambda: f"{prometheus.alerts('pending')} "
                                            f"{prometheus.alerts()}")
                 # a frozen process answers no scrape either
+                # (once timed out at 30 s in CI on a loaded box: the message says why next time)
                 wait_until(lambda: prometheus.firing("RowcastProcessDown", job="rowcast-sink"),
-                           timeout_s=30, interval_s=0.5, message=lambda: str(prometheus.alerts()))
+                           timeout_s=60, interval_s=0.5,
+                           message=lambda: f"pending {prometheus.alerts('pending')}\n"
+                                           f"firing {prometheus.alerts()}\n"
+                                           f"targets {prometheus.targets()}\n"
+                                           f"{prometheus.log_tail()}")
                 wait_until(lambda: prometheus.firing("RowcastStageStopped", **sink),
                            timeout_s=40, interval_s=0.5, message=lambda: str(prometheus.alerts()))
                 fired = prometheus.alerts()
