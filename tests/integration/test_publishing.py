@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from rowcast.connectors.fast_kafka import make_fast_producer
 from rowcast.connectors.kafka_clients import ensure_deployment_topics
+from rowcast.connectors.partitioning import partition_of
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.core.errors import RetryableError
 from rowcast.core.label_events import BATCH_HEADER, BATCH_KEY, LabelEvent, decode_batch
@@ -36,6 +37,14 @@ def label(deployment: str, i: int, kind: str = "labelled") -> LabelEvent:
         return LabelEvent("watermark", deployment, "1.1", {}, "t:0", (1000 + i, 0, 0), i)
     return LabelEvent(kind, deployment, "1.1", {"id": i}, "t:0", (100 + i, 1, i), i,  # type: ignore[arg-type]
                       {"x": float(i), "note": "n" * 50}, 2.0 * i)
+
+
+def partition_count(settings, topic: str) -> int:
+    consumer = KafkaConsumer(**settings.kafka_client_config(), group_id=None)
+    try:
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
 
 
 def end_offsets(settings, topic: str) -> int:
@@ -64,6 +73,32 @@ def test_predictions_are_all_on_the_topic_when_publish_returns(settings):
     assert sorted(by_key) == sorted({p.key_bytes() for p in batch})
     assert by_key[orjson.dumps({"id": 3})] == [batch[3].to_json(), None]  # order per key kept
     assert PredictionRecord.from_json(by_key[orjson.dumps({"id": 7})][0]) == batch[7]
+    # each on the partition Kafka's default partitioner gives its key (as the source places
+    # change rows): consumers and compaction find a row's predictions on one partition
+    partitions = partition_count(settings, topic)
+    assert partitions > 1
+    assert all(r.partition == partition_of(r.key, partitions) for r in records)
+
+
+def test_a_batch_larger_than_the_producers_queue_is_published_whole_and_in_order(settings):
+    """More records than librdkafka's local queue holds: those it refused are queued again,
+    in order, as it drains."""
+    name = f"pq_{uuid.uuid4().hex[:6]}"
+    ensure_deployment_topics(settings, [name])
+    publisher = BatchPublisher(settings, make_fast_producer(
+        settings, **{"queue.buffering.max.messages": 50}))
+    batch = [prediction(name, i) for i in range(400)] + [PredictionTombstone(name, {"id": 3})]
+    batch += [prediction(name, 3)]  # the row came back: its new prediction is the last word
+    assert publisher.publish(batch) == 402
+    topic = settings.predictions_topic(name)
+    records = drain(settings, topic, 402, timeout_s=30)
+    assert len(records) == 402 and end_offsets(settings, topic) == 402
+    three = [r.value for r in records if r.key == orjson.dumps({"id": 3})]
+    assert three == [batch[3].to_json(), None, batch[3].to_json()]
+    partitions = partition_count(settings, topic)
+    for p in range(partitions):  # each partition in the order sent
+        sent = [b.key_bytes() for b in batch if partition_of(b.key_bytes(), partitions) == p]
+        assert [r.key for r in records if r.partition == p] == sent
 
 
 def test_label_events_go_as_one_record_per_deployment_in_order(settings):
