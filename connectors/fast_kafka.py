@@ -31,7 +31,7 @@ import logging
 import time
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from rowcast.connectors.kafka_native import client_config
 from rowcast.core.errors import RetryableError
@@ -131,6 +131,32 @@ class ConfluentSends:
                 self.producer.poll(0.05)
         self.count += 1
         if self.count % POLL_EVERY == 0:
+            self.producer.poll(0)
+
+    def send_keyed(self, topic: str, records: list[dict[str, bytes | None]]) -> None:
+        """Queue ``{"key": ..., "value": ...}`` records for ``topic`` in one call, each on the
+        partition its key gives, in order (a ``None`` value is a tombstone); no headers
+        (``produce_batch`` has none).
+
+        Why: the worker sends one per scored row, and one ``produce_batch`` per scored
+        chunk costs 0.6-1.0 µs less CPU per record than a ``produce`` call each (3.3-3.6
+        vs 3.9-4.9 µs with JSON encoding and delivery report; interleaved, 500 per batch).
+        Records the local queue refused (``queue.buffering.max.*``: the tail, since nothing
+        leaves the queue during the call) are sent one by one after it, still in order; any
+        other refusal raises, as :meth:`send` does."""
+        if not records:
+            return
+        before = self.count
+        queued = self.producer.produce_batch(topic, records, on_delivery=self._delivered)
+        self.count += queued
+        if queued < len(records):
+            refused = records[queued:]
+            if not all("_error" in r and r["_error"].code() == KafkaError._QUEUE_FULL
+                       for r in refused):  # not (only) a full queue, or not the tail
+                raise KafkaException(next(r["_error"] for r in records if "_error" in r))
+            for r in refused:
+                self.send(topic, r["key"], r["value"])
+        elif self.count // POLL_EVERY != before // POLL_EVERY:
             self.producer.poll(0)
 
     def __len__(self) -> int:

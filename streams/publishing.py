@@ -83,13 +83,15 @@ class BatchPublisher:
         letters; return the number of records once all are acknowledged, raise
         :class:`~rowcast.core.errors.RetryableError` if any was not."""
         sends = ConfluentSends(self.producer)
-        topics: dict[str, str] = {}
+        keyed: dict[str, list[dict[str, bytes | None]]] = {}  # deployment -> its records
         for p in predictions:  # a tombstone when the row was deleted
-            topic = topics.get(p.deployment)
-            if topic is None:
-                topic = topics[p.deployment] = self.settings.predictions_topic(p.deployment)
-            sends.send(topic, p.key_bytes(),
-                       None if isinstance(p, PredictionTombstone) else p.to_json())
+            records = keyed.get(p.deployment)
+            if records is None:
+                records = keyed[p.deployment] = []
+            records.append({"key": p.key_bytes(), "value": None
+                            if isinstance(p, PredictionTombstone) else p.to_json()})
+        for deployment, records in keyed.items():  # one call each (see send_keyed)
+            sends.send_keyed(self.settings.predictions_topic(deployment), records)
         by_deployment: dict[str, list[LabelEvent]] = {}
         for e in labels:
             by_deployment.setdefault(e.deployment, []).append(e)
