@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
+from kafka.errors import KafkaError
 
 from rowcast.connectors import heartbeat
 
@@ -48,6 +50,24 @@ def slot_lag(conn: psycopg.Connection, slot: str) -> SlotLag | None:
                    heartbeat.behind_seconds(conn, slot))
 
 
+COORDINATOR_WAIT_S = 15.0  # a broker creating __consumer_offsets answers within seconds
+
+
+def _group_offsets(admin: KafkaAdminClient, group_id: str,
+                   wait_s: float = COORDINATOR_WAIT_S) -> dict[TopicPartition, Any]:
+    """The group's committed offsets. A broker that just started has no group coordinator
+    until it made ``__consumer_offsets`` (CoordinatorNotAvailable, CoordinatorLoadInProgress:
+    retriable errors): asked again until ``wait_s``, then the error is the caller's."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return admin.list_group_offsets({group_id: None}).get(group_id, {})
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)  # a retry's backoff, as Kafka's own clients do
+
+
 def consumer_lag(admin: KafkaAdminClient, group_id: str, topics: list[str]) -> list[PartitionLag]:
     """Per-partition lag of ``group_id`` over ``topics`` (missing topics are skipped)."""
     existing = set(admin.list_topics())
@@ -58,7 +78,7 @@ def consumer_lag(admin: KafkaAdminClient, group_id: str, topics: list[str]) -> l
                   for t in admin.describe_topics(wanted) for p in t["partitions"]]
     ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
     starts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in partitions})
-    committed = admin.list_group_offsets({group_id: None}).get(group_id, {})
+    committed = _group_offsets(admin, group_id)
     out = []
     for tp in partitions:
         end = ends[tp].offset

@@ -106,3 +106,28 @@ def test_oldest_unconsumed_event_age_reads_the_first_uncommitted_record(settings
     finally:
         reader.close()
         admin.close()
+
+
+def test_consumer_lag_waits_for_the_group_coordinator_of_a_broker_that_just_started(tmp_path):
+    """On a fresh broker the first group lookup finds no coordinator yet (Kafka is still
+    creating __consumer_offsets: CoordinatorNotAvailable, a retriable error). `rowcast lag`
+    right after `rowcast dev up` said Kafka "did not let rowcast in"; it waits instead."""
+    from rowcast.core.settings import Settings
+    from rowcast.ops.devstack.kafka import KafkaServer
+    from rowcast.ops.devstack.process import free_port
+
+    server = KafkaServer(tmp_path / "kafka", free_port(), free_port(),
+                         cache_dir=Settings(_env_file=None).cache_dir)
+    server.start()
+    try:
+        fresh = Settings(kafka_bootstrap=server.bootstrap, topic_prefix="fresh", _env_file=None)
+        ensure_topics(fresh, ["fresh.t"], partitions=2)
+        admin = make_admin(fresh)
+        try:
+            lags = consumer_lag(admin, "fresh-sink", ["fresh.t"])
+        finally:
+            admin.close()
+        assert sorted((p.topic, p.partition, p.committed, p.lag) for p in lags) == [
+            ("fresh.t", 0, None, 0), ("fresh.t", 1, None, 0)]
+    finally:
+        server.stop()
