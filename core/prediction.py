@@ -65,19 +65,14 @@ class PredictionRecord:
         try:
             doc = orjson.loads(data)
             source = doc["source"]
-            return cls(
-                deployment=str(doc["deployment"]),
-                model=str(doc["model"]),
-                model_version=int(doc["model_version"]),
-                schema=str(source["schema"]),
-                table=str(source["table"]),
-                key=dict(doc["key"]),
-                prediction=doc["prediction"],
-                score=None if doc["score"] is None else float(doc["score"]),
-                source_lsn=int(source["lsn"]),
-                source_commit_us=int(source["commit_ts_us"]),
-                scored_at_us=int(doc["scored_at_us"]),
-            )
+            key, score = doc["key"], doc["score"]
+            # positional, in field order (the sink decodes every prediction: kwargs and a
+            # copy of a key that is a dict already cost ~0.5 of its ~2.5 µs)
+            return cls(str(doc["deployment"]), str(doc["model"]), int(doc["model_version"]),
+                       str(source["schema"]), str(source["table"]),
+                       key if type(key) is dict else dict(key), doc["prediction"],
+                       None if score is None else float(score), int(source["lsn"]),
+                       int(source["commit_ts_us"]), int(doc["scored_at_us"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"not a prediction record: {exc!r}") from None
 
