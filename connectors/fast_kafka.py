@@ -58,7 +58,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "enable.idempotence": True,
         # the Java client's (and kafka-python's) murmur2, not librdkafka's default CRC32: a
         # key lands where every other Kafka client, the CDC source's batches and the
-        # predictions produced before issue 15 put it (co-partitioned joins, compaction)
+        # predictions produced before issue 15 put it (co-partitioned joins downstream)
         "partitioner": "murmur2_random",
         "linger.ms": 2,
         "batch.size": 1024 * 1024,
