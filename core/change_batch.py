@@ -160,11 +160,6 @@ class ChangeBatch:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DecodeError(f"not a change batch: {exc}") from None
 
-    def key(self, row: int) -> dict[str, Any]:
-        image = self.after[row] if self.after[row] is not None else self.before[row]
-        assert image is not None
-        return {name: image.get(name) for name in self.key_columns}
-
     def events(self, origin: str = "") -> list[ChangeEvent]:
         """The rows as the change events their per-row envelopes would parse to."""
         # one pass over the columns, no call per row but the two constructors (a worker
