@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
@@ -325,12 +325,13 @@ def measure_baselines(dsn: str, n: int, copy_rows: int) -> dict:
 
 
 @contextlib.contextmanager
-def paused(pipeline: Pipeline) -> Iterator[None]:
-    """rowcast's processes stopped (SIGSTOP to each process group) for a baseline run, then
-    continued: nothing of rowcast runs, but the table, the slot and the services are those of
-    the run with rowcast beside it. Kept short (one run of a second or so), well inside the
-    consumers' session timeout, so no group rebalances when they continue."""
-    groups = [proc.pid for proc in pipeline.procs.values() if proc.poll() is None]
+def paused(pipeline: Pipeline, names: Iterable[str] | None = None) -> Iterator[None]:
+    """rowcast's processes (``names``: only those) stopped (SIGSTOP to each process group) for
+    a baseline run, then continued: nothing of rowcast runs, but the table, the slot and the
+    services are those of the run with rowcast beside it. Kept short (one run of a second or
+    so), well inside the consumers' session timeout, so no group rebalances when they continue."""
+    chosen = pipeline.procs if names is None else {n: pipeline.procs[n] for n in names}
+    groups = [proc.pid for proc in chosen.values() if proc.poll() is None]
     for pid in groups:
         os.killpg(pid, signal.SIGSTOP)
     try:
@@ -407,14 +408,20 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str,
                 wait_for_predictions(conn, 1, max_id(conn), 300, pipeline)
 
             baselines.insert_runs(dsn, TABLE, args.insert_rows, 1, caught_up)
-            runs, paused_runs = [], []
+            runs, paused_runs, source_runs = [], [], []
+            downstream = [n for n in pipeline.procs if n != "source"]
             for i in range(args.insert_pairs):
                 # each run with rowcast beside a run, just before it, with rowcast's processes
                 # stopped: same table, same server, same moment (the first baseline is minutes
-                # and two bulk loads away, on a fresh cluster)
+                # and two bulk loads away, on a fresh cluster); between them, a run with the
+                # source alone (the worker, learner and sink stopped): what capturing the
+                # changes costs the writer, the floor of any logical-decoding pipeline here
                 with paused(pipeline):
                     paused_runs.append(baselines.insert_throughput(dsn, TABLE, args.insert_rows,
                                                                    seed=100 + i))
+                with paused(pipeline, downstream):
+                    source_runs.append(baselines.insert_throughput(dsn, TABLE, args.insert_rows,
+                                                                   seed=200 + i))
                 caught_up()
                 runs.append(baselines.insert_throughput(dsn, TABLE, args.insert_rows, seed=1 + i))
                 caught_up()
@@ -422,6 +429,8 @@ def measure_rowcast(settings: Settings, args: argparse.Namespace, dsn: str,
             out["insert_with_rowcast_runs"] = [round(r) for r in runs]
             out["insert_rowcast_paused_rows_per_s"] = statistics.median(paused_runs)
             out["insert_rowcast_paused_runs"] = [round(r) for r in paused_runs]
+            out["insert_with_source_only_rows_per_s"] = statistics.median(source_runs)
+            out["insert_with_source_only_runs"] = [round(r) for r in source_runs]
 
             first = max_id(conn) + 1
             labelled = conn.execute(f"SELECT count(*) FROM {TABLE} WHERE purchase_amount "
@@ -504,6 +513,11 @@ def ratios(result: dict) -> dict:
         # table with rowcast stopped (the pairs alternate): what rowcast itself costs it
         out["insert_with_rowcast_vs_paused"] = round(
             result["insert_with_rowcast_rows_per_s"] / paused_base, 3)
+    if paused_base and isinstance(result.get("insert_with_source_only_rows_per_s"), float):
+        # the same writer with only the source capturing its changes (worker, learner and
+        # sink stopped): the ceiling insert_with_rowcast_vs_paused can reach on these cores
+        out["insert_with_source_only_vs_paused"] = round(
+            result["insert_with_source_only_rows_per_s"] / paused_base, 3)
     copy_base = result.get("copy_baseline_rows_per_s")
     e2e = result.get("end_to_end", {})
     if copy_base:

@@ -1,6 +1,7 @@
 """What the running pipeline costs the machine at steady rates, and where it runs: JSON.
 
-    python -m bench.rates [--rates 20,300,2000] [--seconds 15] [--pairs 5] [--placements shared,split]
+    python -m bench.rates [--rates 20,300,2000] [--seconds 15] [--pairs 5]
+                          [--placements shared,split,source_only]
 
 Why this bench: the writer's INSERT rate with rowcast attached (``make bench``'s
 ``insert_with_rowcast_vs_paused``) is set by how much CPU the pipeline takes from a writer
@@ -20,7 +21,11 @@ figures of ``make bench`` (µs per row over a 200k-row COPY) cannot show it. Mea
    CPU, as ``make bench`` runs. ``split``: rowcast's processes and the broker on the last CPU,
    PostgreSQL and the writer on the others (``sched_setaffinity``), as on a machine where
    rowcast and Kafka have cores of their own; its ``with_vs_shared_paused`` compares with the
-   writer on every CPU and rowcast stopped.
+   writer on every CPU and rowcast stopped. ``source_only``: as ``shared``, but the worker,
+   learner and sink stay stopped through the runs "with" rowcast too: the writer then loses
+   only what capturing its changes costs (the source, the walsender decoding each commit as
+   it is flushed, the broker storing them), the floor of any logical-decoding pipeline on
+   the writer's cores, which ``shared`` can only be above.
 
 Every figure is from this run, on this machine; compare them only with each other.
 """
@@ -68,8 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=15.0, help="measured seconds per rate")
     p.add_argument("--insert-rows", type=int, default=5000, help="rows per writer run")
     p.add_argument("--pairs", type=int, default=5, help="writer runs per placement")
-    p.add_argument("--placements", default="shared,split",
-                   help="shared, split, or both (see the module's documentation)")
+    p.add_argument("--placements", default="shared,split,source_only",
+                   help="shared, split, source_only, or some of them (see the module's "
+                   "documentation)")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--state-dir", type=Path, default=Path(".rowcast/bench"))
     return p.parse_args(argv)
@@ -164,6 +170,11 @@ def writer_pairs(dsn: str, pipeline: Pipeline, services: dict[str, int], placeme
     every = set(range(os.cpu_count() or 1))
     rowcast_cpus = {max(every)} if placement == "split" and len(every) > 1 else every
     others = every - rowcast_cpus or every
+    # source_only: the worker, learner and sink stopped through the "with" run too, so the
+    # writer shares the cores with the source, the walsender and the broker alone: the least
+    # any logical-decoding pipeline costs it
+    stopped_with = [n for n in pipeline.procs if n != "source"] if placement == "source_only" \
+        else []
 
     def place() -> None:
         pin([p for proc in pipeline.procs.values() for p in procstat.process_tree(proc.pid)]
@@ -179,7 +190,8 @@ def writer_pairs(dsn: str, pipeline: Pipeline, services: dict[str, int], placeme
                 stopped.append(baselines.insert_throughput(dsn, TABLE, n_rows, seed=100 + i))
             caught_up()
             place()
-            with_rowcast.append(baselines.insert_throughput(dsn, TABLE, n_rows, seed=1 + i))
+            with paused(pipeline, stopped_with):
+                with_rowcast.append(baselines.insert_throughput(dsn, TABLE, n_rows, seed=1 + i))
             caught_up()
     finally:
         pin([p for proc in pipeline.procs.values() for p in procstat.process_tree(proc.pid)]
@@ -225,10 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r]
     placements = [p for p in args.placements.split(",") if p]
-    unknown = set(placements) - {"shared", "split"}
+    unknown = set(placements) - {"shared", "split", "source_only"}
     if unknown:
         raise SystemExit(f"bench.rates: unknown placement {sorted(unknown)[0]!r} "
-                         "(shared or split)")
+                         "(shared, split or source_only)")
     result: dict = {"config": {k: str(v) if isinstance(v, Path) else v
                                for k, v in vars(args).items() if k != "state_dir"},
                     "cpus": os.cpu_count()}

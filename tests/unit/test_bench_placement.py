@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from bench import procstat
+from bench.e2e import paused
 from bench.rates import main, pin
+from tests.helpers.waiting import wait_until
 
 
 def allowed_cpus(pid: int) -> str:
@@ -43,3 +46,26 @@ def test_a_process_tree_is_found_and_pinned_with_its_grandchildren() -> None:
 def test_an_unknown_placement_is_refused_before_any_service_starts() -> None:
     with pytest.raises(SystemExit, match="unknown placement 'spread'"):
         main(["--placements", "shared,spread"])
+
+
+def state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_pausing_some_processes_stops_those_groups_alone_and_continues_them() -> None:
+    # make bench's source-only writer runs: the worker, learner and sink stopped, the source not
+    procs = {name: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                    start_new_session=True) for name in ("source", "worker", "sink")}
+    try:
+        pipeline = SimpleNamespace(procs=procs)
+        with paused(pipeline, ["worker", "sink"]):
+            wait_until(lambda: state(procs["worker"].pid) == "T" == state(procs["sink"].pid),
+                       10, message="the worker and the sink stopped")
+            assert state(procs["source"].pid) != "T"
+        wait_until(lambda: all(state(p.pid) != "T" for p in procs.values()), 10,
+                   message="every process continued")
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
