@@ -274,27 +274,27 @@ class BatchScorer:
 
     def _watermarks(self, marks: list[Watermark]) -> list[LabelEvent]:
         """One ``watermark`` label event per deployment reading each mark's topic, in the
-        order the marks came (per partition they only grow)."""
+        order the marks came (per partition they only grow). Every table whose topic it is
+        gets it: two tables whose names differ only in characters a topic name cannot hold
+        ("a b", "a_b") share one topic, and a learner not told of the other's progress would
+        hold its last labels until that table changed again."""
         if not marks:
             return []
-        tables: dict[str, tuple[str, str]] = {}
+        tables: dict[str, list[tuple[str, str]]] = {}
         for schema, table in self.serving.tables():
             if self.topic_of is not None:
-                tables[self.topic_of(schema, table)] = (schema, table)
+                tables.setdefault(self.topic_of(schema, table), []).append((schema, table))
         out: list[LabelEvent] = []
         for topic, partition, lsn in marks:
-            table = tables.get(topic) or self._table_by_suffix(topic)
-            if table is not None:
+            for table in tables.get(topic) or self._tables_by_suffix(topic):
                 out += self.serving.watermarks(table, f"{topic}:{partition}", lsn)
         return out
 
-    def _table_by_suffix(self, topic: str) -> tuple[str, str] | None:
+    def _tables_by_suffix(self, topic: str) -> list[tuple[str, str]]:
         if self.topic_of is not None:
-            return None
-        for schema, table in self.serving.tables():
-            if topic.endswith(f".{schema}.{table}"):
-                return schema, table
-        return None
+            return []
+        return [(schema, table) for schema, table in self.serving.tables()
+                if topic.endswith(f".{schema}.{table}")]
 
     def _handle(self, changes: list[ChangeEvent]) -> BatchResult:
         """The serving set sets aside what one deployment fails on; should it raise anyway,

@@ -66,6 +66,20 @@ def test_a_watermark_record_becomes_a_label_event_per_deployment_after_the_batch
         assert LabelEvent.from_json(e.to_json()) == e  # the labels topic carries it
 
 
+def test_two_tables_sharing_one_topic_each_get_its_watermarks():
+    # "a b" and "a_b" both become the topic t.public.a_b: a learner whose table is not told of
+    # the topic's progress holds its last labels until its own table changes again
+    published = Published()
+    spaced, underscored = deployment("spaced", table="a b"), deployment("underscored", table="a_b")
+    scorer = BatchScorer(ServingSet.fresh([spaced, underscored]), published,
+                         topic_of=lambda schema, table: f"t.{schema}.{table.replace(' ', '_')}")
+    asyncio.run(scorer.score([watermark(0, 3, 500, topic="t.public.a_b")]))
+    [(_, _, labels)] = published.calls
+    assert sorted((e.deployment, e.stream, e.order) for e in labels) == [
+        ("spaced", "t.public.a_b:0", (500, 0, 0)),
+        ("underscored", "t.public.a_b:0", (500, 0, 0))]
+
+
 def test_a_batch_of_watermarks_only_publishes_no_prediction_and_keeps_partition_order():
     published = Published()
     scorer = BatchScorer(ServingSet.fresh([deployment("a")]), published,
