@@ -223,6 +223,44 @@ def missing_tables(conn: psycopg.Connection) -> dict[str, list[str]]:
     return out
 
 
+def unpublished_tables(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Per deployment, its table or labels table when one of that name exists but is not in
+    rowcast's publication: dropped and created again (a publication holds a table by its oid,
+    so the new one is not in it) or taken out by hand. None of its changes reach rowcast, and
+    nothing else would say so: the slot advances and every process is healthy."""
+    out: dict[str, list[str]] = {}
+    for name, schema, table in conn.execute(
+            "SELECT d.name, t.sch, t.tab FROM rowcast.deployments d CROSS JOIN LATERAL ("
+            "SELECT d.schema_name, d.table_name UNION SELECT d.labels->>'schema', "
+            "d.labels->>'table' WHERE d.labels IS NOT NULL) AS t(sch, tab) "
+            "JOIN rowcast.config c ON c.key = 'publication' "
+            "WHERE to_regclass(format('%I.%I', t.sch, t.tab)) IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = c.value "
+            "AND p.schemaname = t.sch AND p.tablename = t.tab) ORDER BY d.name, t.sch, t.tab"):
+        out.setdefault(name, []).append(f"{schema}.{table}")
+    return out
+
+
+def changed_keys(conn: psycopg.Connection) -> dict[str, tuple[list[str], list[str]]]:
+    """Per deployment, ``(deployed with, now)``: the primary key columns of its table when they
+    are no longer those it was deployed with (a key column renamed, the key moved to other
+    columns). The source keys rows by the key the WAL names, so rows written since are stored
+    and learned under the new key, while the ``_scored`` view, backfill and reconcile still
+    join on the old one, and labels of rows scored before the change find no features."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for name, deployed, now in conn.execute(
+            "SELECT d.name, d.key_columns, to_jsonb(k.cols) FROM rowcast.deployments d "
+            "CROSS JOIN LATERAL (SELECT array_agg(a.attname::text ORDER BY u.ord) "
+            "FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS u(attnum, ord) "
+            "ON true JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.attnum "
+            "WHERE i.indrelid = to_regclass(format('%I.%I', d.schema_name, d.table_name)) "
+            "AND i.indisprimary) AS k(cols) "
+            "WHERE to_regclass(format('%I.%I', d.schema_name, d.table_name)) IS NOT NULL "
+            "AND d.key_columns IS DISTINCT FROM to_jsonb(k.cols) ORDER BY d.name"):
+        out[name] = (list(deployed), list(now or ()))
+    return out
+
+
 def list_failures(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
     """Failures workers recorded, by deployment name (empty before ``rowcast init`` made the
     table). Callers compare ``generation`` with the deployment's: a redeploy starts afresh."""

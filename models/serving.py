@@ -314,7 +314,10 @@ class ServingSet:
             return
         if event.before is not None and event.before.get(d.target) == value:
             return  # the label did not change (REPLICA IDENTITY FULL tells us)
-        _append_label(model, event, value, {k: row.get(k) for k in d.key_columns}, result)
+        # keyed as the row was scored: by the primary key the source read with it (after a
+        # RENAME COLUMN of a key column, the deployment's key_columns name a column gone)
+        key = event.key if event.key is not None else {k: row.get(k) for k in d.key_columns}
+        _append_label(model, event, value, key, result)
 
     @staticmethod
     def _label_from_table(model: OnlineModel, event: ChangeEvent, result: BatchResult) -> None:

@@ -42,10 +42,12 @@ from rowcast.connectors.kafka_clients import (
 )
 from rowcast.connectors.lag import consumer_lag, oldest_unconsumed_age_s, slot_lag
 from rowcast.connectors.registry import (
+    changed_keys,
     list_deployments,
     list_failures,
     missing_columns,
     missing_tables,
+    unpublished_tables,
 )
 from rowcast.core import metrics
 from rowcast.core.settings import Settings
@@ -53,6 +55,8 @@ from rowcast.models.features import MISSING_COLUMN
 from rowcast.ops.verdict import Sample, Verdict, evaluate, judge, slot_verdict, stall_after
 
 MISSING_TABLE = "missing_table"  # a failure status shows: the deployment's table is gone
+NOT_PUBLISHED = "not_published"  # ... its table is there, but none of its changes are streamed
+KEY_CHANGED = "key_changed"  # ... its table's primary key is not the one it was deployed with
 
 # kafka-python warns on every describe of faust's group: faust's assignor data is not the
 # standard consumer protocol. We only count members, so that warning is noise on every sample.
@@ -136,6 +140,8 @@ class Monitor:
             failures = list_failures(conn)
             missing = missing_columns(conn)
             gone = missing_tables(conn)
+            unpublished = unpublished_tables(conn)
+            rekeyed = changed_keys(conn)
             pauses = versions.paused(conn)
             drifts = {r[0]: {"count": r[1], "last_at": r[2], "last_label": r[3],
                              "last_version": r[4]} for r in conn.execute(DRIFTS_SQL)}
@@ -155,7 +161,8 @@ class Monitor:
                                    strict=True)),
             "deployments": [_deployment(d, models.get(d.name),
                                         _current(d, failures.get(d.name))
-                                        or _missing(d, missing, gone, now),
+                                        or _missing(d, missing, gone, now)
+                                        or _unfollowed(d, unpublished, rekeyed, now),
                                         pauses.get(d.name), drifts.get(d.name))
                             for d in deployments],
             "topic_layout": layout,
@@ -296,6 +303,28 @@ def _missing(d: Any, missing: dict[str, list[str]], tables: dict[str, list[str]]
                      f"the dead-letter topic as {MISSING_COLUMN}; deploy again with the table's "
                      f"columns (or rename it back), then `rowcast backfill {d.name}` scores the "
                      "rows it missed"}
+
+
+def _unfollowed(d: Any, unpublished: dict[str, list[str]],
+                rekeyed: dict[str, tuple[list[str], list[str]]], now: float
+                ) -> dict[str, Any] | None:
+    """A deployment whose table is there but is not followed as deployed: out of the
+    publication (dropped and created again), or keyed by other columns now."""
+    if d.name in unpublished:
+        return {"generation": d.generation, "reason": NOT_PUBLISHED, "since": now,
+                "error": f"table {', '.join(unpublished[d.name])} is not in rowcast's "
+                         "publication (dropped and created again, or taken out of it): none of "
+                         "its changes are streamed or scored; deploy again to add it back, then "
+                         f"`rowcast backfill {d.name}` scores the rows it missed"}
+    if d.name in rekeyed:
+        was, now_cols = rekeyed[d.name]
+        return {"generation": d.generation, "reason": KEY_CHANGED, "since": now,
+                "error": f"the primary key of {d.schema}.{d.table} is now "
+                         f"({', '.join(now_cols) or 'none'}), deployed with ({', '.join(was)}): "
+                         "rows since are stored and learned under the new key, but labels of "
+                         "rows scored before it find no features and the _scored view joins on "
+                         "the old key; deploy again to follow the new key"}
+    return None
 
 
 def _deployment(d: Any, model: tuple | None, failure: dict[str, Any] | None = None,

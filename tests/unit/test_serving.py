@@ -91,6 +91,25 @@ def test_rows_without_label_wait_for_an_update_that_sets_it() -> None:
     assert learner.state.counters["unmatched"] == 0
 
 
+def test_a_label_from_an_update_is_keyed_as_its_row_was_scored_after_a_key_rename() -> None:
+    # RENAME COLUMN id TO order_id: the source keys rows by the primary key the WAL names, so
+    # the row was scored (and its features kept) under {"order_id": 3}; a label keyed by the
+    # deployment's key_columns ({"id": None}) matched nothing and was lost without a word
+    d = deployment()
+    serving, learner = ServingSet.fresh([d]), DeploymentLearner.fresh(d, MemoryPending())
+    source = SourceInfo("rowcast", "app", "public", "customers", 2000, 9, 99)
+    scored = serving.handle([ChangeEvent("c", None, {"order_id": 3, "age": 3, "amount": None},
+                                         source, {"order_id": 3}, origin="t:0",
+                                         order=(2000, 2000, 1))])
+    assert [p.key for p in scored.predictions] == [{"order_id": 3}]
+    update = ChangeEvent("u", None, {"order_id": 3, "age": 3, "amount": 9.0}, source,
+                         {"order_id": 3}, origin="t:0", order=(3000, 3000, 1))
+    labels = serving.handle([update]).labels
+    assert [(e.kind, e.key) for e in labels] == [("label", {"order_id": 3})]
+    assert learner.apply(scored.labels + labels) == 1
+    assert learner.state.counters["unmatched"] == 0
+
+
 def test_labels_table_rows_are_joined_by_key() -> None:
     d = Deployment("spend", "public", "customers", "amount", FEATURES, "linear_regression",
                    ("id",), labels=LabelSource("public", "outcomes", "customer_id", "amount"))
