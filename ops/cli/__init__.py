@@ -89,9 +89,33 @@ def main() -> None:
                    err=True)
         raise SystemExit(2) from None
     except KafkaError as exc:  # unreachable, refused TLS handshake, failed login: say so plainly
-        settings = Settings()
-        typer.echo(f"rowcast: Kafka at {settings.kafka_bootstrap} "
-                   f"({settings.kafka_security_protocol}) did not let rowcast in: "
-                   f"{type(exc).__name__}: {exc}. Check ROWCAST_KAFKA_BOOTSTRAP and "
-                   "ROWCAST_KAFKA_SECURITY_PROTOCOL / _SASL_* / _SSL_* settings.", err=True)
+        typer.echo(f"rowcast: {kafka_failure_line(exc, Settings())}", err=True)
         raise SystemExit(2) from None
+
+
+def kafka_failure_line(exc: Exception, settings: Settings) -> str:
+    """The one line a Kafka failure ends a command with. A broker that answered with an
+    error (an invalid or colliding topic name...) did let rowcast in: pointing at the
+    bootstrap and security settings then sends the operator the wrong way.
+
+    >>> from kafka.errors import InvalidTopicError, KafkaConnectionError
+    >>> s = Settings(kafka_bootstrap="k:9092", _env_file=None)
+    >>> line = kafka_failure_line(InvalidTopicError("collides with existing topic"), s)
+    >>> line.startswith("Kafka at k:9092 refused a request: InvalidTopicError"), "BOOTSTRAP" in line
+    (True, False)
+    >>> "ROWCAST_KAFKA_BOOTSTRAP" in kafka_failure_line(KafkaConnectionError("refused"), s)
+    True
+    """
+    from kafka.errors import AuthorizationError, BrokerResponseError, SaslAuthenticationFailedError
+
+    where = f"Kafka at {settings.kafka_bootstrap}"
+    what = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, AuthorizationError):
+        return (f"{where} refused rowcast: {what}. Its principal lacks an ACL rowcast needs "
+                "(README, \"Security: who can do what\").")
+    if isinstance(exc, BrokerResponseError) and not isinstance(exc, SaslAuthenticationFailedError):
+        return (f"{where} refused a request: {what} (it answered: the connection and "
+                "credentials are fine).")
+    return (f"{where} ({settings.kafka_security_protocol}) did not let rowcast in: {what}. "
+            "Check ROWCAST_KAFKA_BOOTSTRAP and ROWCAST_KAFKA_SECURITY_PROTOCOL / _SASL_* / "
+            "_SSL_* settings.")
