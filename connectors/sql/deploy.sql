@@ -3,7 +3,8 @@
 -- Plain PL/pgSQL (no Python in the database). The CLI calls the same function, so a deployment made
 -- with ``SELECT rowcast.deploy(...)`` and one made with ``rowcast deploy`` are checked by the same
 -- code: the table must exist and have a primary key, the columns must exist and have a usable type,
--- the target must not be a feature and must fit the model's task. Refusals use SQLSTATE ``RC001``
+-- the target must not be a feature and must fit the model's task, the table's Kafka topic must
+-- not be (or collide with) another's (rowcast._check_table_topic). Refusals use SQLSTATE ``RC001``
 -- with a message a person can act on. It also adds the table to rowcast's publication and creates
 -- the view ``rowcast.<name>_scored``: every source row beside its latest prediction.
 -- A ``module:factory`` model must come from a module ROWCAST_CUSTOM_MODEL_MODULES allows: SQL
@@ -170,6 +171,134 @@ LANGUAGE sql STABLE AS $fn$
      WHERE a.attrelid = p_oid AND a.attnum > 0 AND NOT a.attisdropped
 $fn$;
 
+-- A table's change topic as core/settings.py names it (source_topic, _topic_safe): every character
+-- outside [A-Za-z0-9._-] becomes '_', one per character. Kafka holds no two topics that are equal
+-- once '.' reads as '_' (it refuses the second), so tables are compared by the fold of their
+-- topic: safe(schema) || '.' || safe(table) with '.' as '_' (the prefix is common to all).
+CREATE OR REPLACE FUNCTION rowcast._topic_safe(p_name text)
+RETURNS text LANGUAGE sql IMMUTABLE STRICT AS $fn$
+SELECT regexp_replace(p_name, '[^A-Za-z0-9._-]', '_', 'g')
+$fn$;
+
+CREATE OR REPLACE FUNCTION rowcast._topic_fold(p_schema text, p_table text)
+RETURNS text LANGUAGE sql IMMUTABLE STRICT AS $fn$
+SELECT replace(rowcast._topic_safe(p_schema) || '.' || rowcast._topic_safe(p_table), '.', '_')
+$fn$;
+
+-- Refuses (RC001) a table deployment p_name would read (p_what: 'table' or 'labels table') whose
+-- change topic would mix with, or be refused by Kafka beside, another topic: a deployment's own
+-- predictions or labels topic (<prefix>.predictions.<name>: the sink and the learner read every
+-- topic under those prefixes), or the change topic of another table a deployment reads
+-- (p_other, the deployment's other table, counts too). Kafka's refusal stopped the source and
+-- the worker, and so every deployment; a shared topic mixed two tables' rows.
+CREATE OR REPLACE FUNCTION rowcast._check_table_topic(
+    p_name text, p_what text, p_schema text, p_table text,
+    p_other_what text DEFAULT NULL, p_other_schema text DEFAULT NULL,
+    p_other_table text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    v_safe text := rowcast._topic_safe(p_schema);
+    v_fold text := rowcast._topic_fold(p_schema, p_table);
+    v_topic text := '<prefix>.' || v_safe || '.' || rowcast._topic_safe(p_table);
+    v_hit record;
+BEGIN
+    IF v_safe IN ('predictions', 'labels') OR starts_with(v_safe, 'predictions.')
+       OR starts_with(v_safe, 'labels.') THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            '%s %I.%I cannot be deployed on: its change topic %s would be read as a '
+            'deployment''s %s topic (<prefix>.%s.<deployment>); move it to another schema',
+            p_what, p_schema, p_table, v_topic, split_part(v_safe, '.', 1),
+            split_part(v_safe, '.', 1));
+    END IF;
+    SELECT u.what, u.schema_name, u.table_name, u.deployment INTO v_hit
+      FROM (SELECT 'table' AS what, d.schema_name, d.table_name, d.name AS deployment
+              FROM rowcast.deployments d
+            UNION ALL
+            SELECT 'labels table', d.labels->>'schema', d.labels->>'table', d.name
+              FROM rowcast.deployments d WHERE d.labels IS NOT NULL
+            UNION ALL
+            SELECT p_other_what, p_other_schema, p_other_table, NULL
+             WHERE p_other_schema IS NOT NULL) AS u
+     WHERE rowcast._topic_fold(u.schema_name, u.table_name) = v_fold
+       AND (u.schema_name, u.table_name) IS DISTINCT FROM (p_schema, p_table)
+     ORDER BY u.deployment NULLS FIRST
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            '%s %I.%I and %s %I.%I%s would share one Kafka change topic (%s): rename one of them',
+            p_what, p_schema, p_table, v_hit.what, v_hit.schema_name, v_hit.table_name,
+            CASE WHEN v_hit.deployment IS NULL THEN ''
+                 ELSE format(' (deployment %L)', v_hit.deployment) END,
+            CASE WHEN rowcast._topic_safe(v_hit.schema_name) || '.'
+                      || rowcast._topic_safe(v_hit.table_name) = v_safe || '.'
+                      || rowcast._topic_safe(p_table)
+                 THEN 'both ' || v_topic
+                 ELSE format('%s and <prefix>.%s.%s: Kafka reads ''.'' and ''_'' alike', v_topic,
+                             rowcast._topic_safe(v_hit.schema_name),
+                             rowcast._topic_safe(v_hit.table_name)) END);
+    END IF;
+    SELECT n.name, n.kind INTO v_hit
+      FROM (SELECT name FROM rowcast.deployments UNION SELECT p_name) AS n0(name),
+           LATERAL (VALUES (n0.name, 'predictions'), (n0.name, 'labels')) AS n(name, kind)
+     WHERE n.kind || '_' || n.name = v_fold
+     ORDER BY n.name, n.kind DESC
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            '%s %I.%I: its change topic %s and the %s topic <prefix>.%s.%s of deployment %L '
+            'are one topic to Kafka, which reads ''.'' and ''_'' alike: rename the table, or '
+            'choose another name for that deployment', p_what, p_schema, p_table, v_topic,
+            v_hit.kind, v_hit.kind, v_hit.name, v_hit.name);
+    END IF;
+END
+$fn$;
+
+-- Refuses (RC001) a deployment name whose predictions or labels topic Kafka cannot hold beside
+-- the change topic of a table some deployment reads (see rowcast._check_table_topic)
+CREATE OR REPLACE FUNCTION rowcast._check_name_topics(p_name text)
+RETURNS void LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    v_hit record;
+BEGIN
+    SELECT k.kind, u.what, u.schema_name, u.table_name, u.deployment INTO v_hit
+      FROM (SELECT 'table' AS what, d.schema_name, d.table_name, d.name AS deployment
+              FROM rowcast.deployments d
+            UNION ALL
+            SELECT 'labels table', d.labels->>'schema', d.labels->>'table', d.name
+              FROM rowcast.deployments d WHERE d.labels IS NOT NULL) AS u,
+           (VALUES ('predictions'), ('labels')) AS k(kind)
+     WHERE rowcast._topic_fold(u.schema_name, u.table_name) = k.kind || '_' || p_name
+     ORDER BY k.kind DESC, u.deployment
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
+            'deployment name %L: its %s topic <prefix>.%s.%s and the change topic of %s %I.%I '
+            '(deployment %L) are one topic to Kafka, which reads ''.'' and ''_'' alike: choose '
+            'another name', p_name, v_hit.kind, v_hit.kind, p_name, v_hit.what,
+            v_hit.schema_name, v_hit.table_name, v_hit.deployment);
+    END IF;
+END
+$fn$;
+
+-- The last deployment reading a table takes it out of the publication: no more events
+-- (rowcast.undeploy, and rowcast.deploy moving a name to another table)
+CREATE OR REPLACE FUNCTION rowcast._unpublish_unused(p_schema text, p_table text)
+RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_pub text;
+BEGIN
+    SELECT value INTO v_pub FROM rowcast.config WHERE key = 'publication';
+    IF v_pub IS NOT NULL AND p_schema IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM rowcast.deployments d
+                        WHERE (d.schema_name = p_schema AND d.table_name = p_table)
+                           OR (d.labels->>'schema' = p_schema AND d.labels->>'table' = p_table))
+       AND EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = v_pub
+                      AND schemaname = p_schema AND tablename = p_table) THEN
+        EXECUTE format('ALTER PUBLICATION %I DROP TABLE %I.%I', v_pub, p_schema, p_table);
+    END IF;
+END
+$fn$;
+
 DROP FUNCTION IF EXISTS rowcast.deploy(text, text, text, text[], text, text, text, text);
 -- p_backfill: the rows already in the table are scored too (those without a prediction), as
 -- `rowcast deploy` does; a function cannot reach Kafka, so it leaves a request in
@@ -196,6 +325,7 @@ DECLARE
     v_kind text;
     v_pub text;
     v_row rowcast.deployments;
+    v_old rowcast.deployments;
     v_cols text;
     v_labels jsonb;
     v_lschema text;
@@ -219,10 +349,13 @@ BEGIN
             ELSE 'p_model must not be NULL: give a model of the catalog (SELECT name FROM '
                  'rowcast.models) or a custom module:factory' END;
     END IF;
-    IF p_name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+    -- at most 56 characters: rowcast.<name>_scored must fit PostgreSQL's 63-byte identifiers
+    -- (longer names were cut, and two deployments could end with one view)
+    IF p_name !~ '^[a-z][a-z0-9_]{0,55}$' THEN
         RAISE EXCEPTION USING ERRCODE = 'RC001', MESSAGE = format(
-            'deployment name %L must be lower-case letters, digits and _, starting with a letter '
-            '(it names topics and the view rowcast.<name>_scored)', p_name);
+            'deployment name %L must be 1 to 56 lower-case letters, digits and _, starting with '
+            'a letter (it names topics and the view rowcast.<name>_scored, which PostgreSQL '
+            'limits to 63 bytes)', p_name);
     END IF;
     SELECT r.schema_name, r.table_name, r.table_oid INTO v_schema, v_table, v_oid
       FROM rowcast._resolve_table(p_table, 'table') r;
@@ -396,6 +529,25 @@ BEGIN
             MESSAGE = '--labels-key and --labels-column need --labels-table';
     END IF;
 
+    -- tables whose change topics would mix with, or be refused by Kafka beside, another's
+    PERFORM rowcast._check_name_topics(p_name);
+    PERFORM rowcast._check_table_topic(p_name, 'table', v_schema, v_table);
+    IF v_labels IS NOT NULL THEN
+        PERFORM rowcast._check_table_topic(p_name, 'labels table', v_lschema, v_ltable,
+                                           'table', v_schema, v_table);
+    END IF;
+
+    SELECT * INTO v_old FROM rowcast.deployments WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        -- a new deployment under a name undeployed earlier: that incarnation's predictions
+        -- (kept by undeploy) are not this one's; the view and the missing-only backfill would
+        -- take them for its own
+        DELETE FROM rowcast.predictions WHERE deployment = p_name;
+    ELSIF (v_old.schema_name, v_old.table_name) IS DISTINCT FROM (v_schema, v_table) THEN
+        -- the name moves to another table: its predictions of the old one are nobody's
+        DELETE FROM rowcast.predictions WHERE deployment = p_name
+           AND source_schema = v_old.schema_name AND source_table = v_old.table_name;
+    END IF;
     INSERT INTO rowcast.deployments AS d (name, schema_name, table_name, target, target_kind,
                                           features, model, key_columns, labels)
     VALUES (p_name, v_schema, v_table, p_target, v_target_kind, v_feature_json, p_model,
@@ -414,6 +566,11 @@ BEGIN
         ON CONFLICT (deployment) DO UPDATE SET requested_at = now();
     END IF;
 
+    -- the tables the name read before and no deployment reads now leave the publication
+    IF v_old.name IS NOT NULL THEN
+        PERFORM rowcast._unpublish_unused(v_old.schema_name, v_old.table_name);
+        PERFORM rowcast._unpublish_unused(v_old.labels->>'schema', v_old.labels->>'table');
+    END IF;
     SELECT value INTO v_pub FROM rowcast.config WHERE key = 'publication';
     IF v_pub IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM pg_publication_tables
