@@ -52,6 +52,14 @@ may have other consumers, and an event's shape would then depend on which deploy
 when it was read. Session output styles are pinned in :func:`slot.stream_changes`, so database
 or role defaults (``IntervalStyle``, ``DateStyle``, ``bytea_output``, ...) change nothing.
 
+**Keys.** A row is keyed by its primary key as the WAL says it was when the row was written
+(the Relation message's flags, :func:`relation_key`), not by the catalog of when it is read: a
+source behind a ``RENAME COLUMN id TO order_id`` keys older rows by ``id``. A row with no key
+(written while its table had no primary key; under ``REPLICA IDENTITY FULL``, without the
+columns of the table's primary key, or with a null in one) goes to the dead letters the same
+way (reason ``no_key``): published under an empty or null key, all such rows would collapse
+onto one prediction.
+
 **Watermarks** (issue 14; ``source_watermarks``). Kafka orders records per partition only, so
 the source tells every partition of every published table's topic how far it is complete: a
 record with key :data:`~rowcast.core.envelope.WATERMARK_KEY`, no value and the header
@@ -138,6 +146,69 @@ def _raw_text(raw: pgoutput.Value, limit: int = RAW_LIMIT) -> str | None:
     return data[:limit].decode("utf-8", "backslashreplace")
 
 
+class UnkeyedRow(Exception):
+    """A row change no key can be given (see :func:`relation_key`): it goes to the dead
+    letters, never onto a change topic under an empty or null key."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelationKey:
+    """Which columns key a relation's rows, decided once per Relation message.
+
+    ``names``: the key columns, in primary-key order where known (``()``: none); ``checked``:
+    each row must be checked (no key at all, or a key taken from the catalog, whose columns
+    rows written before it existed may hold nulls); ``missing``: why there is no key, one line
+    naming the table, what the dead letter says."""
+
+    names: tuple[str, ...]
+    checked: bool = False
+    missing: str | None = None
+
+
+def relation_key(rel: pgoutput.Relation, primary_key: Callable[[], tuple[str, ...] | None]
+                 ) -> RelationKey:
+    """The key of ``rel``'s rows, from what the WAL says at that point.
+
+    A Relation message flags its replica identity's columns *as of its WAL position* (and comes
+    again after DDL), while the catalog (``primary_key()``: the table's primary key now, or
+    None) may have moved on: a source behind a ``RENAME COLUMN id TO order_id`` reads rows whose
+    columns are still ``id``. So:
+
+    - default identity (``d``): the flagged columns are the primary key then; in the catalog's
+      order when it names the same columns (the record key is in primary-key order, as
+      Debezium's), else in table order. None flagged: the table had no primary key when the
+      rows were written, and they have none (the catalog's key of now is not theirs);
+    - ``FULL`` (``f``; every column flagged) or ``NOTHING`` (``n``; none): the catalog's primary
+      key, only if the relation has all its columns (checked per row for nulls);
+    - ``USING INDEX`` (``i``): the same, else the flagged index columns.
+
+    ``primary_key`` is called at most once, and not at all when there is nothing to ask."""
+    where = f"{rel.schema}.{rel.table}"
+    flagged = tuple(c.name for c in rel.columns if c.is_key)
+    if rel.replica_identity == "d":
+        if not flagged:
+            return RelationKey((), True, f"no key: table {where} had no primary key when this "
+                                          "row was written (no key column in the WAL's Relation)")
+        catalog = primary_key()
+        if catalog is not None and sorted(catalog) == sorted(flagged):
+            return RelationKey(catalog)
+        return RelationKey(flagged)
+    catalog = primary_key()
+    names = {c.name for c in rel.columns}
+    if catalog is not None and all(name in names for name in catalog):
+        return RelationKey(catalog, True)
+    if rel.replica_identity == "i" and flagged:
+        return RelationKey(flagged)
+    if catalog is None:
+        why = f"table {where} has no primary key (replica identity {rel.replica_identity!r})"
+    else:
+        absent = ", ".join(repr(n) for n in catalog if n not in names)
+        why = (f"table {where}'s primary key column {absent} is not in this row (written "
+               "before the key's last change; replica identity "
+               f"{rel.replica_identity!r} does not say which columns keyed it then)")
+    return RelationKey((), True, f"no key: {why}")
+
+
 @dataclass
 class RelationInfo:
     """A decoded Relation message and what the loop derives from it once."""
@@ -148,10 +219,25 @@ class RelationInfo:
     decoders: tuple[Callable[[bytes], Any], ...]
     key_names: tuple[str, ...]
     fast_row: Callable[[tuple], dict[str, Any]] | None = None
+    key: RelationKey | None = None  # None: ``key_names``, trusted (no check per row)
+    key_checked: bool = False  # :meth:`check_key` must see each row (rare: see RelationKey)
 
     def __post_init__(self) -> None:
         if self.fast_row is None:
             self.fast_row = _compile_row(self.names, self.decoders)
+        if self.key is not None:
+            self.key_checked = self.key.checked
+
+    def check_key(self, row: dict[str, Any]) -> None:
+        """:class:`UnkeyedRow` unless ``row`` has a key with a value in each column; called
+        only when :attr:`key_checked` (keys the WAL names need no check)."""
+        if self.key is not None and self.key.missing is not None:
+            raise UnkeyedRow(self.key.missing)
+        nulls = [name for name in self.key_names if row.get(name) is None]
+        if nulls:
+            rel = self.relation
+            raise UnkeyedRow(f"no key: primary key column {', '.join(map(repr, nulls))} of "
+                             f"table {rel.schema}.{rel.table} is null in this row")
 
     def decode(self, values: tuple) -> dict[str, Any]:
         """The row's values: :meth:`row`'s result, by the function compiled for this relation
@@ -601,16 +687,25 @@ class CdcSource:
     def _remember(self, rel: pgoutput.Relation) -> None:
         """Relation messages come again at each peek and after DDL: always overwrite.
 
-        The event key is the primary key, as in Debezium, not the replica identity the message
-        flags: with ``REPLICA IDENTITY FULL`` every column is flagged. Looked up once per shape.
+        The event key is the primary key, as in Debezium, as the message says it was at its WAL
+        position (:func:`relation_key`: the catalog is only asked for the key's order, or when
+        the message cannot say, with ``REPLICA IDENTITY FULL``). Decided once per shape; a row
+        it gives no key goes to the dead letters (:meth:`_refuse_unkeyed`).
         """
         known = self.relations.get(rel.oid)
         if known is not None and known.relation == rel:
             return
-        try:
-            keys = slot.table_key_columns(self.conn, rel.schema, rel.table)
-        except SourceError:  # no primary key (or gone): fall back to the replica identity
-            keys = tuple(c.name for c in rel.columns if c.is_key)
+
+        def primary_key() -> tuple[str, ...] | None:
+            try:
+                return slot.table_key_columns(self.conn, rel.schema, rel.table)
+            except SourceError:  # no primary key now, or no such table (dropped, renamed)
+                return None
+
+        key = relation_key(rel, primary_key)
+        if key.missing is not None:
+            log.warning("%s.%s: %s; its row changes go to the dead letters until a Relation "
+                        "message names a key", rel.schema, rel.table, key.missing)
         topic = self.settings.source_topic(rel.schema, rel.table)
         if topic not in self._topics_made:
             # the first writer of a change topic makes it, with rowcast's layout: a deployment
@@ -623,7 +718,8 @@ class CdcSource:
             topic=topic,
             names=tuple(c.name for c in rel.columns),
             decoders=tuple(pgtypes.decoder_for(c.type_oid) for c in rel.columns),
-            key_names=keys,
+            key_names=key.names,
+            key=key,
         )
 
     def _publish_row_change(self, message: Any, lsn: int) -> None:
@@ -660,6 +756,10 @@ class CdcSource:
                             f"event of {exc.size} bytes is too large for Kafka "
                             f"(limit {exc.limit} bytes)")
             return
+        except UnkeyedRow as exc:
+            self._txn.order = order
+            self._refuse_unkeyed(info, message, lsn, exc)
+            return
         for key, value, headers in records:  # only once the whole row change can be published
             self._send(info.topic, key, value, headers)
         self._sent_topics.add(info.topic)
@@ -670,6 +770,8 @@ class CdcSource:
         assert self._txn is not None
         keyed = after if after is not None else before
         assert keyed is not None
+        if info.key_checked:  # rare: see RelationKey
+            info.check_key(keyed)
         key = encode_key(info.key_of(keyed))
         self._txn.order += 1
         rel = info.relation
@@ -725,6 +827,13 @@ class CdcSource:
             self._dlq_ready = True
         self._send(self.settings.dlq_topic, letter.kafka_key(), letter.encode())
 
+    def _refuse_unkeyed(self, info: RelationInfo, message: Any, lsn: int,
+                        exc: UnkeyedRow) -> None:
+        """A row change with no key goes to the dead letters alone (reason ``no_key``): under
+        an empty or null key, every such row would collapse onto one prediction."""
+        why = str(exc)
+        self._set_aside(info, message, lsn, "no_key", why, None, "", why)
+
     def _send(self, topic: str, key: bytes, value: bytes | None,
               headers: list | None = None, partition: int | None = None, events: int = 1
               ) -> None:
@@ -778,6 +887,9 @@ class CdcSource:
                             f"event of {exc.size} bytes is too large for Kafka "
                             f"(limit {exc.limit} bytes)")
             return
+        except UnkeyedRow as exc:
+            self._refuse_unkeyed(info, message, lsn, exc)
+            return
         if changes is None:
             txn.order += 1
             self._add_to_batch(info, partition, "c", None, after, None, size, lsn)
@@ -789,7 +901,10 @@ class CdcSource:
     def _place(self, info: RelationInfo, image: dict[str, Any], size: int, partitions: int
                ) -> int:
         """The partition of a row change whose image is ``image`` (JSON ``size`` bytes), once
-        its event is known not too large for Kafka (:meth:`_check_size`)."""
+        its event is known not too large for Kafka (:meth:`_check_size`) and it has a key
+        (:class:`UnkeyedRow` if not; checked only where the WAL did not name the key)."""
+        if info.key_checked:  # rare: see RelationKey
+            info.check_key(image)
         key = encode_key(info.key_of(image)) if partitions > 1 or size > SAFE_EVENT_BYTES \
             else b""
         self._check_size(info, image, len(key) + size + BATCH_ROW_BYTES + 1024)
