@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench import procstat
-from bench.e2e import paused
+from bench.e2e import Sampler, paused
 from bench.rates import main, pin
 from tests.helpers.waiting import wait_until
 
@@ -69,3 +69,20 @@ def test_pausing_some_processes_stops_those_groups_alone_and_continues_them() ->
         for p in procs.values():
             p.kill()
             p.wait()
+
+
+def test_peaks_are_reset_so_the_load_is_measured_alone_and_the_earlier_peak_is_kept() -> None:
+    # a process that once held ~150 MB and let it go: its lifetime peak is not the load's
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time; b = bytearray(150 << 20); del b; "
+                              "print('freed', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "freed"
+        sampler = Sampler(SimpleNamespace(procs={"learner": child}), "", "")
+        before = sampler.reset_peaks()
+        assert before["learner"] >= 150
+        assert sampler.stats()["learner"]["peak_rss_mb"] < 100
+    finally:
+        child.kill()
+        child.wait()
