@@ -14,13 +14,11 @@ from datetime import date, datetime
 
 import psycopg
 
-from rowcast.connectors.cdc_source import CdcSource
-from rowcast.connectors.kafka_clients import make_producer
-from rowcast.connectors.slot import confirmed_lsn, current_wal_lsn
+from rowcast.connectors.slot import current_wal_lsn
 from rowcast.core.dead_letter import DeadLetter
 from tests.helpers.kafka_reading import afters, drain, drain_rows
+from tests.helpers.sources import run_source_past
 from tests.helpers.tables import watch
-from tests.helpers.waiting import wait_until
 
 DAY_US = 86_400_000_000
 MONTH_US = 2_629_800_000_000  # Debezium's MicroDuration: a month is 365.25 / 12 days
@@ -85,16 +83,6 @@ def _make_types(conn: psycopg.Connection) -> tuple[str, str]:
     return enum, domain
 
 
-def _run_source(settings, conn: psycopg.Connection, watch_conn: psycopg.Connection,
-                past: int) -> None:
-    producer = make_producer(settings)
-    source = CdcSource(settings, conn, producer)
-    wait_until(lambda: source.poll_once() == 0
-               and confirmed_lsn(watch_conn, settings.slot_name) > past, timeout_s=90,
-               message="the slot's confirmed position to pass the last transaction")
-    producer.close()
-
-
 def _letters(settings, table: str, expected: int) -> dict[int, DeadLetter]:
     letters = [DeadLetter.decode(r.value) for r in drain(settings, settings.dlq_topic, expected)]
     mine = [le for le in letters if le.context.get("table") == table]
@@ -110,7 +98,7 @@ def test_bad_values_go_to_the_dead_letters_and_everything_else_flows(settings, p
     before_b = current_wal_lsn(pg_conn)
     pg_conn.execute(f"INSERT INTO public.{table_b} VALUES (1, 'still flowing')")
 
-    _run_source(settings, pg_conn, pg_conn, before_b)
+    run_source_past(settings, pg_conn, before_b)
 
     assert afters(drain_rows(settings, topic_b, 1)) == \
         [{"id": 1, "note": "still flowing"}]
@@ -152,7 +140,7 @@ def test_database_defaults_for_output_styles_do_not_change_the_events(settings, 
             _insert(conn, table, GOOD)
             past = current_wal_lsn(conn)
             conn.execute(f"INSERT INTO public.{table} (id, iv) VALUES (99, '2 mons 3 days')")
-            _run_source(settings, conn, pg_conn, past)
+            run_source_past(settings, conn, past, pg_conn)
     finally:
         for name in styles:
             pg_conn.execute(f"ALTER DATABASE {db} RESET {name}")

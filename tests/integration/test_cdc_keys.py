@@ -16,16 +16,15 @@ import uuid
 import orjson
 import pytest
 
-from rowcast.connectors.cdc_source import CdcSource
-from rowcast.connectors.kafka_clients import make_producer
 from rowcast.connectors.lag import slot_lag
 from rowcast.connectors.schema import init_database
-from rowcast.connectors.slot import confirmed_lsn, current_wal_lsn
+from rowcast.connectors.slot import current_wal_lsn
 from rowcast.core.dead_letter import DeadLetter
 from rowcast.ops.pipeline import Pipeline
 from tests.helpers.diagnostics import logs
 from tests.helpers.kafka_reading import drain, drain_rows
 from tests.helpers.learning import fast
+from tests.helpers.sources import run_source_past
 from tests.helpers.tables import watch
 from tests.helpers.waiting import wait_until
 
@@ -60,15 +59,6 @@ def source_letters(settings, table: str, expected: int, timeout_s: float = 60.0
     letters = [DeadLetter.decode(r.value) for r in drain(settings, settings.dlq_topic, expected,
                                                          timeout_s=timeout_s)]
     return [le for le in letters if le.stage == "source" and le.context.get("table") == table]
-
-
-def run_source(settings, conn, past: int) -> None:
-    producer = make_producer(settings)
-    source = CdcSource(settings, conn, producer)
-    wait_until(lambda: source.poll_once() == 0
-               and confirmed_lsn(conn, settings.slot_name) > past, timeout_s=90,
-               message="the slot's confirmed position to pass the last transaction")
-    producer.close()
 
 
 # ------------------------------------------------------------------------- whole pipeline
@@ -160,7 +150,7 @@ def test_a_composite_key_keeps_primary_key_order(settings, pg_conn):
     order (Debezium's, and what topics already hold)."""
     table, topic = watch(settings, pg_conn, "(a int, b text, x float8, PRIMARY KEY (b, a))")
     pg_conn.execute(f"INSERT INTO public.{table} VALUES (1, 'one', 0.5)")
-    run_source(settings, pg_conn, current_wal_lsn(pg_conn))
+    run_source_past(settings, pg_conn, current_wal_lsn(pg_conn))
     rows = drain_rows(settings, topic, 1)
     assert [r.key for r in rows] == [b'{"b":"one","a":1}']
 
@@ -175,7 +165,7 @@ def test_replica_identity_full_behind_a_key_rename_dead_letters_only_the_unkeyab
     pg_conn.execute(f"ALTER TABLE public.{table} RENAME COLUMN id TO order_id")
     pg_conn.execute(f"INSERT INTO public.{table} VALUES (2, 1.5)")
     pg_conn.execute(f"UPDATE public.{table} SET x = 2.5 WHERE order_id = 2")
-    run_source(settings, pg_conn, current_wal_lsn(pg_conn))
+    run_source_past(settings, pg_conn, current_wal_lsn(pg_conn))
     rows = drain_rows(settings, topic, 2)
     assert [(r.value["op"], r.key_doc) for r in rows] == \
         [("c", {"order_id": 2}), ("u", {"order_id": 2})]
