@@ -10,15 +10,25 @@ import pytest
 
 from rowcast.ops.monitor import Monitor
 from rowcast.ops.pipeline import Pipeline
+from rowcast.ops.status_screen import render
 from tests.helpers.learning import counters, fast, learned
 from tests.helpers.tables import sql_deployed
 from tests.helpers.waiting import wait_until
 
 
 def failed(settings, name: str) -> dict | None:
+    """The deployment's failure in ``rowcast status``, checked against the screen's line: it
+    says what happened and what to do, not that rows go to the dead letters (they do not)."""
     monitor = Monitor(settings)
     try:
-        return next(d["failed"] for d in monitor.sample()["deployments"] if d["name"] == name)
+        sample = monitor.sample()
+        problem = next(d["failed"] for d in sample["deployments"] if d["name"] == name)
+        line = next((li for li in render(sample).splitlines()
+                     if li.startswith(f"FAILED {name}:")), None)
+        assert (line is None) == (problem is None), line
+        if line is not None:
+            assert line == f"FAILED {name}: {problem['error']}"
+        return problem
     finally:
         monitor.close()
 
