@@ -261,6 +261,28 @@ def changed_keys(conn: psycopg.Connection) -> dict[str, tuple[list[str], list[st
     return out
 
 
+def topic_collisions(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Per deployment, ``"its table and another"`` for each other table some deployment reads
+    whose change topic is its table's (or labels table's) or collides with it in Kafka
+    (``rowcast._topic_fold``: characters a topic cannot hold become ``_``, and Kafka reads
+    ``.`` and ``_`` alike).
+    ``rowcast.deploy`` refuses such a table; deployments made before it did are shown here:
+    a shared topic mixes two tables' rows, and a colliding one is refused by Kafka, which
+    stops the source and the workers."""
+    if conn.execute("SELECT to_regproc('rowcast._topic_fold')").fetchone()[0] is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for name, own, other in conn.execute(
+            "WITH t AS (SELECT d.name, u.sch, u.tab, rowcast._topic_fold(u.sch, u.tab) AS fold "
+            "FROM rowcast.deployments d CROSS JOIN LATERAL (SELECT d.schema_name, d.table_name "
+            "UNION SELECT d.labels->>'schema', d.labels->>'table' WHERE d.labels IS NOT NULL) "
+            "AS u(sch, tab)) "
+            "SELECT DISTINCT a.name, a.sch || '.' || a.tab, b.sch || '.' || b.tab FROM t a "
+            "JOIN t b ON a.fold = b.fold AND (a.sch, a.tab) <> (b.sch, b.tab) ORDER BY 1, 2, 3"):
+        out.setdefault(name, []).append(f"{own} and {other}")
+    return out
+
+
 def list_failures(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
     """Failures workers recorded, by deployment name (empty before ``rowcast init`` made the
     table). Callers compare ``generation`` with the deployment's: a redeploy starts afresh."""

@@ -47,6 +47,7 @@ from rowcast.connectors.registry import (
     list_failures,
     missing_columns,
     missing_tables,
+    topic_collisions,
     unpublished_tables,
 )
 from rowcast.core import metrics
@@ -57,6 +58,7 @@ from rowcast.ops.verdict import Sample, Verdict, evaluate, judge, slot_verdict, 
 MISSING_TABLE = "missing_table"  # a failure status shows: the deployment's table is gone
 NOT_PUBLISHED = "not_published"  # ... its table is there, but none of its changes are streamed
 KEY_CHANGED = "key_changed"  # ... its table's primary key is not the one it was deployed with
+TOPIC_COLLISION = "topic_collision"  # ... its table's change topic is (or collides with) another's
 
 # kafka-python warns on every describe of faust's group: faust's assignor data is not the
 # standard consumer protocol. We only count members, so that warning is noise on every sample.
@@ -142,6 +144,7 @@ class Monitor:
             gone = missing_tables(conn)
             unpublished = unpublished_tables(conn)
             rekeyed = changed_keys(conn)
+            colliding = topic_collisions(conn)
             pauses = versions.paused(conn)
             drifts = {r[0]: {"count": r[1], "last_at": r[2], "last_label": r[3],
                              "last_version": r[4]} for r in conn.execute(DRIFTS_SQL)}
@@ -162,7 +165,8 @@ class Monitor:
             "deployments": [_deployment(d, models.get(d.name),
                                         _current(d, failures.get(d.name))
                                         or _missing(d, missing, gone, now)
-                                        or _unfollowed(d, unpublished, rekeyed, now),
+                                        or _unfollowed(d, unpublished, rekeyed, now)
+                                        or _colliding(d, colliding, now),
                                         pauses.get(d.name), drifts.get(d.name))
                             for d in deployments],
             "topic_layout": layout,
@@ -325,6 +329,18 @@ def _unfollowed(d: Any, unpublished: dict[str, list[str]],
                          "rows scored before it find no features and the _scored view joins on "
                          "the old key; deploy again to follow the new key"}
     return None
+
+
+def _colliding(d: Any, colliding: dict[str, list[str]], now: float) -> dict[str, Any] | None:
+    """A deployment made before ``rowcast.deploy`` refused tables whose topics collide."""
+    if d.name not in colliding:
+        return None
+    return {"generation": d.generation, "reason": TOPIC_COLLISION, "since": now,
+            "error": f"tables {'; '.join(colliding[d.name])} have one change topic, or two "
+                     "Kafka cannot hold side by side (it reads '.' and '_' alike; characters a "
+                     "topic name cannot hold become '_'): their rows mix, or Kafka refuses the "
+                     "second topic and the source and workers exit; rename one table and "
+                     "deploy again on the new name"}
 
 
 def _deployment(d: Any, model: tuple | None, failure: dict[str, Any] | None = None,

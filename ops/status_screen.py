@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rowcast.models.features import MISSING_COLUMN
-from rowcast.ops.monitor import KEY_CHANGED, MISSING_TABLE, NOT_PUBLISHED
+from rowcast.ops.monitor import KEY_CHANGED, MISSING_TABLE, NOT_PUBLISHED, TOPIC_COLLISION
 
 
 def _num(value: object, unit: str = "") -> str:
@@ -58,7 +58,7 @@ def render(s: dict[str, Any]) -> str:
     lines += [f"ERROR {d['name']}: {d['failed']['error']}" if d["failed"]["reason"]
               == "snapshot_refused" else
               f"FAILED {d['name']}: {d['failed']['error']}" if d["failed"]["reason"]
-              in (MISSING_COLUMN, MISSING_TABLE, NOT_PUBLISHED, KEY_CHANGED) else
+              in (MISSING_COLUMN, MISSING_TABLE, NOT_PUBLISHED, KEY_CHANGED, TOPIC_COLLISION) else
               f"FAILED {d['name']}: {d['failed']['error']} — its rows go to the dead-letter "
               f"topic as {d['failed']['reason']}; fix the model and deploy again"
               for d in failed]

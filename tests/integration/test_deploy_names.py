@@ -302,3 +302,34 @@ def test_the_cli_refuses_a_table_whose_topic_kafka_would_refuse(settings, db):
     assert db.execute("SELECT name FROM rowcast.deployments").fetchall() == [(f"dot_{s}",)]
     assert _topics(settings) == before
     assert ("public", f"k_{s}") not in published_tables(db, settings.publication_name)
+
+
+def test_deployments_made_before_the_check_whose_topics_collide_show_failed(settings, db):
+    # as an earlier rowcast.deploy stored them: "Two Words" and Two_Words share one topic
+    from rowcast.ops.monitor import Monitor
+    from rowcast.ops.status_screen import render
+
+    s = _sfx()
+    _create_xy(db, "public", f"Two Words {s}")
+    _create_xy(db, "public", f"Two_Words_{s}")
+    fine = _create_xy(db, "public", f"alone_{s}")
+    _deploy(db, f"fine_{s}", fine)
+    for name, table in ((f"spaced_{s}", f"Two Words {s}"), (f"under_{s}", f"Two_Words_{s}")):
+        db.execute("INSERT INTO rowcast.deployments (name, schema_name, table_name, target, "
+                   "target_kind, features, model, key_columns) VALUES (%s, 'public', %s, 'y', "
+                   "'number', '[[\"x\", \"number\"]]', 'linear_regression', '[\"id\"]')",
+                   (name, table))
+        db.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+            sql.Identifier(settings.publication_name), sql.Identifier("public", table)))
+    monitor = Monitor(settings)
+    try:
+        sample = monitor.sample()
+    finally:
+        monitor.close()
+    failed = {d["name"]: d["failed"] for d in sample["deployments"]}
+    assert failed[f"fine_{s}"] is None
+    for name in (f"spaced_{s}", f"under_{s}"):
+        assert failed[name]["reason"] == "topic_collision", failed[name]
+        assert f"public.Two Words {s} and public.Two_Words_{s}" in failed[name]["error"] \
+            or f"public.Two_Words_{s} and public.Two Words {s}" in failed[name]["error"]
+        assert f"FAILED {name}: {failed[name]['error']}" in render(sample).splitlines()
