@@ -209,18 +209,27 @@ def missing_columns(conn: psycopg.Connection) -> dict[str, list[str]]:
     return out
 
 
+# each deployment's tables, ``name, sch, tab``: the one it scores and its labels table
+DEPLOYMENT_TABLES = (
+    "SELECT d.name, t.sch, t.tab FROM rowcast.deployments d CROSS JOIN LATERAL ("
+    "SELECT d.schema_name, d.table_name UNION SELECT d.labels->>'schema', d.labels->>'table' "
+    "WHERE d.labels IS NOT NULL) AS t(sch, tab)")
+
+
+def _by_deployment(conn: psycopg.Connection, query: str) -> dict[str, list[str]]:
+    """``query``'s rows (deployment name, text) gathered per deployment, in their order."""
+    out: dict[str, list[str]] = {}
+    for name, text in conn.execute(query):
+        out.setdefault(name, []).append(text)
+    return out
+
+
 def missing_tables(conn: psycopg.Connection) -> dict[str, list[str]]:
     """Per deployment, its table or labels table when it no longer exists under the name the
     deployment gives (dropped, or renamed: the publication follows a renamed table, so its rows
     come on a topic of the new name that no worker reads for this deployment)."""
-    out: dict[str, list[str]] = {}
-    for name, schema, table in conn.execute(
-            "SELECT d.name, t.sch, t.tab FROM rowcast.deployments d CROSS JOIN LATERAL ("
-            "SELECT d.schema_name, d.table_name UNION ALL SELECT d.labels->>'schema', "
-            "d.labels->>'table' WHERE d.labels IS NOT NULL) AS t(sch, tab) "
-            "WHERE to_regclass(format('%I.%I', t.sch, t.tab)) IS NULL ORDER BY d.name"):
-        out.setdefault(name, []).append(f"{schema}.{table}")
-    return out
+    return _by_deployment(conn, f"SELECT name, sch || '.' || tab FROM ({DEPLOYMENT_TABLES}) t "
+                          "WHERE to_regclass(format('%I.%I', sch, tab)) IS NULL ORDER BY name")
 
 
 def unpublished_tables(conn: psycopg.Connection) -> dict[str, list[str]]:
@@ -228,17 +237,12 @@ def unpublished_tables(conn: psycopg.Connection) -> dict[str, list[str]]:
     rowcast's publication: dropped and created again (a publication holds a table by its oid,
     so the new one is not in it) or taken out by hand. None of its changes reach rowcast, and
     nothing else would say so: the slot advances and every process is healthy."""
-    out: dict[str, list[str]] = {}
-    for name, schema, table in conn.execute(
-            "SELECT d.name, t.sch, t.tab FROM rowcast.deployments d CROSS JOIN LATERAL ("
-            "SELECT d.schema_name, d.table_name UNION SELECT d.labels->>'schema', "
-            "d.labels->>'table' WHERE d.labels IS NOT NULL) AS t(sch, tab) "
-            "JOIN rowcast.config c ON c.key = 'publication' "
-            "WHERE to_regclass(format('%I.%I', t.sch, t.tab)) IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = c.value "
-            "AND p.schemaname = t.sch AND p.tablename = t.tab) ORDER BY d.name, t.sch, t.tab"):
-        out.setdefault(name, []).append(f"{schema}.{table}")
-    return out
+    return _by_deployment(
+        conn, f"SELECT name, sch || '.' || tab FROM ({DEPLOYMENT_TABLES}) t "
+        "JOIN rowcast.config c ON c.key = 'publication' "
+        "WHERE to_regclass(format('%I.%I', sch, tab)) IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = c.value "
+        "AND p.schemaname = sch AND p.tablename = tab) ORDER BY name, sch, tab")
 
 
 def changed_keys(conn: psycopg.Connection) -> dict[str, tuple[list[str], list[str]]]:
@@ -271,16 +275,11 @@ def topic_collisions(conn: psycopg.Connection) -> dict[str, list[str]]:
     stops the source and the workers."""
     if conn.execute("SELECT to_regproc('rowcast._topic_fold')").fetchone()[0] is None:
         return {}
-    out: dict[str, list[str]] = {}
-    for name, own, other in conn.execute(
-            "WITH t AS (SELECT d.name, u.sch, u.tab, rowcast._topic_fold(u.sch, u.tab) AS fold "
-            "FROM rowcast.deployments d CROSS JOIN LATERAL (SELECT d.schema_name, d.table_name "
-            "UNION SELECT d.labels->>'schema', d.labels->>'table' WHERE d.labels IS NOT NULL) "
-            "AS u(sch, tab)) "
-            "SELECT DISTINCT a.name, a.sch || '.' || a.tab, b.sch || '.' || b.tab FROM t a "
-            "JOIN t b ON a.fold = b.fold AND (a.sch, a.tab) <> (b.sch, b.tab) ORDER BY 1, 2, 3"):
-        out.setdefault(name, []).append(f"{own} and {other}")
-    return out
+    return _by_deployment(
+        conn, f"WITH u AS ({DEPLOYMENT_TABLES}), t AS (SELECT u.*, "
+        "rowcast._topic_fold(u.sch, u.tab) AS fold FROM u) "
+        "SELECT DISTINCT a.name, a.sch || '.' || a.tab || ' and ' || b.sch || '.' || b.tab "
+        "FROM t a JOIN t b ON a.fold = b.fold AND (a.sch, a.tab) <> (b.sch, b.tab) ORDER BY 1, 2")
 
 
 def list_failures(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
