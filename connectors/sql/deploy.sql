@@ -185,6 +185,18 @@ RETURNS text LANGUAGE sql IMMUTABLE STRICT AS $fn$
 SELECT replace(rowcast._topic_safe(p_schema) || '.' || rowcast._topic_safe(p_table), '.', '_')
 $fn$;
 
+-- Every table a deployment reads: the one it scores ('table') and its labels table ('labels
+-- table'), with the deployment's name (rowcast._check_table_topic, _check_name_topics and
+-- connectors/registry.py's status checks)
+CREATE OR REPLACE FUNCTION rowcast._deployment_tables(
+    OUT what text, OUT schema_name text, OUT table_name text, OUT deployment text)
+RETURNS SETOF record LANGUAGE sql STABLE AS $fn$
+SELECT 'table', d.schema_name, d.table_name, d.name FROM rowcast.deployments d
+UNION ALL
+SELECT 'labels table', d.labels->>'schema', d.labels->>'table', d.name
+  FROM rowcast.deployments d WHERE d.labels IS NOT NULL
+$fn$;
+
 -- Refuses (RC001) a table deployment p_name would read (p_what: 'table' or 'labels table') whose
 -- change topic would mix with, or be refused by Kafka beside, another topic: a deployment's own
 -- predictions or labels topic (<prefix>.predictions.<name>: the sink and the learner read every
@@ -211,11 +223,7 @@ BEGIN
             split_part(v_safe, '.', 1));
     END IF;
     SELECT u.what, u.schema_name, u.table_name, u.deployment INTO v_hit
-      FROM (SELECT 'table' AS what, d.schema_name, d.table_name, d.name AS deployment
-              FROM rowcast.deployments d
-            UNION ALL
-            SELECT 'labels table', d.labels->>'schema', d.labels->>'table', d.name
-              FROM rowcast.deployments d WHERE d.labels IS NOT NULL
+      FROM (SELECT * FROM rowcast._deployment_tables()
             UNION ALL
             SELECT p_other_what, p_other_schema, p_other_table, NULL
              WHERE p_other_schema IS NOT NULL) AS u
@@ -261,11 +269,7 @@ DECLARE
     v_hit record;
 BEGIN
     SELECT k.kind, u.what, u.schema_name, u.table_name, u.deployment INTO v_hit
-      FROM (SELECT 'table' AS what, d.schema_name, d.table_name, d.name AS deployment
-              FROM rowcast.deployments d
-            UNION ALL
-            SELECT 'labels table', d.labels->>'schema', d.labels->>'table', d.name
-              FROM rowcast.deployments d WHERE d.labels IS NOT NULL) AS u,
+      FROM rowcast._deployment_tables() AS u,
            (VALUES ('predictions'), ('labels')) AS k(kind)
      WHERE rowcast._topic_fold(u.schema_name, u.table_name) = k.kind || '_' || p_name
      ORDER BY k.kind DESC, u.deployment
